@@ -1,0 +1,62 @@
+"""`hymba-deploy info`: what a model is made of, computed without allocating its weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .cache import HybridMambaAttentionDynamicCache
+from .checkpoint import parse_dtype
+from .config import PRESETS, HymbaConfig, preset
+from .errors import HymbaDeployError
+
+
+def resolve_config(spec: str) -> HymbaConfig:
+    """A preset name or a checkpoint directory (its config.json) -> HymbaConfig."""
+    if spec in PRESETS:
+        return preset(spec)
+    if Path(spec).is_dir():
+        return HymbaConfig.from_json_file(Path(spec) / "config.json")
+    raise HymbaDeployError(f"MODEL {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+
+
+def model_info(spec: str, context: int = 8192, dtype: str = "float16", batch_size: int = 1) -> dict:
+    from .model import HymbaForCausalLM
+
+    if context < 0 or batch_size < 1:
+        raise HymbaDeployError(f"context must be ≥ 0 and batch ≥ 1 (got {context}, {batch_size})")
+    config = resolve_config(spec)
+    torch_dtype = parse_dtype(dtype)
+    with torch.device("meta"):
+        n_params = HymbaForCausalLM(config).num_parameters()
+    layers = []
+    for i in range(config.num_hidden_layers):
+        producer = config.kv_producer[i]
+        layers.append({
+            "layer": i,
+            "attention": "global" if config.is_global(i) else f"swa({config.sliding_window})",
+            "kv": "producer" if producer == i else f"consumer of {producer}",
+        })
+    cache_bytes = HybridMambaAttentionDynamicCache.size_bytes(config, context, torch_dtype, batch_size)
+    return {
+        "model": spec,
+        "parameters": n_params,
+        "hidden_size": config.hidden_size,
+        "meta_tokens": config.num_memory_tokens,
+        "layers": layers,
+        "cache": {"context": context, "dtype": str(torch_dtype).replace("torch.", ""),
+                  "batch_size": batch_size, "bytes": cache_bytes, "mib": cache_bytes / 2**20},
+    }
+
+
+def format_info(info: dict) -> str:
+    lines = [f"model       {info['model']}",
+             f"parameters  {info['parameters']:,}",
+             f"hidden      {info['hidden_size']}, meta tokens {info['meta_tokens']}",
+             "layers:"]
+    for layer in info["layers"]:
+        lines.append(f"  {layer['layer']:>3}  {layer['attention']:<10} {layer['kv']}")
+    c = info["cache"]
+    lines.append(f"cache       {c['mib']:.1f} MiB at {c['context']} tokens, {c['dtype']}, batch {c['batch_size']}")
+    return "\n".join(lines)

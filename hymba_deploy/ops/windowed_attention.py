@@ -1,0 +1,94 @@
+"""WindowedAttention: causal GQA attention with a sliding window and always-visible meta tokens
+(hymba-architecture.md §4.2).
+
+Keys are indexed 0..Tk-1 in cache order and query i sits at key index Tk - Tq + i (prefill: Tq = Tk;
+decode: Tq = 1 over a cache). Query index q sees key index kv when
+
+    kv ≤ q  and  (window ≤ 0  or  q - kv ≤ window  or  kv < num_meta)
+
+window ≤ 0 means a global (plain causal) layer. A cache that holds the meta tokens followed by a
+contiguous run of the latest tokens keeps index distances equal to position distances, so the same
+rule serves prefill, decode and chunked prefill.
+
+GQA: query head h reads kv head h // (Hq // Hkv) (upstream `repeat_kv`).
+
+Layouts (time before heads, as the projections produce them):
+    q (batch, Tq, Hq, d_qk)   k (batch, Tk, Hkv, d_qk)   v (batch, Tk, Hkv, d_v)
+Returns (batch, Tq, Hq, d_v) in q.dtype. Softmax and products in fp32.
+
+The model calls the PyTorch custom op `torch.ops.hymba.windowed_attention` (CPU kernel:
+`windowed_attention`; a fake kernel gives shapes to the exporter), exported as the ONNX node
+`hymba::WindowedAttention`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check(q, k, v):
+    batch, Tq, Hq, d_qk = q.shape
+    _, Tk, Hkv, _ = k.shape
+    if k.shape[0] != batch or k.shape[3] != d_qk or v.shape[:3] != k.shape[:3]:
+        raise ValueError(
+            f"windowed_attention: shapes disagree: q {tuple(q.shape)}, k {tuple(k.shape)}, "
+            f"v {tuple(v.shape)}"
+        )
+    if Hq % Hkv:
+        raise ValueError(f"windowed_attention: {Hq} query heads are not a multiple of {Hkv} kv heads")
+    if Tq > Tk:
+        raise ValueError(f"windowed_attention: {Tq} queries over only {Tk} keys")
+
+
+def window_mask(Tq: int, Tk: int, window: int, num_meta: int, device=None) -> torch.Tensor:
+    """(Tq, Tk) bool, True where query i may see key j (rule in the module docstring)."""
+    q_idx = torch.arange(Tk - Tq, Tk, device=device)[:, None]
+    kv_idx = torch.arange(Tk, device=device)[None, :]
+    mask = kv_idx <= q_idx
+    if window > 0:
+        mask &= ((q_idx - kv_idx) <= window) | (kv_idx < num_meta)
+    return mask
+
+
+def masked_attention(q, k, v, mask, scale):
+    """Masked softmax attention in fp32; mask (Tq, Tk) or broadcastable to (batch, Hq, Tq, Tk)."""
+    Hq, Hkv = q.shape[2], k.shape[2]
+    qf = q.float().transpose(1, 2)                                         # (b, Hq, Tq, d_qk)
+    kf = k.float().transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)     # (b, Hq, Tk, d_qk)
+    vf = v.float().transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)     # (b, Hq, Tk, d_v)
+    scores = (qf @ kf.transpose(-1, -2)) * scale                           # (b, Hq, Tq, Tk)
+    scores = scores.masked_fill(~mask, float("-inf"))
+    out = torch.softmax(scores, dim=-1) @ vf                               # (b, Hq, Tq, d_v)
+    return out.transpose(1, 2).to(q.dtype)                                 # (b, Tq, Hq, d_v)
+
+
+def windowed_attention_ref(q, k, v, window: int, num_meta: int, scale: float):
+    """The ground truth: the full (Tq, Tk) score matrix with the mask of `window_mask`."""
+    _check(q, k, v)
+    return masked_attention(q, k, v, window_mask(q.shape[1], k.shape[1], window, num_meta, q.device), scale)
+
+
+def windowed_attention(q, k, v, window: int, num_meta: int, scale: float):
+    """The CPU implementation the model runs; PyTorch's fused SDPA with the same boolean mask."""
+    _check(q, k, v)
+    Hq, Hkv = q.shape[2], k.shape[2]
+    mask = window_mask(q.shape[1], k.shape[1], window, num_meta, q.device)
+    out = torch.nn.functional.scaled_dot_product_attention(
+        q.float().transpose(1, 2),
+        k.float().transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1),
+        v.float().transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1),
+        attn_mask=mask, scale=scale,
+    )                                                                       # (b, Hq, Tq, d_v)
+    return out.transpose(1, 2).to(q.dtype)
+
+
+@torch.library.custom_op("hymba::windowed_attention", mutates_args=())
+def _windowed_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, num_meta: int,
+                           scale: float) -> torch.Tensor:
+    """`torch.ops.hymba.windowed_attention`: one graph node for the exporter, `windowed_attention` on CPU."""
+    return windowed_attention(q, k, v, window, num_meta, scale)
+
+
+@_windowed_attention_op.register_fake
+def _(q, k, v, window, num_meta, scale):
+    return q.new_empty((*q.shape[:3], v.shape[3]))

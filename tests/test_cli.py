@@ -1,0 +1,71 @@
+"""The `hymba-deploy` commands `info` and `generate`, through click's runner."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import cli
+from hymba_deploy import load_model
+
+
+def run(*args):
+    return CliRunner().invoke(cli.main, [str(a) for a in args])
+
+
+def test_info_hymba_1_5b_reports_params_layers_and_79_mib_cache():
+    result = run("info", "hymba-1.5b")
+    assert result.exit_code == 0, result.output
+    assert "1,522,797,824" in result.output
+    assert "79.1 MiB at 8192 tokens, float16" in result.output
+    data = json.loads(run("info", "hymba-1.5b", "--json", "--context", "1024", "--dtype", "bfloat16").output)
+    kinds = {layer["layer"]: (layer["attention"], layer["kv"]) for layer in data["layers"]}
+    assert kinds[0] == ("global", "producer")
+    assert kinds[17] == ("swa(1024)", "consumer of 16")
+    assert data["cache"]["dtype"] == "bfloat16"
+
+
+def test_info_reads_a_checkpoint_directory(tmp_path):
+    load_model("tiny").save_pretrained(tmp_path)
+    result = run("info", tmp_path)
+    assert result.exit_code == 0 and "parameters  475,968" in result.output
+
+
+def test_generate_from_ids_matches_the_library():
+    result = run("generate", "tiny", "--ids", "1,2,3", "--max-new-tokens", "5", "--seed", "3")
+    assert result.exit_code == 0, result.output
+    expected = load_model("tiny", seed=3).generate(torch.tensor([[1, 2, 3]]), 5)[0, 3:].tolist()
+    assert result.output.strip() == ",".join(map(str, expected))
+
+
+def test_generate_with_prompt_uses_the_checkpoint_tokenizer(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers package is not installed")
+    load_model("tiny").save_pretrained(tmp_path)
+    vocab = {f"w{i}": i for i in range(257)}
+    vocab["[UNK]"] = 0
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(tmp_path / "tokenizer.json"))
+    result = run("generate", tmp_path, "--prompt", "w5 w9 w200", "--max-new-tokens", "4")
+    assert result.exit_code == 0, result.output
+    ids_line, text_line = result.output.strip().splitlines()
+    expected = load_model(str(tmp_path)).generate(torch.tensor([[5, 9, 200]]), 4)[0, 3:].tolist()
+    assert ids_line == ",".join(map(str, expected))
+    assert text_line == " ".join(f"w{i}" if i else "[UNK]" for i in expected)
+
+
+@pytest.mark.parametrize("args,message", [
+    (("info", "nope"), "neither a preset"),
+    (("generate", "tiny", "--ids", "1,x"), "expected comma-separated integers"),
+    (("generate", "tiny", "--ids", "1,999"), "outside the vocabulary"),
+    (("generate", "tiny"), "exactly one of --ids and --prompt"),
+    (("generate", "tiny", "--prompt", "hi"), "needs a tokenizer"),
+    (("generate", "tiny", "--ids", "1", "--dtype", "int8"), "dtype 'int8'"),
+])
+def test_user_errors_exit_1_with_a_message(args, message):
+    result = run(*args)
+    assert result.exit_code == 1
+    assert message in result.output

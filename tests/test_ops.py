@@ -1,0 +1,146 @@
+"""The three reference ops: fast CPU implementations equal the ground truth, states carry exactly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import rel_err
+from hymba_deploy import ops
+
+
+def scan_inputs(batch, T, d, n, with_state, dtype=torch.float32):
+    x = torch.randn(batch, T, d, dtype=dtype)
+    dt = torch.randn(batch, T, d, dtype=dtype)
+    A = -torch.exp(torch.randn(d, n))                      # fp32, negative
+    B = torch.randn(batch, T, n, dtype=dtype)
+    C = torch.randn(batch, T, n, dtype=dtype)
+    D = torch.randn(d)
+    z = torch.randn(batch, T, d, dtype=dtype)
+    dt_bias = torch.randn(d)
+    h0 = torch.randn(batch, d, n) if with_state else None
+    return x, dt, A, B, C, D, z, dt_bias, h0
+
+
+@pytest.mark.parametrize("with_state", [False, True])
+@pytest.mark.parametrize("T", [1, 2, 17, 129])
+@pytest.mark.parametrize("chunk_size", [0, 1, 5, 64])
+def test_chunked_scan_equals_sequential(T, with_state, chunk_size):
+    args = scan_inputs(2, T, 12, 8, with_state)
+    y_ref, s_ref = ops.selective_scan_ref(*args)
+    y, s = ops.selective_scan(*args, chunk_size=chunk_size)
+    assert y.dtype == args[0].dtype and s.dtype == torch.float32
+    assert rel_err(y, y_ref) <= 1e-6, rel_err(y, y_ref)
+    assert rel_err(s, s_ref) <= 1e-6, rel_err(s, s_ref)
+
+
+def test_scan_resumes_from_its_last_state():
+    """Scanning [0, T) at once equals scanning [0, t) then [t, T) from the returned state, and a
+    T = 1 step (decode) is the same op."""
+    x, dt, A, B, C, D, z, dt_bias, _ = scan_inputs(3, 40, 16, 4, False)
+    y_all, s_all = ops.selective_scan(x, dt, A, B, C, D, z, dt_bias)
+    cut = 23
+    y1, s1 = ops.selective_scan(x[:, :cut], dt[:, :cut], A, B[:, :cut], C[:, :cut], D, z[:, :cut], dt_bias)
+    ys, s = [y1], s1
+    for t in range(cut, 40):
+        sl = slice(t, t + 1)
+        y_t, s = ops.selective_scan(x[:, sl], dt[:, sl], A, B[:, sl], C[:, sl], D, z[:, sl], dt_bias, s)
+        ys.append(y_t)
+    assert rel_err(torch.cat(ys, 1), y_all) <= 1e-6
+    assert rel_err(s, s_all) <= 1e-6
+
+
+def test_scan_matches_the_formula_by_hand():
+    """One channel, one state, two steps: the recurrence of hymba-architecture.md §3.8 written out."""
+    x = torch.tensor([[[0.5], [-1.0]]])
+    dt = torch.tensor([[[0.3], [25.0]]])                   # 25 + bias > 20: softplus is the identity
+    A, B, C = torch.tensor([[-0.7]]), torch.tensor([[[2.0], [0.5]]]), torch.tensor([[[1.5], [-2.0]]])
+    D, z, bias, h0 = torch.tensor([0.25]), torch.tensor([[[0.1], [-0.4]]]), torch.tensor([0.2]), torch.tensor([[[0.9]]])
+    d0 = torch.nn.functional.softplus(torch.tensor(0.5))
+    d1 = torch.tensor(25.2)
+    h1 = torch.exp(d0 * -0.7) * 0.9 + d0 * 2.0 * 0.5
+    h2 = torch.exp(d1 * -0.7) * h1 + d1 * 0.5 * -1.0
+    silu = torch.nn.functional.silu
+    expected = torch.stack([(1.5 * h1 + 0.25 * 0.5) * silu(torch.tensor(0.1)),
+                            (-2.0 * h2 + 0.25 * -1.0) * silu(torch.tensor(-0.4))])
+    for fn in (ops.selective_scan_ref, ops.selective_scan):
+        y, s = fn(x, dt, A, B, C, D, z, bias, h0)
+        assert torch.allclose(y.flatten(), expected, rtol=1e-6), (y.flatten(), expected)
+        assert torch.allclose(s.flatten(), h2.reshape(1), rtol=1e-6)
+
+
+def test_scan_output_dtype_follows_x():
+    args = scan_inputs(1, 9, 8, 4, True, dtype=torch.bfloat16)
+    y, s = ops.selective_scan(*args)
+    y_ref, s_ref = ops.selective_scan_ref(*args)
+    assert y.dtype == torch.bfloat16 and s.dtype == torch.float32
+    assert rel_err(y, y_ref) <= 1e-2 and rel_err(s, s_ref) <= 1e-6
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 4, 5, 37])
+def test_conv_equals_reference_and_torch_conv1d(T):
+    x, w, b = torch.randn(2, T, 10), torch.randn(10, 4), torch.randn(10)
+    y_ref, s_ref = ops.causal_conv1d_ref(x, w, b)
+    y, s = ops.causal_conv1d(x, w, b)
+    # Upstream's definition: nn.Conv1d(padding=K-1) truncated to T, then SiLU (§3.2).
+    conv = torch.nn.functional.conv1d(x.transpose(1, 2), w[:, None, :], b, padding=3, groups=10)[..., :T]
+    expected = torch.nn.functional.silu(conv).transpose(1, 2)
+    assert rel_err(y_ref, expected) <= 1e-6 and rel_err(y, expected) <= 1e-6
+    # The state is the last 4 inputs, zero-padded on the left (upstream F.pad(x, (4 - T, 0))).
+    padded = torch.nn.functional.pad(x.transpose(1, 2), (4, 0))[..., -4:]
+    assert torch.equal(s, padded) and torch.equal(s_ref, padded)
+
+
+@pytest.mark.parametrize("cut", [1, 3, 4, 9])
+def test_conv_with_carried_state_equals_conv_over_concatenation(cut):
+    x, w, b = torch.randn(3, 20, 6), torch.randn(6, 4), torch.randn(6)
+    y_all, s_all = ops.causal_conv1d(x, w, b)
+    y1, s1 = ops.causal_conv1d(x[:, :cut], w, b)
+    ys, s = [y1], s1
+    for t in range(cut, 20):          # decode: T = 1 each, same op
+        y_t, s = ops.causal_conv1d_ref(x[:, t:t + 1], w, b, s)
+        ys.append(y_t)
+    assert rel_err(torch.cat(ys, 1), y_all) <= 1e-6
+    assert torch.equal(s, s_all)
+
+
+def test_conv_rejects_unknown_activation():
+    with pytest.raises(ValueError, match="activation"):
+        ops.causal_conv1d(torch.randn(1, 2, 3), torch.randn(3, 4), None, activation="gelu")
+
+
+@pytest.mark.parametrize("Tq,Tk,window,num_meta", [(30, 30, 8, 3), (30, 30, 0, 3), (1, 30, 8, 3),
+                                                   (5, 41, 16, 8), (12, 12, 100, 0)])
+def test_window_mask_equals_brute_force(Tq, Tk, window, num_meta):
+    mask = ops.window_mask(Tq, Tk, window, num_meta)
+    for i in range(Tq):
+        q = Tk - Tq + i
+        for kv in range(Tk):
+            allowed = kv <= q and (window <= 0 or q - kv <= window or kv < num_meta)
+            assert bool(mask[i, kv]) == allowed, (i, kv)
+
+
+@pytest.mark.parametrize("Tq,Tk", [(25, 25), (1, 25), (4, 25)])
+@pytest.mark.parametrize("window", [0, 6])
+def test_attention_equals_reference(Tq, Tk, window):
+    q, k, v = torch.randn(2, Tq, 6, 8), torch.randn(2, Tk, 2, 8), torch.randn(2, Tk, 2, 16)
+    out = ops.windowed_attention(q, k, v, window, 3, 0.3)
+    ref = ops.windowed_attention_ref(q, k, v, window, 3, 0.3)
+    assert out.shape == (2, Tq, 6, 16)
+    assert rel_err(out, ref) <= 1e-6
+
+
+def test_attention_decode_row_equals_prefill_row():
+    """A decode step (1 query over the cache) equals the last row of prefill attention."""
+    q, k, v = torch.randn(1, 30, 4, 8), torch.randn(1, 30, 2, 8), torch.randn(1, 30, 2, 16)
+    full = ops.windowed_attention(q, k, v, 5, 2, 0.35)
+    last = ops.windowed_attention(q[:, -1:], k, v, 5, 2, 0.35)
+    assert rel_err(last, full[:, -1:]) <= 1e-6
+
+
+def test_attention_gqa_maps_query_head_to_kv_head_h_div_group():
+    q, k, v = torch.randn(1, 7, 4, 8), torch.randn(1, 7, 2, 8), torch.randn(1, 7, 2, 16)
+    out = ops.windowed_attention(q, k, v, 0, 0, 0.5)
+    for h in range(4):
+        single = ops.windowed_attention(q[:, :, h:h + 1], k[:, :, h // 2:h // 2 + 1], v[:, :, h // 2:h // 2 + 1], 0, 0, 0.5)
+        assert rel_err(out[:, :, h:h + 1], single) <= 1e-6
