@@ -259,8 +259,12 @@ class HymbaForCausalLM(nn.Module):
                                                 eviction, self.device)
 
     def forward(self, input_ids, cache: HybridMambaAttentionDynamicCache | None = None,
-                attention_mask: torch.Tensor | None = None):
-        """input_ids (B, n) -> logits (B, n, vocab) fp32. A given cache is read and updated in place."""
+                attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0):
+        """input_ids (B, n) -> logits (B, n, vocab) fp32. A given cache is read and updated in place.
+
+        `logits_to_keep` > 0 projects only the last that many positions (upstream's generate path
+        projects only the last one: `calc_logits_for_entire_prompt=False`); 0 keeps all n.
+        """
         if input_ids.dim() != 2:
             raise HymbaDeployError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
         if attention_mask is not None and not bool(attention_mask.bool().all()):
@@ -272,6 +276,8 @@ class HymbaForCausalLM(nn.Module):
                 f"cache holds {cache.batch_size} sequences but input_ids has {input_ids.shape[0]}"
             )
         h = self.model(input_ids, cache)
+        if logits_to_keep > 0:
+            h = h[:, -logits_to_keep:]
         return self.lm_head(h).float()
 
     @torch.no_grad()
@@ -284,7 +290,7 @@ class HymbaForCausalLM(nn.Module):
         out = input_ids
         step_input = input_ids
         for _ in range(max_new_tokens):
-            logits = self(step_input, cache, attention_mask if step_input is input_ids else None)
+            logits = self(step_input, cache, attention_mask if step_input is input_ids else None, logits_to_keep=1)
             step_input = logits[:, -1].argmax(-1, keepdim=True)             # (B, 1)
             out = torch.cat([out, step_input], dim=1)
         return out
