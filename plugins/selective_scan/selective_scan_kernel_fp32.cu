@@ -1,0 +1,7 @@
+// Instantiation only: one dtype per file so the three compile in parallel.
+#include "selective_scan_kernel.cuh"
+
+namespace hymba
+{
+template cudaError_t selectiveScanLaunchT<float>(SelectiveScanParams const&, cudaStream_t);
+} // namespace hymba

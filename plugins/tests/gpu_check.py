@@ -1,0 +1,668 @@
+"""GPU proof for plugins/: build, check every op × dtype × shape against the PyTorch references, time.
+
+On a machine with a CUDA GPU, PyTorch and nvcc (no TensorRT needed):
+
+    python3 plugins/tests/gpu_check.py --archs 90 --json bench/results/plugins_<gpu>.json
+
+1. Builds libhymba_plugins.so and the harness with plugins/build.sh (or uses $HYMBA_PLUGIN_LIB).
+2. For each op, dtype (fp32, fp16, bf16) and shape (tiny preset and Hymba-1.5B shapes, prefill and
+   decode, odd sizes, one non-contiguous case) draws fresh random inputs and compares, output by output,
+   ‖out − ref‖ / ‖ref‖ against `hymba_deploy.ops.<op>_ref`:
+     a. the kernel launcher called directly (extern "C" shim, strided tensors);
+     b. the plugin object: creator from getCreators → createPlugin(fields) → output types/shapes,
+        supportsFormatCombination, configurePlugin → getFieldsToSerialize → createPlugin(kRUNTIME) →
+        attachToContext → onShapeChange → enqueue on a real stream with real device buffers.
+   Outputs are filled with NaN first, so unwritten elements fail; any NaN fails.
+   Tolerances: fp32 1e-5 (scan 1e-4 at T >= 4096), fp16/bf16 1e-2.
+3. Times each kernel (CUDA events, warm-up, median of >= 20) against the reference eager and under
+   torch.compile, attention also against scaled_dot_product_attention with an explicit boolean mask;
+   reports GB/s over the fewest bytes and the ratio to the measured device copy bandwidth.
+4. Writes everything to JSON; exits 1 if any check failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import importlib.util
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+import harness as H  # noqa: E402
+
+
+def _load_op_module(name):
+    """hymba_deploy/ops/<name>.py by path: the references without importing the whole package."""
+    path = REPO / "hymba_deploy" / "ops" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"_hymba_ops_{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+SS = _load_op_module("selective_scan")
+CC = _load_op_module("causal_conv1d")
+WA = _load_op_module("windowed_attention")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+TRT_TYPE = {torch.float32: H.KFLOAT, torch.float16: H.KHALF, torch.bfloat16: H.KBF16}
+TOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
+DEV = "cuda"
+
+
+def log(*a):
+    print(*a, flush=True)
+
+
+def rel_err(out, ref):
+    o, r = out.double(), ref.double()
+    nan = bool(torch.isnan(o).any() or torch.isinf(o).any())
+    denom = r.norm().item()
+    err = (o - r).norm().item() / (denom if denom > 0 else 1.0)
+    return {"rel_err": err if not nan else float("nan"), "max_abs": (o - r).abs().max().item() if o.numel() else 0.0,
+            "nan": nan}
+
+
+def poison(*ts):
+    for t in ts:
+        t.fill_(float("nan"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Input generators (fresh random draws each call; realistic scales)
+
+def scan_inputs(Bt, T, D, N, dtype, state_dtype=torch.float32, gen=None):
+    g = dict(device=DEV, generator=gen)
+    x = torch.randn(Bt, T, D, **g).to(dtype)
+    dt = (torch.randn(Bt, T, D, **g) * 0.5 - 1.0).to(dtype)  # dt_proj output
+    A = -torch.exp(torch.rand(D, N, **g) * math.log(N) + 0.0)  # -(1..N)
+    Bm = torch.randn(Bt, T, N, **g).to(dtype)
+    Cm = torch.randn(Bt, T, N, **g).to(dtype)
+    Dv = torch.randn(D, **g)
+    z = torch.randn(Bt, T, D, **g).to(dtype)
+    dt_bias = torch.log(torch.expm1(torch.rand(D, **g) * 0.099 + 0.001))  # mamba's dt init
+    h0 = (torch.randn(Bt, D, N, **g) * 0.5).to(state_dtype)
+    return dict(x=x, dt=dt, A=A, B=Bm, C=Cm, D=Dv, z=z, dt_bias=dt_bias, initial_state=h0)
+
+
+def conv_inputs(Bt, T, D, K, dtype, gen=None):
+    g = dict(device=DEV, generator=gen)
+    return dict(x=torch.randn(Bt, T, D, **g).to(dtype), weight=(torch.randn(D, K, **g) * 0.5).to(dtype),
+                bias=torch.randn(D, **g).to(dtype), conv_state=torch.randn(Bt, D, K, **g).to(dtype))
+
+
+def attn_inputs(Bt, Tq, Tk, Hq, Hkv, Dqk, Dv, dtype, gen=None):
+    g = dict(device=DEV, generator=gen)
+    return dict(q=torch.randn(Bt, Tq, Hq, Dqk, **g).to(dtype), k=torch.randn(Bt, Tk, Hkv, Dqk, **g).to(dtype),
+                v=torch.randn(Bt, Tk, Hkv, Dv, **g).to(dtype))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Direct kernel calls through the extern "C" shim (accept strided tensors)
+
+class Kernels:
+    def __init__(self, shim: H.KernelShim):
+        self.shim = shim
+        self.lib = shim.lib
+
+    def _stream(self):
+        return torch.cuda.current_stream().cuda_stream
+
+    def _check(self, rc, name):
+        if rc != 0:
+            raise RuntimeError(f"{name} returned {rc}: {self.shim.error()}")
+
+    def selective_scan(self, x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None, y=None,
+                       last_state=None, softplus_threshold=20.0):
+        Bt, T, Dd = x.shape
+        N = A.shape[1]
+        y = torch.empty_like(x) if y is None else y
+        last_state = torch.empty(Bt, Dd, N, device=x.device, dtype=torch.float32) if last_state is None else last_state
+        s, p = self.shim.strides, (lambda t: t.data_ptr() if t is not None else None)
+        code = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+        st_code = code[initial_state.dtype] if initial_state is not None else 0
+        rc = self.lib.hymba_selective_scan(
+            Bt, T, Dd, N, code[x.dtype], st_code, softplus_threshold,
+            p(x), s(x), p(dt), s(dt), p(A), s(A), p(B), s(B), p(C), s(C), p(D), p(z), s(z), p(dt_bias),
+            p(initial_state), s(initial_state), p(y), s(y), p(last_state), s(last_state), self._stream())
+        self._check(rc, "hymba_selective_scan")
+        return y, last_state
+
+    def causal_conv1d(self, x, weight, bias=None, conv_state=None, activation="silu", y=None, new_state=None):
+        Bt, T, Dd = x.shape
+        K = weight.shape[1]
+        y = torch.empty_like(x) if y is None else y
+        new_state = torch.empty(Bt, Dd, K, device=x.device, dtype=x.dtype) if new_state is None else new_state
+        s, p = self.shim.strides, (lambda t: t.data_ptr() if t is not None else None)
+        code = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+        rc = self.lib.hymba_causal_conv1d(
+            Bt, T, Dd, K, code[x.dtype], 1 if activation == "silu" else 0, p(x), s(x), p(weight), s(weight),
+            p(bias), p(conv_state), s(conv_state), p(y), s(y), p(new_state), s(new_state), self._stream())
+        self._check(rc, "hymba_causal_conv1d")
+        return y, new_state
+
+    def windowed_attention(self, q, k, v, window, num_meta, scale, out=None):
+        Bt, Tq, Hq, Dqk = q.shape
+        Tk, Hkv, Dv = k.shape[1], k.shape[2], v.shape[3]
+        out = torch.empty(Bt, Tq, Hq, Dv, device=q.device, dtype=q.dtype) if out is None else out
+        s = lambda t: self.shim.strides(t, (0, 1, 2))  # noqa: E731
+        code = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+        rc = self.lib.hymba_windowed_attention(
+            Bt, Tq, Tk, Hq, Hkv, Dqk, Dv, code[q.dtype], window, num_meta, scale, q.data_ptr(), s(q),
+            k.data_ptr(), s(k), v.data_ptr(), s(v), out.data_ptr(), s(out), self._stream())
+        self._check(rc, "hymba_windowed_attention")
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The plugin path, as TensorRT drives it
+
+def run_plugin(h: H.Harness, name, fields, inputs, out_shapes, out_dtypes):
+    """Returns (outputs, notes). Raises AssertionError on any protocol step that fails."""
+    nb_in, nb_out = len(inputs), len(out_shapes)
+    shapes = [tuple(t.shape) for t in inputs] + [tuple(s) for s in out_shapes]
+    types = [TRT_TYPE[t.dtype] for t in inputs] + [TRT_TYPE[d] for d in out_dtypes]
+    h.clear_log()
+    p0 = h.create(name, fields, H.PHASE_BUILD)
+    assert p0 is not None, f"createPlugin(kBUILD) failed: {h.log}"
+    r, otypes = p0.output_types(types[:nb_in], nb_out)
+    assert r == 0 and otypes == types[nb_in:], f"getOutputDataTypes {r} {otypes} != {types[nb_in:]}: {h.log}"
+    r, oshapes = p0.output_shapes([tuple(t.shape) for t in inputs], nb_out)
+    assert r == 0 and oshapes == [tuple(s) for s in out_shapes], f"getOutputShapes {oshapes}: {h.log}"
+    for pos in range(nb_in + nb_out):
+        assert p0.supports(pos, shapes, types, [H.KLINEAR] * (nb_in + nb_out), nb_in), f"format pos {pos} rejected"
+    assert p0.configure(shapes, types, nb_in) == 0, f"configurePlugin failed: {h.log}"
+    ws = p0.workspace(shapes, types, nb_in)
+    p1 = h.round_trip(p0)
+    assert p1 is not None, f"createPlugin(kRUNTIME) from serialized fields failed: {h.log}"
+    assert p1.serialize() == p0.serialize(), "serialize -> recreate changed the fields"
+    p2 = p1.attach()
+    assert p2 is not None, "attachToContext returned null"
+    assert p2.on_shape_change(shapes, types, nb_in) == 0, f"onShapeChange failed: {h.log}"
+    outs = [torch.empty(s, device=DEV, dtype=d) for s, d in zip(out_shapes, out_dtypes)]
+    poison(*outs)
+    wsbuf = torch.empty(max(ws, 1), device=DEV, dtype=torch.uint8)
+    rc = p2.enqueue(shapes, types, [t.data_ptr() for t in inputs] + [o.data_ptr() for o in outs], nb_in,
+                    wsbuf.data_ptr(), torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+    assert rc == 0, f"enqueue returned {rc}: {h.log}"
+    return outs, {"workspace": ws}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Correctness cases
+
+SCAN_CASES = [  # name, B, T, D, N, state dtype is T (else fp32), noncontig, optional-None variant
+    ("tiny", 2, 37, 128, 8, False, False, False),
+    ("tiny_no_optionals", 2, 37, 128, 8, False, False, True),
+    ("odd_noncontig", 3, 129, 200, 16, True, True, False),
+    ("decode_b128", 128, 1, 3200, 16, False, False, False),
+    ("prefill_chunk_b128", 128, 64, 3200, 16, True, False, False),
+    ("hymba_T8320", 1, 8320, 3200, 16, False, False, False),
+]
+CONV_CASES = [  # name, B, T, D, K, activation, noncontig
+    ("tiny", 2, 37, 128, 4, "silu", False),
+    ("tiny_K2_noact", 2, 5, 64, 2, None, False),
+    ("T_lt_K", 2, 2, 64, 4, "silu", False),
+    ("odd_noncontig", 3, 129, 203, 4, "silu", True),
+    ("decode_b128", 128, 1, 3200, 4, "silu", False),
+    ("hymba_T8320_b2", 2, 8320, 3200, 4, "silu", False),
+]
+ATTN_CASES = [  # name, B, Tq, Tk, Hq, Hkv, Dqk, Dv, window, num_meta, noncontig
+    ("tiny_prefill", 2, 37, 37, 4, 2, 16, 32, 8, 4, False),
+    ("tiny_decode", 2, 1, 37, 4, 2, 16, 32, 8, 4, False),
+    ("d32_d64_global", 2, 70, 70, 4, 4, 32, 64, 0, 0, False),
+    ("noncontig_chunked", 2, 50, 300, 6, 2, 64, 64, 100, 16, True),
+    ("hymba_prefill_swa_T2200", 1, 2200, 2200, 25, 5, 64, 128, 1024, 128, False),
+    ("hymba_prefill_global_T1500", 1, 1500, 1500, 25, 5, 64, 128, 0, 128, False),
+    ("hymba_chunked_prefill", 2, 100, 1300, 25, 5, 64, 128, 1024, 128, False),
+    ("hymba_decode_swa_b8", 8, 1, 1152, 25, 5, 64, 128, 1024, 128, False),
+    ("hymba_decode_global_b4", 4, 1, 4000, 25, 5, 64, 128, 0, 128, False),
+    ("hymba_prefill_swa_T8320", 1, 8320, 8320, 25, 5, 64, 128, 1024, 128, False),
+]
+
+
+def _slice_noncontig(t, dim=-1):
+    """The same values inside a wider buffer (strides of a fused projection output)."""
+    shape = list(t.shape)
+    shape[dim] *= 2
+    wide = torch.randn(shape, device=t.device).to(t.dtype)
+    view = wide.narrow(dim if dim >= 0 else t.dim() + dim, 0, t.shape[dim])
+    view.copy_(t)
+    return view
+
+
+def check_scan(K: Kernels, h, results, dtypes, gen):
+    for name, Bt, T, D, N, state_T, noncontig, no_opt in SCAN_CASES:
+        for dn in dtypes:
+            dt_ = DTYPES[dn]
+            tol = 1e-4 if (dn == "float32" and T >= 4096) else TOL[dn]
+            rec = dict(op="SelectiveScan", case=name, dtype=dn, shape=dict(B=Bt, T=T, D=D, N=N), tol=tol)
+            try:
+                inp = scan_inputs(Bt, T, D, N, dt_, dt_ if state_T else torch.float32, gen)
+                if no_opt:
+                    for k in ("D", "z", "dt_bias", "initial_state"):
+                        inp[k] = None
+                y_ref, s_ref = SS.selective_scan_ref(**inp)
+                # a. kernel
+                kin = dict(inp)
+                if noncontig:
+                    kin["x"], kin["z"], kin["dt"] = (_slice_noncontig(inp["x"]), _slice_noncontig(inp["z"]),
+                                                     _slice_noncontig(inp["dt"], 1))
+                y = torch.empty_like(inp["x"])
+                ls = torch.empty(Bt, D, N, device=DEV)
+                poison(y, ls)
+                K.selective_scan(**kin, y=y, last_state=ls)
+                torch.cuda.synchronize()
+                outs = {"y": rel_err(y, y_ref), "last_state": rel_err(ls, s_ref)}
+                results.append(dict(rec, path="kernel", noncontig=noncontig, outputs=outs,
+                                    passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+                # b. plugin (all inputs required)
+                if not no_opt:
+                    ins = [inp[k].contiguous() for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")]
+                    (y2, s2), notes = run_plugin(h, "SelectiveScan", {"softplus_threshold": 20.0}, ins,
+                                                 [(Bt, T, D), (Bt, D, N)], [dt_, torch.float32])
+                    outs = {"y": rel_err(y2, y_ref), "last_state": rel_err(s2, s_ref)}
+                    results.append(dict(rec, path="plugin", outputs=outs, notes=notes,
+                                        passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+            except Exception as e:  # a failed case is recorded, the run goes on
+                results.append(dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}"))
+            _print_last(results)
+            torch.cuda.empty_cache()
+
+
+def check_conv(K: Kernels, h, results, dtypes, gen):
+    for name, Bt, T, D, Kw, act, noncontig in CONV_CASES:
+        for dn in dtypes:
+            dt_ = DTYPES[dn]
+            tol = TOL[dn]
+            rec = dict(op="CausalConv1d", case=name, dtype=dn, shape=dict(B=Bt, T=T, D=D, K=Kw), tol=tol,
+                       activation=act)
+            try:
+                inp = conv_inputs(Bt, T, D, Kw, dt_, gen)
+                y_ref, s_ref = CC.causal_conv1d_ref(**inp, activation=act)
+                kin = dict(inp)
+                if noncontig:
+                    kin["x"] = _slice_noncontig(inp["x"])
+                    kin["conv_state"] = None  # zeros path
+                    y_ref, s_ref = CC.causal_conv1d_ref(inp["x"], inp["weight"], inp["bias"], None, act)
+                y = torch.empty_like(inp["x"])
+                ns = torch.empty(Bt, D, Kw, device=DEV, dtype=dt_)
+                poison(y, ns)
+                K.causal_conv1d(**kin, activation=act, y=y, new_state=ns)
+                torch.cuda.synchronize()
+                outs = {"y": rel_err(y, y_ref), "new_conv_state": rel_err(ns, s_ref)}
+                results.append(dict(rec, path="kernel", noncontig=noncontig, outputs=outs,
+                                    passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+                if not noncontig:
+                    ins = [inp[k] for k in ("x", "weight", "bias", "conv_state")]
+                    (y2, s2), notes = run_plugin(h, "CausalConv1d", {"activation": 1 if act == "silu" else 0}, ins,
+                                                 [(Bt, T, D), (Bt, D, Kw)], [dt_, dt_])
+                    outs = {"y": rel_err(y2, y_ref), "new_conv_state": rel_err(s2, s_ref)}
+                    results.append(dict(rec, path="plugin", outputs=outs, notes=notes,
+                                        passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+            except Exception as e:
+                results.append(dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}"))
+            _print_last(results)
+    # In-place decode (new_conv_state aliasing conv_state), the way a runtime updates its cache.
+    for dn in dtypes:
+        dt_ = DTYPES[dn]
+        rec = dict(op="CausalConv1d", case="decode_inplace_state", dtype=dn, shape=dict(B=4, T=1, D=3200, K=4),
+                   tol=TOL[dn])
+        try:
+            inp = conv_inputs(4, 1, 3200, 4, dt_, gen)
+            y_ref, s_ref = CC.causal_conv1d_ref(**inp)
+            st = inp["conv_state"].clone()
+            y = torch.full_like(inp["x"], float("nan"))
+            K.causal_conv1d(inp["x"], inp["weight"], inp["bias"], st, "silu", y=y, new_state=st)
+            torch.cuda.synchronize()
+            outs = {"y": rel_err(y, y_ref), "new_conv_state": rel_err(st, s_ref)}
+            results.append(dict(rec, path="kernel", outputs=outs,
+                                passed=all(o["rel_err"] <= TOL[dn] and not o["nan"] for o in outs.values())))
+        except Exception as e:
+            results.append(dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}"))
+        _print_last(results)
+
+
+def check_attn(K: Kernels, h, results, dtypes, gen):
+    for name, Bt, Tq, Tk, Hq, Hkv, Dqk, Dv, window, meta, noncontig in ATTN_CASES:
+        for dn in dtypes:
+            dt_ = DTYPES[dn]
+            tol = TOL[dn]
+            scale = 1.0 / math.sqrt(Dqk)
+            rec = dict(op="WindowedAttention", case=name, dtype=dn, tol=tol,
+                       shape=dict(B=Bt, Tq=Tq, Tk=Tk, Hq=Hq, Hkv=Hkv, Dqk=Dqk, Dv=Dv, window=window, num_meta=meta))
+            try:
+                inp = attn_inputs(Bt, Tq, Tk, Hq, Hkv, Dqk, Dv, dt_, gen)
+                o_ref = WA.windowed_attention_ref(**inp, window=window, num_meta=meta, scale=scale)
+                kin = dict(inp)
+                if noncontig:  # q, k, v as views of one fused projection output
+                    W = Hq * Dqk + Hkv * Dqk + Hkv * Dv
+                    qkv = torch.empty(Bt, max(Tq, Tk), W, device=DEV, dtype=dt_)
+                    qv = qkv[:, :Tq, :Hq * Dqk].unflatten(-1, (Hq, Dqk))
+                    kv_ = qkv[:, :Tk, Hq * Dqk:(Hq + Hkv) * Dqk].unflatten(-1, (Hkv, Dqk))
+                    vv = qkv[:, :Tk, (Hq + Hkv) * Dqk:].unflatten(-1, (Hkv, Dv))
+                    qv.copy_(inp["q"]), kv_.copy_(inp["k"]), vv.copy_(inp["v"])
+                    kin = dict(q=qv, k=kv_, v=vv)
+                out = torch.empty(Bt, Tq, Hq, Dv, device=DEV, dtype=dt_)
+                poison(out)
+                K.windowed_attention(**kin, window=window, num_meta=meta, scale=scale, out=out)
+                torch.cuda.synchronize()
+                outs = {"out": rel_err(out, o_ref)}
+                results.append(dict(rec, path="kernel", noncontig=noncontig, outputs=outs,
+                                    passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+                if not noncontig:
+                    ins = [inp["q"], inp["k"], inp["v"]]
+                    (o2,), notes = run_plugin(h, "WindowedAttention",
+                                              {"window": window, "num_meta": meta, "scale": scale}, ins,
+                                              [(Bt, Tq, Hq, Dv)], [dt_])
+                    outs = {"out": rel_err(o2, o_ref)}
+                    results.append(dict(rec, path="plugin", outputs=outs, notes=notes,
+                                        passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+            except Exception as e:
+                results.append(dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}"))
+            _print_last(results)
+            torch.cuda.empty_cache()
+
+
+def _print_last(results):
+    r = results[-1]
+    errs = " ".join(f"{k}={v['rel_err']:.2e}" for k, v in r.get("outputs", {}).items())
+    log(f"  {'PASS' if r['passed'] else 'FAIL'} {r['op']:<17} {r['case']:<28} {r['dtype']:<8} {r['path']:<6} {errs}"
+        + ("" if r["passed"] or "error" not in r else "\n" + r["error"][-1500:]))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Timing
+
+def bench(fn, reps=20, warmup=3):
+    """Median / min milliseconds over `reps` CUDA-event-timed calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    times.sort()
+    return {"median_ms": times[len(times) // 2], "min_ms": times[0], "reps": reps}
+
+
+def copy_bandwidth():
+    n = 1 << 30  # 1 GiB
+    a = torch.empty(n, dtype=torch.uint8, device=DEV)
+    a.random_(0, 255)
+    b = torch.empty_like(a)
+    r = bench(lambda: b.copy_(a), reps=20)
+    return 2 * n / (r["median_ms"] * 1e-3) / 1e9
+
+
+def nbytes(*ts):
+    return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records):
+    def add(op, case, dn, impl, r, bytes_=None, flops=None, extra=None):
+        rec = dict(op=op, case=case, dtype=dn, impl=impl, **r)
+        if bytes_:
+            rec["bytes"] = bytes_
+            rec["GBps"] = bytes_ / (r["median_ms"] * 1e-3) / 1e9
+            rec["ratio_to_copy_bw"] = rec["GBps"] / copy_gbps
+        if flops:
+            rec["flops"] = flops
+            rec["TFLOPs"] = flops / (r["median_ms"] * 1e-3) / 1e12
+        if extra:
+            rec.update(extra)
+        records.append(rec)
+        log(f"  {op:<17} {case:<24} {dn:<8} {impl:<14} {r['median_ms']:10.4f} ms"
+            + (f"  {rec['GBps']:8.1f} GB/s ({rec['ratio_to_copy_bw']:.2f} of copy)" if bytes_ else "")
+            + (f"  {rec['TFLOPs']:.1f} TFLOP/s" if flops else ""))
+
+    def try_(label, f):
+        try:
+            f()
+        except Exception as e:  # timing failures are recorded, not fatal
+            records.append(dict(op=label, impl="error", error=str(e)[-2000:]))
+            log(f"  timing {label} failed: {str(e)[-500:]}")
+
+    compiled = {}
+
+    def comp(name, fn):
+        if name not in compiled:
+            compiled[name] = torch.compile(fn, dynamic=False)
+        return compiled[name]
+
+    # --- SelectiveScan ---------------------------------------------------------------------------------
+    for dn in dtypes_time:
+        dt_ = DTYPES[dn]
+
+        def scan_big():
+            Bt, T, D, N = 128, 8320, 3200, 16
+            inp = scan_inputs(Bt, T, D, N, dt_)
+            y = torch.empty_like(inp["x"])
+            ls = torch.empty(Bt, D, N, device=DEV)
+            r = bench(lambda: K.selective_scan(**inp, y=y, last_state=ls), reps=20, warmup=2)
+            add("SelectiveScan", "hymba_B128_T8320", dn, "kernel", r,
+                nbytes(*[inp[k] for k in ("x", "dt", "B", "C", "z", "initial_state", "A", "D", "dt_bias")], y, ls))
+            del inp, y, ls
+            torch.cuda.empty_cache()
+        try_("SelectiveScan big", scan_big)
+
+        def scan_b1():
+            Bt, T, D, N = 1, 8320, 3200, 16
+            inp = scan_inputs(Bt, T, D, N, dt_)
+            y = torch.empty_like(inp["x"])
+            ls = torch.empty(Bt, D, N, device=DEV)
+            b = nbytes(*[inp[k] for k in ("x", "dt", "B", "C", "z", "initial_state")], y, ls)
+            add("SelectiveScan", "hymba_B1_T8320", dn, "kernel",
+                bench(lambda: K.selective_scan(**inp, y=y, last_state=ls)), b)
+            if dn == "bfloat16":
+                add("SelectiveScan", "hymba_B1_T8320", dn, "chunked_eager",
+                    bench(lambda: SS.selective_scan(**inp), reps=20, warmup=1), b)
+                add("SelectiveScan", "hymba_B1_T8320", dn, "ref_eager",
+                    bench(lambda: SS.selective_scan_ref(**inp), reps=3, warmup=1), b,
+                    extra={"note": "3 reps: the time-step loop takes seconds"})
+        try_("SelectiveScan B1", scan_b1)
+
+        def scan_small(T):
+            Bt, D, N = (128, 3200, 16)
+            inp = scan_inputs(Bt, T, D, N, dt_)
+            y = torch.empty_like(inp["x"])
+            ls = torch.empty(Bt, D, N, device=DEV)
+            case = "decode_B128" if T == 1 else f"prefill_B128_T{T}"
+            b = nbytes(*[inp[k] for k in ("x", "dt", "B", "C", "z", "initial_state")], y, ls)
+            add("SelectiveScan", case, dn, "kernel", bench(lambda: K.selective_scan(**inp, y=y, last_state=ls)), b)
+            add("SelectiveScan", case, dn, "ref_eager", bench(lambda: SS.selective_scan_ref(**inp)), b)
+            if do_compile and dn == "bfloat16":
+                f = comp(f"scan{T}{dn}", SS.selective_scan_ref)
+                add("SelectiveScan", case, dn, "ref_compile", bench(lambda: f(**inp)), b)
+        try_("SelectiveScan decode", lambda: scan_small(1))
+        if dn == "bfloat16":
+            try_("SelectiveScan T32", lambda: scan_small(32))
+
+    # --- CausalConv1d ----------------------------------------------------------------------------------
+    for dn in dtypes_time:
+        dt_ = DTYPES[dn]
+
+        def conv(Bt, T):
+            D, Kw = 3200, 4
+            inp = conv_inputs(Bt, T, D, Kw, dt_)
+            y = torch.empty_like(inp["x"])
+            ns = torch.empty(Bt, D, Kw, device=DEV, dtype=dt_)
+            case = "decode_B128" if T == 1 else f"prefill_B{Bt}_T{T}"
+            b = nbytes(inp["x"], inp["weight"], inp["bias"], inp["conv_state"], y, ns)
+            add("CausalConv1d", case, dn, "kernel", bench(lambda: K.causal_conv1d(**inp, y=y, new_state=ns)), b)
+            add("CausalConv1d", case, dn, "ref_eager", bench(lambda: CC.causal_conv1d_ref(**inp)), b)
+            add("CausalConv1d", case, dn, "conv1d_eager", bench(lambda: CC.causal_conv1d(**inp)), b)
+            if do_compile and dn == "bfloat16":
+                f = comp(f"conv{T}{dn}", CC.causal_conv1d_ref)
+                add("CausalConv1d", case, dn, "ref_compile", bench(lambda: f(**inp)), b)
+            del inp, y, ns
+            torch.cuda.empty_cache()
+        try_("CausalConv1d prefill", lambda: conv(16, 8320))
+        try_("CausalConv1d decode", lambda: conv(128, 1))
+
+    # --- WindowedAttention -----------------------------------------------------------------------------
+    for dn in dtypes_time:
+        dt_ = DTYPES[dn]
+
+        def attn(Bt, Tq, Tk, window, meta, case):
+            Hq, Hkv, Dqk, Dv = 25, 5, 64, 128
+            scale = 0.125
+            inp = attn_inputs(Bt, Tq, Tk, Hq, Hkv, Dqk, Dv, dt_)
+            out = torch.empty(Bt, Tq, Hq, Dv, device=DEV, dtype=dt_)
+            b = nbytes(inp["q"], inp["k"], inp["v"], out)
+            mask = WA.window_mask(Tq, Tk, window, meta, DEV)
+            visible = int(mask.sum().item())
+            flops = 2 * Bt * Hq * visible * (Dqk + Dv)  # only the unmasked products
+            add("WindowedAttention", case, dn, "kernel",
+                bench(lambda: K.windowed_attention(**inp, window=window, num_meta=meta, scale=scale, out=out)), b, flops)
+            add("WindowedAttention", case, dn, "ref_eager",
+                bench(lambda: WA.windowed_attention_ref(**inp, window=window, num_meta=meta, scale=scale)), b, flops)
+            qh = inp["q"].transpose(1, 2)
+            kh = inp["k"].transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
+            vh = inp["v"].transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
+            add("WindowedAttention", case, dn, "sdpa_mask",
+                bench(lambda: F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)), b, flops,
+                extra={"note": "SDPA in the input dtype with an explicit boolean mask; K/V pre-expanded to Hq heads"})
+            if do_compile and dn == "bfloat16":
+                f = comp(f"attn{case}{dn}", WA.windowed_attention_ref)
+                add("WindowedAttention", case, dn, "ref_compile",
+                    bench(lambda: f(**inp, window=window, num_meta=meta, scale=scale)), b, flops)
+            del inp, out, qh, kh, vh, mask
+            torch.cuda.empty_cache()
+        try_("attn prefill", lambda: attn(1, 8320, 8320, 1024, 128, "prefill_swa_T8320"))
+        try_("attn decode", lambda: attn(128, 1, 1152, 1024, 128, "decode_swa_B128_Tk1152"))
+        if dn == "bfloat16":
+            try_("attn prefill global", lambda: attn(1, 8320, 8320, 0, 128, "prefill_global_T8320"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+
+def _sources_digest():
+    """sha256 over plugins/**/*.{h,cuh,cu,cpp,txt}: which code these numbers belong to."""
+    import hashlib
+    h = hashlib.sha256()
+    for f in sorted(REPO.joinpath("plugins").rglob("*")):
+        if f.suffix in (".h", ".cuh", ".cu", ".cpp", ".txt") and f.is_file():
+            h.update(str(f.relative_to(REPO)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def _nvcc_version():
+    try:
+        out = subprocess.run(["nvcc", "--version"], stdout=subprocess.PIPE, text=True).stdout
+        return out.strip().splitlines()[-1]
+    except Exception:
+        return "unknown"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build-dir", default=str(REPO / "build" / "plugins-gpu"))
+    ap.add_argument("--archs", default="90", help="CMAKE_CUDA_ARCHITECTURES for the build (H100/H200: 90)")
+    ap.add_argument("--json", default=None, help="where to write the results (default: $OUT or bench/results)")
+    ap.add_argument("--dtypes", default="float32,float16,bfloat16")
+    ap.add_argument("--time-dtypes", default="bfloat16,float16,float32")
+    ap.add_argument("--no-timing", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile timings (bf16 only otherwise)")
+    ap.add_argument("--only", default="scan,conv,attn")
+    args = ap.parse_args(argv)
+
+    if not torch.cuda.is_available():
+        log("no CUDA GPU: nothing to check")
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    t0 = time.time()
+    if os.environ.get("HYMBA_PLUGIN_LIB"):
+        lib, harness_lib = H.find_libraries(build_if_missing=False)
+    else:
+        lib = H.build_library(Path(args.build_dir), archs=args.archs)
+        harness_lib = lib.parent / "libhymba_plugin_harness.so"
+    build_s = time.time() - t0
+    log(f"built {lib} in {build_s:.1f} s")
+
+    h = H.Harness(lib, harness_lib)
+    K = Kernels(H.KernelShim(lib))
+    gen = torch.Generator(device=DEV)
+    gen.manual_seed(int.from_bytes(os.urandom(4), "little"))  # fresh inputs every run
+
+    prop = torch.cuda.get_device_properties(0)
+    info = {
+        "gpu": torch.cuda.get_device_name(0),
+        "compute_capability": f"{prop.major}.{prop.minor}",
+        "sm_count": prop.multi_processor_count,
+        "memory_GiB": round(prop.total_memory / 2**30, 1),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "nvcc": _nvcc_version(),
+        "python": platform.python_version(),
+        "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "build_archs": args.archs,
+        "build_seconds": round(build_s, 1),
+        "tensorrt_headers": (REPO / ".trt" / "VERSION").read_text().strip() if (REPO / ".trt" / "VERSION").exists()
+        else "see TensorRT_ROOT",
+        "sources_sha256": _sources_digest(),
+        "creators": [f"{c.get('namespace')}::{c.get('name')} v{c.get('version')}" for c in h.creators()],
+    }
+    log(json.dumps(info, indent=1))
+
+    dtypes = args.dtypes.split(",")
+    only = set(args.only.split(","))
+    results = []
+    log("correctness (rel err = |out-ref|/|ref|):")
+    if "conv" in only:
+        check_conv(K, h, results, dtypes, gen)
+    if "attn" in only:
+        check_attn(K, h, results, dtypes, gen)
+    if "scan" in only:
+        check_scan(K, h, results, dtypes, gen)
+    n_pass = sum(r["passed"] for r in results)
+    log(f"correctness: {n_pass}/{len(results)} passed")
+
+    out = args.json or os.path.join(os.environ.get("OUT", str(REPO / "bench" / "results")), "plugins_gpu_check.json")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(dict(info, partial=True, correctness=results), indent=1))  # survives a timeout
+
+    timings = []
+    copy_gbps = None
+    if not args.no_timing:
+        copy_gbps = copy_bandwidth()
+        log(f"device copy bandwidth (read+write): {copy_gbps:.1f} GB/s")
+        timing(K, copy_gbps, args.time_dtypes.split(","), not args.no_compile, timings)
+
+    doc = dict(info, copy_bandwidth_GBps=copy_gbps, all_passed=n_pass == len(results), n_checks=len(results),
+               n_passed=n_pass, tolerances={"float32": 1e-5, "float32_scan_T>=4096": 1e-4, "float16": 1e-2,
+                                            "bfloat16": 1e-2, "metric": "norm-relative |out-ref|/|ref|"},
+               correctness=results, timing=timings)
+    Path(out).write_text(json.dumps(doc, indent=1))
+    log(f"wrote {out}")
+    failed = [r for r in results if not r["passed"]]
+    for r in failed:
+        log(f"FAILED: {r['op']} {r['case']} {r['dtype']} {r['path']}")
+    log(f"{'ALL PASSED' if not failed else f'{len(failed)} FAILED'}: {n_pass}/{len(results)} checks")
+    return 0 if not failed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
