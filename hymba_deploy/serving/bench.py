@@ -1,0 +1,350 @@
+"""`hymba-deploy bench --backend cuda`: prefill latency and decode throughput at the paper's setup.
+
+    PYTHONPATH=. python3 -m hymba_deploy.serving.bench --out bench.json
+        [--model hymba-1.5b] [--dtype bfloat16] [--context 8192] [--batches 1,8,32,128]
+        [--prefill 1024,4096,8192] [--steps 32] [--no-reference] [--ref-steps 3]
+
+Decode: `context` text tokens already in the cache (plus the 128 meta tokens), then `steps` decode steps
+of the serving engine with CUDA graphs (and a few eager steps for comparison). The cache is filled with
+random values of the right shapes instead of a real batch-128 × 8k prefill (`cache_contents` in the
+JSON says so). A batch that runs out of memory is halved until it fits (the paper's rule).
+Prefill: batch 1, the model's forward through the serving cache, at each length in `--prefill`.
+Floor: (weight bytes + cache bytes read per step) / measured copy bandwidth (read + write bytes / time).
+Reference backend (same run, same process): the model's own forward with the dynamic reference cache and
+the PyTorch ops, eager; plus the serving engine with CUDA graphs over the reference ops.
+Timing: CUDA events around many steps after warm-up; medians for prefill.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+from ..errors import HymbaDeployError
+
+
+def _events_ms(fn, reps: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def copy_bandwidth(nbytes: int = 1 << 30, reps: int = 20) -> float:
+    """Device copy bandwidth in bytes/s, counting read + write."""
+    src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    ms = _events_ms(lambda: dst.copy_(src), reps)
+    del src, dst
+    return 2 * nbytes / (ms / 1e3)
+
+
+def weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _oom_halving(batch: int, fn):
+    """Run fn(b) from b = batch, halving on CUDA out-of-memory; returns (b, result, oom_batches)."""
+    ooms = []
+    b = batch
+    while b >= 1:
+        try:
+            return b, fn(b), ooms
+        except torch.OutOfMemoryError:
+            ooms.append(b)
+            torch.cuda.empty_cache()
+            b //= 2
+    return 0, None, ooms
+
+
+def decode_cuda(engine, batch: int, context: int, steps: int, eager_steps: int, floor_bw: float, wbytes: int):
+    from ..cache import HybridMambaAttentionDynamicCache
+
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    cache = engine.cache(batch)
+    try:
+        engine.capture(batch)
+        cache.fill_random(context, torch.Generator(device="cuda").manual_seed(batch))
+        token = torch.randint(3, engine.config.vocab_size, (batch, 1), device="cuda")
+        for _ in range(3):
+            engine.decode(cache, token)
+        cache.set_length(context)
+        ms = _events_ms(lambda: engine.decode(cache, token), steps)
+        cache.set_length(context)
+        ms_eager = _events_ms(lambda: engine.decode_eager(cache, token), eager_steps) if eager_steps else None
+        peak = torch.cuda.max_memory_allocated()
+        nominal_cache = HybridMambaAttentionDynamicCache.size_bytes(engine.config, context, engine.dtype, batch)
+        read = cache.nbytes_read_per_step(context)
+        floor_ms = (wbytes + read) / floor_bw * 1e3
+        return {
+            "batch": batch, "ms_per_step": ms, "tokens_per_s": batch / (ms / 1e3),
+            "eager_ms_per_step": ms_eager,
+            "eager_tokens_per_s": None if ms_eager is None else batch / (ms_eager / 1e3),
+            "graph_segments": len(engine.graphs[batch].graphs),
+            "peak_memory_bytes": peak,
+            "cache_bytes_allocated": cache.nbytes(), "cache_bytes_read_per_step": read,
+            "cache_bytes_nominal": nominal_cache,
+            "decode_floor_ms": floor_ms, "fraction_of_floor": floor_ms / ms,
+            "decode_floor_nominal_cache_ms": (wbytes + nominal_cache) / floor_bw * 1e3,
+            "fraction_of_floor_nominal_cache": (wbytes + nominal_cache) / floor_bw * 1e3 / ms,
+        }
+    finally:
+        engine.release(batch)
+        torch.cuda.empty_cache()
+
+
+_CATEGORIES = (("attention (plugin kernel)", ("windowedAttention",)), ("scan (plugin kernel)", ("selectiveScan",)),
+               ("conv (plugin kernel)", ("causalConv1d",)),
+               ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitK", "Kernel2")),
+               ("fused elementwise (triton)", ("triton",)))
+
+
+def profile_decode(engine, batch: int, context: int, steps: int = 3) -> dict:
+    """Kernel time per decode step by category (eager steps under torch.profiler; graphs replay the same
+    kernels without the launch gaps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cache = engine.cache(batch)
+    try:
+        cache.fill_random(context, torch.Generator(device="cuda").manual_seed(1))
+        token = torch.randint(3, engine.config.vocab_size, (batch, 1), device="cuda")
+        engine.decode_eager(cache, token)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                engine.decode_eager(cache, token)
+            torch.cuda.synchronize()
+        cats: dict = {}
+        kernels = []
+        for evt in prof.key_averages():
+            us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
+            if not us:
+                continue
+            name = evt.key
+            cat = next((c for c, keys in _CATEGORIES if any(k in name for k in keys)), "other elementwise")
+            entry = cats.setdefault(cat, {"us_per_step": 0.0, "kernels_per_step": 0.0})
+            entry["us_per_step"] += us / steps
+            entry["kernels_per_step"] += evt.count / steps
+            kernels.append((us / steps, evt.count / steps, name[:120]))
+        kernels.sort(reverse=True)
+        return {"batch": batch, "context": context, "by_category": cats,
+                "total_kernel_us_per_step": sum(c["us_per_step"] for c in cats.values()),
+                "top_kernels": [{"us_per_step": a, "calls_per_step": b, "name": c} for a, b, c in kernels[:12]]}
+    finally:
+        engine.release(batch)
+        torch.cuda.empty_cache()
+
+
+def random_dynamic_cache(model, batch: int, context: int, generator):
+    """The reference runtime's cache after `context` tokens, filled with random values."""
+    cfg = model.config
+    cache = model.new_cache(batch)
+    meta = cfg.num_memory_tokens
+    Hkv, dqk, dv = cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim
+    kw = dict(dtype=model.dtype, device=model.device)
+    for i in range(cfg.num_hidden_layers):
+        if cfg.is_producer(i):
+            keep = cache.keep(i)
+            S = meta + (context if keep is None else min(context, keep))
+            cache.key_cache[i] = torch.randn(batch, S, Hkv, dqk, generator=generator, **kw)
+            cache.value_cache[i] = torch.randn(batch, S, Hkv, dv, generator=generator, **kw)
+        cache.conv_states[i] = torch.randn(batch, cfg.d_inner, cfg.mamba_d_conv, generator=generator, **kw)
+        cache.ssm_states[i] = 0.1 * torch.randn(batch, cfg.d_inner, cfg.mamba_d_state, generator=generator, **kw)
+    cache.seen_tokens = meta + context
+    return cache
+
+
+def decode_reference_eager(model, batch: int, context: int, steps: int):
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    cache = random_dynamic_cache(model, batch, context, torch.Generator(device="cuda").manual_seed(batch))
+    token = torch.randint(3, model.config.vocab_size, (batch, 1), device="cuda")
+    try:
+        with torch.no_grad():
+            model(token, cache)                                             # warm-up
+            ms = _events_ms(lambda: model(token, cache), steps)
+        return {"batch": batch, "ms_per_step": ms, "tokens_per_s": batch / (ms / 1e3),
+                "peak_memory_bytes": torch.cuda.max_memory_allocated()}
+    finally:
+        del cache
+        torch.cuda.empty_cache()
+
+
+def prefill_ms(engine, n: int, reps: int) -> dict:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    cache = engine.cache(1)
+    ids = torch.randint(3, engine.config.vocab_size, (1, n), device="cuda")
+    try:
+        engine.prefill(ids, cache)                                          # warm-up
+        times = sorted(_events_ms(lambda: engine.prefill(ids, cache), 1) for _ in range(reps))
+        return {"tokens": n, "ms": times[len(times) // 2], "all_ms": times,
+                "peak_memory_bytes": torch.cuda.max_memory_allocated()}
+    finally:
+        engine.release(1)
+        torch.cuda.empty_cache()
+
+
+def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 8192,
+        batches=(1, 8, 32, 128), prefill=(1024, 4096, 8192), steps: int = 32, eager_steps: int = 4,
+        reference: bool = True, ref_steps: int = 3, ref_graph_batches=(1, 8), seed: int = 0,
+        log=print, out: str | None = None, uncompiled_batches=(1, 128), profile_batches=(1, 128)) -> dict:
+    if not torch.cuda.is_available():
+        raise HymbaDeployError("bench --backend cuda needs a CUDA GPU")
+    from .. import cuda as backend
+    from ..checkpoint import parse_dtype
+    from .engine import HymbaServingEngine
+    from .gpu_check import random_model
+
+    torch_dtype = parse_dtype(dtype)
+
+    def dump():                                                             # partial results survive a timeout
+        if out:
+            with open(out + ".tmp", "w") as f:
+                json.dump(res, f, indent=2)
+            os.replace(out + ".tmp", out)
+
+    res: dict = {
+        "gpu": torch.cuda.get_device_name(), "capability": list(torch.cuda.get_device_capability()),
+        "torch": torch.__version__, "cuda_version": torch.version.cuda,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "model": model_spec, "weights": f"random (seed {seed}), upstream init", "dtype": dtype,
+        "context_tokens": context, "meta_tokens": None,
+        "cache_contents": "random values of the right shapes (no real prefill) for decode",
+        "ssm_state_dtype_cuda": "float32 (updated in place by the scan kernel)",
+        "cuda_engine": "serving cache + CUDA graphs per batch bucket (global-layer attention between graph "
+                       "segments) + torch.compile'd elementwise glue; plugin kernels for scan/conv/attention",
+        "timing": "CUDA events; decode: mean over steps after warm-up; prefill: median",
+    }
+    import hashlib
+
+    res["plugin_kernel_sources_sha256"] = hashlib.sha256(
+        b"".join(f.read_bytes() for f in sorted(backend.PLUGINS_DIR.glob("*/*_kernel*"))
+                 + sorted(backend.PLUGINS_DIR.glob("common/*.cuh")))).hexdigest()[:16]
+    t0 = time.perf_counter()
+    backend.set_backend("cuda")
+    res["extension_build_s"] = time.perf_counter() - t0
+    bw = copy_bandwidth()
+    res["copy_bandwidth_GBps"] = bw / 1e9
+    model = random_model(model_spec, torch_dtype, "cuda", seed)
+    model.backend = "cuda"
+    res["meta_tokens"] = model.config.num_memory_tokens
+    wbytes = weight_bytes(model)
+    res["weight_bytes"] = wbytes
+    log(f"bw {bw / 1e9:.0f} GB/s, weights {wbytes / 1e9:.2f} GB", flush=True)
+
+    max_context = max([context + steps + eager_steps + 8, *prefill])
+    engine = HymbaServingEngine(model, max_context=max_context, buckets=batches)
+    res["cuda"] = {"decode": [], "prefill": []}
+    for b in batches:
+        got, r, ooms = _oom_halving(b, lambda bb: decode_cuda(engine, bb, context, steps, eager_steps, bw, wbytes))
+        entry = {"requested_batch": b, "oom_batches": ooms, **(r or {})}
+        res["cuda"]["decode"].append(entry)
+        log("cuda decode", json.dumps(entry), flush=True)
+        dump()
+    for n in prefill:
+        r = prefill_ms(engine, n, 3)
+        res["cuda"]["prefill"].append(r)
+        log("cuda prefill", json.dumps(r), flush=True)
+        dump()
+    res["cuda"]["profile_eager"] = []
+    for b in profile_batches:
+        try:
+            r = profile_decode(engine, b, context)
+        except Exception as e:                                              # reported, not fatal
+            r = {"batch": b, "error": f"{type(e).__name__}: {e}"[:400]}
+        res["cuda"]["profile_eager"].append(r)
+        log("cuda profile", json.dumps(r), flush=True)
+        dump()
+    plain = HymbaServingEngine(model, max_context=max_context, buckets=batches, compile_elementwise=False)
+    res["cuda"]["decode_graphs_uncompiled_elementwise"] = []
+    for b in uncompiled_batches:
+        got, r, ooms = _oom_halving(b, lambda bb: decode_cuda(plain, bb, context, steps, 0, bw, wbytes))
+        entry = {"requested_batch": b, "oom_batches": ooms, **(r or {})}
+        res["cuda"]["decode_graphs_uncompiled_elementwise"].append(entry)
+        log("cuda decode (no compile)", json.dumps(entry), flush=True)
+        dump()
+    del plain
+
+    if reference:
+        backend.set_backend("reference")
+        model.backend = "reference"
+        res["reference"] = {"decode_eager": [], "decode_engine_graphs": [], "prefill": []}
+        ref_engine = HymbaServingEngine(model, max_context=max_context, buckets=batches, backend="reference",
+                                        ssm_state_dtype=torch_dtype)
+        for n in prefill:
+            try:
+                r = prefill_ms(ref_engine, n, 1)
+            except torch.OutOfMemoryError:
+                r = {"tokens": n, "error": "out of memory"}
+                torch.cuda.empty_cache()
+            res["reference"]["prefill"].append(r)
+            log("reference prefill", json.dumps(r), flush=True)
+            dump()
+        for b in batches:
+            got, r, ooms = _oom_halving(b, lambda bb: decode_reference_eager(model, bb, context, ref_steps))
+            entry = {"requested_batch": b, "oom_batches": ooms, **(r or {})}
+            res["reference"]["decode_eager"].append(entry)
+            log("reference decode eager", json.dumps(entry), flush=True)
+            dump()
+        for b in ref_graph_batches:
+            try:
+                r = decode_cuda(ref_engine, b, context, steps, 0, bw, wbytes)
+            except Exception as e:                                          # reported, not fatal
+                r = {"batch": b, "error": f"{type(e).__name__}: {e}"[:400]}
+                torch.cuda.empty_cache()
+            res["reference"]["decode_engine_graphs"].append(r)
+            log("reference engine+graphs", json.dumps(r), flush=True)
+            dump()
+        res["reference"]["decode_engine_graphs_note"] = (
+            "the serving engine (preallocated cache, CUDA graphs, torch.compile'd elementwise glue) over the "
+            "reference PyTorch ops, SSM state in the model dtype")
+        res["reference"]["torch_compile_whole_model"] = "not run (compile time exceeds this run's device budget)"
+        backend.set_backend("cuda")
+    res["complete"] = True
+    dump()
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Hymba serving benchmark (cuda backend vs reference)")
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--model", default="hymba-1.5b")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--context", type=int, default=8192)
+    ap.add_argument("--batches", default="1,8,32,128")
+    ap.add_argument("--prefill", default="1024,4096,8192")
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--eager-steps", type=int, default=4)
+    ap.add_argument("--ref-steps", type=int, default=3)
+    ap.add_argument("--ref-graph-batches", default="1,8")
+    ap.add_argument("--uncompiled-batches", default="1,128")
+    ap.add_argument("--profile-batches", default="1,128")
+    ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    ints = lambda s: tuple(int(x) for x in s.split(",") if x)  # noqa: E731
+    try:
+        res = run(args.model, args.dtype, args.context, ints(args.batches), ints(args.prefill), args.steps,
+                  args.eager_steps, not args.no_reference, args.ref_steps, ints(args.ref_graph_batches), args.seed,
+                  out=args.out, uncompiled_batches=ints(args.uncompiled_batches),
+                  profile_batches=ints(args.profile_batches))
+    except HymbaDeployError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

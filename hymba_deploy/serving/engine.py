@@ -1,0 +1,345 @@
+"""HymbaServingEngine: batched generation over a `HymbaServingCache`, decode steps replayed as CUDA graphs.
+
+Prefill runs the model's own forward (`HymbaModel.forward`, unchanged) through `DynamicCacheView`, so it
+uses whatever kernels the backend registered for `torch.ops.hymba.*`. Decode runs `_decode_body`, the
+same layer math as `HymbaBlock.forward` (§2.3; each step numbered alike) at T = 1, with the cache updated
+in place: K/V written into their slot, conv state and (fp32) SSM state updated by the kernels themselves.
+
+CUDA graphs: the decode step of each batch bucket is captured once and replayed. A captured kernel keeps
+the key count it was captured with, which is fixed for SWA layers once their rings are full, but grows
+by one per step in the global layers. The step body is therefore a generator that yields at every
+attention over a global producer's K/V: those few launches (3 of 32 layers for hymba-1.5b) run eagerly
+between graph segments with the current length, while everything else replays. Steps before the rings
+fill run eagerly.
+
+Batch buckets: a batch of b sequences runs in the smallest bucket ≥ b (rows beyond b are padding whose
+results are dropped; every kernel is row-independent).
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn.functional as F
+
+from .. import cuda as cuda_backend
+from ..errors import HymbaDeployError
+from ..model import apply_rotary
+from .cache import DynamicCacheView, HymbaServingCache
+from .sampling import SamplingParams, make_generator, sample
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+SOFTPLUS_THRESHOLD = 20.0
+
+
+# Elementwise pieces of a decode step, written as pure functions with the model's exact op order
+# (HymbaRMSNorm, apply_rotary, HymbaMLP, the fusion of §2.3 step 5) so that `torch.compile` can fuse
+# each into one or two kernels; at batch 1 the ~80 small eager kernels per layer dominate a step.
+def rms_norm(x, weight, eps: float):
+    xf = x.float()
+    xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * xf.to(x.dtype)
+
+
+def add_rms_norm(h, delta, weight, eps: float):
+    """Residual add, then the next RMSNorm: (h + delta, norm(h + delta))."""
+    h = h + delta
+    return h, rms_norm(h, weight, eps)
+
+
+def rope(x, cos, sin):
+    return apply_rotary(x, cos, sin)
+
+
+def dbc_norms(xp, w_dt, w_B, w_C, dt_rank: int, d_state: int, eps: float):
+    """x_proj output (B, T, R + 2N) -> RMSNorm'd dt, B, C."""
+    dt, Bm, Cm = xp.split([dt_rank, d_state, d_state], dim=-1)
+    return rms_norm(dt, w_dt, eps), rms_norm(Bm, w_B, eps), rms_norm(Cm, w_C, eps)
+
+
+def fuse_branches(attn, w1, y, w2, eps: float):
+    """(RMSNorm1(attn) + RMSNorm2(ssm)) / 2, the input of out_proj."""
+    return (rms_norm(attn, w1, eps) + rms_norm(y, w2, eps)) / 2
+
+
+def silu_mul(g, u):
+    return F.silu(g) * u
+
+
+_ELEMENTWISE = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "rope": rope, "dbc_norms": dbc_norms,
+                "fuse_branches": fuse_branches, "silu_mul": silu_mul}
+
+
+def select_bucket(batch: int, buckets: Iterable[int] = DEFAULT_BUCKETS) -> int:
+    """The smallest bucket that holds `batch` sequences."""
+    fits = [b for b in sorted(buckets) if b >= batch]
+    if batch < 1 or not fits:
+        raise HymbaDeployError(f"batch {batch} fits no bucket of {sorted(buckets)}; raise the largest bucket")
+    return fits[0]
+
+
+class DecodeKernels:
+    """The three ops at T = 1 with in-place state updates: the plugin kernels through the extension
+    (backend 'cuda', CUDA tensors), else `torch.ops.hymba.*` followed by a copy into the buffer."""
+
+    def __init__(self, backend: str):
+        self.ext = cuda_backend.extension() if backend == "cuda" else None
+
+    def conv_(self, x, weight, bias, state):
+        """x (B, 1, I) -> y (B, 1, I); state (B, I, K) updated in place."""
+        if self.ext is not None and x.is_cuda:
+            return self.ext.causal_conv1d(x, weight, bias, state, True, None, state)[0]
+        y, new_state = torch.ops.hymba.causal_conv1d(x, weight, bias, state, activation="silu")
+        state.copy_(new_state)
+        return y
+
+    def scan_(self, x, dt, A, B, C, D, z, dt_bias, state):
+        """One recurrence step; state (B, I, N) updated in place (aliased by the kernel when fp32)."""
+        if self.ext is not None and x.is_cuda:
+            if state.dtype == torch.float32:
+                return self.ext.selective_scan(x, dt, A, B, C, D, z, dt_bias, state, SOFTPLUS_THRESHOLD, None, state)[0]
+            y, new_state = self.ext.selective_scan(x, dt, A, B, C, D, z, dt_bias, state, SOFTPLUS_THRESHOLD,
+                                                   None, None)
+        else:
+            y, new_state = torch.ops.hymba.selective_scan(x, dt, A, B, C, D, z, dt_bias, state)
+        state.copy_(new_state)
+        return y
+
+    def attn(self, q, k, v, window, num_meta, scale, out=None):
+        if self.ext is not None and q.is_cuda:
+            return self.ext.windowed_attention(q, k, v, window, num_meta, scale, out)
+        res = torch.ops.hymba.windowed_attention(q, k, v, window, num_meta, scale)
+        return res if out is None else out.copy_(res)
+
+
+class _SegmentedGraph:
+    """One decode step of one bucket as CUDA graph segments separated by eager global-attention holes."""
+
+    def __init__(self, engine: "HymbaServingEngine", cache: HymbaServingCache):
+        cfg = engine.config
+        B = cache.batch_size
+        self.tokens = torch.zeros(B, 1, dtype=torch.int64, device=cache.device)
+        self.graphs: list[torch.cuda.CUDAGraph] = []
+        self.holes = []                                                     # (layer, producer, q, out)
+        pool = torch.cuda.graph_pool_handle()
+        stream = torch.cuda.Stream(device=cache.device)
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            body = engine._decode_body(cache, self.tokens)
+            graph = torch.cuda.CUDAGraph()
+            graph.capture_begin(pool=pool)
+            try:
+                request = next(body)
+                while True:
+                    graph.capture_end()
+                    self.graphs.append(graph)
+                    layer, producer, q = request
+                    out = torch.empty(B, 1, cfg.num_attention_heads, cfg.v_dim, dtype=q.dtype, device=q.device)
+                    self.holes.append((layer, producer, q, out))
+                    graph = torch.cuda.CUDAGraph()
+                    graph.capture_begin(pool=pool)
+                    request = body.send(out)
+            except StopIteration as stop:
+                self.logits = stop.value                                    # (B, V) fp32, static
+                graph.capture_end()
+                self.graphs.append(graph)
+        torch.cuda.current_stream().wait_stream(stream)
+
+    def replay(self, engine: "HymbaServingEngine", cache: HymbaServingCache, tokens: torch.Tensor):
+        self.tokens.copy_(tokens)
+        for j, graph in enumerate(self.graphs):
+            graph.replay()
+            if j < len(self.holes):
+                layer, producer, q, out = self.holes[j]
+                engine._global_attention(cache, layer, producer, q, out)
+        cache.text_len += 1
+        return self.logits
+
+
+class HymbaServingEngine:
+    """Generation for one model: per-bucket caches of `max_context` text tokens and captured decode steps."""
+
+    def __init__(self, model, max_context: int, buckets: Iterable[int] = DEFAULT_BUCKETS,
+                 eviction: str = "upstream", ssm_state_dtype: torch.dtype | None = None,
+                 use_graphs: bool = True, backend: str | None = None, compile_elementwise: bool | None = None):
+        self.model = model
+        self.config = model.config
+        self.backend = backend or getattr(model, "backend", cuda_backend.get_backend())
+        self.kernels = DecodeKernels(self.backend)
+        self.device, self.dtype = model.device, model.dtype
+        self.max_context, self.buckets, self.eviction = max_context, tuple(sorted(buckets)), eviction
+        if ssm_state_dtype is None:   # fp32 lets the plugin scan update the state in place
+            ssm_state_dtype = torch.float32 if self.kernels.ext is not None else model.dtype
+        self.ssm_state_dtype = ssm_state_dtype
+        self.use_graphs = use_graphs and self.device.type == "cuda"
+        if compile_elementwise is None:
+            compile_elementwise = self.device.type == "cuda"
+        self.compile_elementwise = compile_elementwise
+        self.fn = {name: torch.compile(f, fullgraph=True) if compile_elementwise else f
+                   for name, f in _ELEMENTWISE.items()}
+        I = self.config.d_inner
+        blocks = [layer.mamba for layer in model.model.layers]
+        # Per-layer constants the reference recomputes each call (same values): A, D, dt bias in fp32.
+        self._A = [-torch.exp(b.A_log[0].float()) for b in blocks]         # (I, N)
+        self._D = [b.D[0].float() for b in blocks]                          # (I,)
+        self._dt_bias = [b.dt_proj[0].bias.float() for b in blocks]         # (I,)
+        self._conv_w = [b.conv1d.weight.view(I, -1) for b in blocks]       # (I, K)
+        self.caches: dict[int, HymbaServingCache] = {}
+        self.graphs: dict[int, _SegmentedGraph] = {}
+
+    # ---- resources ----------------------------------------------------------------------------------
+    def cache(self, bucket: int) -> HymbaServingCache:
+        if bucket not in self.caches:
+            self.caches[bucket] = HymbaServingCache(self.config, bucket, self.max_context, self.dtype, self.device,
+                                                    self.eviction, self.ssm_state_dtype)
+        return self.caches[bucket]
+
+    def release(self, bucket: int | None = None) -> None:
+        for b in ([bucket] if bucket is not None else list(self.caches)):
+            self.graphs.pop(b, None)
+            self.caches.pop(b, None)
+
+    def graphs_possible(self, cache: HymbaServingCache) -> bool:
+        return self.use_graphs and cache.ring <= cache.max_context
+
+    @torch.no_grad()
+    def capture(self, bucket: int) -> _SegmentedGraph:
+        """Capture the decode step of `bucket` (clobbers that cache's contents: call before a prefill)."""
+        if bucket in self.graphs:
+            return self.graphs[bucket]
+        cache = self.cache(bucket)
+        if not self.graphs_possible(cache):
+            raise HymbaDeployError("CUDA graphs need a CUDA model and max_context ≥ the SWA ring size")
+        cache.set_length(cache.ring - 1)                                   # rings full at the next step
+        tokens = torch.zeros(bucket, 1, dtype=torch.int64, device=self.device)
+        self.decode_eager(cache, tokens)                                   # warm-up: lazy inits, workspaces
+        cache.set_length(cache.ring - 1)
+        torch.cuda.synchronize(self.device)
+        self.graphs[bucket] = _SegmentedGraph(self, cache)
+        cache.reset()
+        return self.graphs[bucket]
+
+    # ---- prefill --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, cache: HymbaServingCache) -> torch.Tensor:
+        """input_ids (b, n), b ≤ cache rows -> last-token logits (b, V) fp32; the cache holds n tokens."""
+        b, n = input_ids.shape
+        if b > cache.batch_size:
+            raise HymbaDeployError(f"{b} prompts exceed the cache's {cache.batch_size} rows")
+        cache.reset()
+        h = self.model.model(input_ids, DynamicCacheView(cache, b))         # (b, n, H), model code unchanged
+        return self.model.lm_head(h[:, -1]).float()
+
+    # ---- decode ---------------------------------------------------------------------------------------
+    def _global_attention(self, cache, layer, producer, q, out=None):
+        """Attention of layer `layer` over global producer `producer`'s keys (the new token's included)."""
+        L = cache.kv_len(producer, cache.text_len + 1)
+        blk = self.model.model.layers[layer].mamba
+        return self.kernels.attn(q, cache.key[producer][:, :L], cache.value[producer][:, :L], blk.window,
+                                 cache.meta, self.config.qk_head_dim ** -0.5, out)
+
+    def _decode_body(self, cache: HymbaServingCache, tokens: torch.Tensor):
+        """One decode step for all cache rows (generator): yields (layer, producer, q) where attention
+        over a global producer is needed and receives its output; returns logits (B, V) fp32."""
+        cfg, m, kern, fn = self.config, self.model.model, self.kernels, self.fn
+        B = tokens.shape[0]
+        Hq, Hkv, d_qk, d_v, I = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim,
+                                 cfg.d_inner)
+        R, N, eps = cfg.mamba_dt_rank, cfg.mamba_d_state, cfg.rms_norm_eps
+        meta, scale = cfg.num_memory_tokens, d_qk ** -0.5
+        layers = m.layers
+        h = m.embed_tokens(tokens)                                          # (B, 1, H)
+        pos = cache.pos                                                     # (1,) position of this token
+        cos, sin = m.rotary_emb(pos, h.dtype)                               # (1, d_qk)
+        ring_slot = meta + torch.remainder(pos - meta, cache.ring)          # (1,) SWA slot
+        u = fn["rms_norm"](h, layers[0].input_layernorm.weight, eps)        # (B, 1, H)
+        for i, layer in enumerate(layers):
+            blk = layer.mamba
+            # 1. Fused input projection, split in checkpoint row order.
+            q, k, v, x, z = blk.in_proj(u).split([blk.q_dim, *blk.kv_dims, I, I], dim=-1)
+            # 2. Attention heads: RoPE, K/V written into this token's slot, attention over held keys.
+            q = fn["rope"](q.view(B, 1, Hq, d_qk), cos, sin)                # (B, 1, Hq, d_qk)
+            if blk.producer == i:
+                k = fn["rope"](k.view(B, 1, Hkv, d_qk), cos, sin)           # (B, 1, Hkv, d_qk)
+                cache.store_decode(i, k, v.view(B, 1, Hkv, d_v), pos if cfg.is_global(i) else ring_slot)
+            p = blk.producer
+            if cfg.is_global(p):
+                attn = yield (i, p, q)                                      # length grows: run outside graphs
+            else:
+                L = cache.kv_len(p, cache.text_len + 1)                     # fixed once the ring is full
+                attn = kern.attn(q, cache.key[p][:, :L], cache.value[p][:, :L], blk.window, meta, scale)
+            attn = attn.reshape(B, 1, Hq * d_v)                             # (B, 1, I)
+            # 3. SSM heads: conv and scan at T = 1, states updated in place.
+            xc = kern.conv_(x, self._conv_w[i], blk.conv1d.bias, cache.conv[i])            # (B, 1, I)
+            dt, Bm, Cm = fn["dbc_norms"](blk.x_proj[0](xc), blk.dt_layernorm.weight, blk.B_layernorm.weight,
+                                         blk.C_layernorm.weight, R, N, eps)
+            dt = F.linear(dt, blk.dt_proj[0].weight)                        # (B, 1, I), bias joins in the scan
+            y = kern.scan_(xc, dt, self._A[i], Bm, Cm, self._D[i], z, self._dt_bias[i], cache.ssm[i])
+            # 4. Fusion, out_proj, residual; then the MLP and the next layer's input norm.
+            mixed = blk.out_proj(fn["fuse_branches"](attn, blk.pre_avg_layernorm1.weight, y,
+                                                     blk.pre_avg_layernorm2.weight, eps))
+            h, v_ = fn["add_rms_norm"](h, mixed, layer.pre_moe_layernorm.weight, eps)
+            mlp = layer.moe.experts[0]
+            delta = mlp.down_proj(fn["silu_mul"](mlp.gate_proj(v_), mlp.up_proj(v_)))
+            next_w = layers[i + 1].input_layernorm.weight if i + 1 < len(layers) else m.final_layernorm.weight
+            h, u = fn["add_rms_norm"](h, delta, next_w, eps)                 # u: next input (or final) norm
+        logits = self.model.lm_head(u[:, -1]).float()                       # (B, V)
+        cache.pos += 1
+        return logits
+
+    @torch.no_grad()
+    def decode_eager(self, cache: HymbaServingCache, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, 1) for all cache rows -> logits (B, V); no graphs."""
+        if cache.text_len == 0:
+            raise HymbaDeployError("decode before prefill: the cache is empty")
+        if cache.text_len >= cache.max_context:
+            raise HymbaDeployError(f"cache full: max_context {cache.max_context} tokens")
+        body = self._decode_body(cache, tokens)
+        try:
+            request = next(body)
+            while True:
+                layer, producer, q = request
+                request = body.send(self._global_attention(cache, layer, producer, q))
+        except StopIteration as stop:
+            logits = stop.value
+        cache.text_len += 1
+        return logits
+
+    @torch.no_grad()
+    def decode(self, cache: HymbaServingCache, tokens: torch.Tensor) -> torch.Tensor:
+        """One step: the captured graph of this cache's bucket when possible, else eager."""
+        graph = self.graphs.get(cache.batch_size)
+        if graph is not None and self.caches.get(cache.batch_size) is cache and cache.ring_full(cache.text_len + 1):
+            if cache.text_len >= cache.max_context:
+                raise HymbaDeployError(f"cache full: max_context {cache.max_context} tokens")
+            return graph.replay(self, cache, tokens)
+        return self.decode_eager(cache, tokens)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int,
+                 sampling: SamplingParams = SamplingParams()) -> torch.Tensor:
+        """Equal-length prompts (b, n) -> (b, n + max_new_tokens), greedy or sampled."""
+        sampling.validate()
+        b, n = input_ids.shape
+        if max_new_tokens < 0:
+            raise HymbaDeployError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
+        if n + max_new_tokens - 1 > self.max_context:
+            raise HymbaDeployError(f"{n} + {max_new_tokens} tokens exceed max_context {self.max_context}")
+        if max_new_tokens == 0:
+            return input_ids
+        bucket = select_bucket(b, self.buckets)
+        cache = self.cache(bucket)
+        if self.graphs_possible(cache) and n + max_new_tokens - 1 >= cache.ring:
+            self.capture(bucket)
+        input_ids = input_ids.to(self.device)
+        generator = None if sampling.greedy else make_generator(sampling, self.device)
+        logits = self.prefill(input_ids, cache)
+        token = sample(logits, sampling, generator)                         # (b, 1)
+        out = [input_ids, token]
+        pad = torch.zeros(bucket - b, 1, dtype=torch.int64, device=self.device)
+        for _ in range(max_new_tokens - 1):
+            logits = self.decode(cache, torch.cat([token, pad]) if bucket > b else token)
+            token = sample(logits[:b], sampling, generator)
+            out.append(token)
+        return torch.cat(out, dim=1)

@@ -1,0 +1,238 @@
+"""Serving runtime on CPU: ring-buffer cache geometry against the reference cache, engine generation
+against `model.generate`, bucket selection, sampling determinism. The CUDA kernels, CUDA graphs and
+the benchmark run on the GPU harness (`python3 -m hymba_deploy.serving.gpu_check`)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hymba_deploy import cuda as cuda_backend
+from hymba_deploy.cache import HybridMambaAttentionDynamicCache
+from hymba_deploy.config import preset
+from hymba_deploy.errors import HymbaDeployError
+from hymba_deploy.serving import (
+    DynamicCacheView,
+    HymbaServingCache,
+    HymbaServingEngine,
+    SamplingParams,
+    filter_logits,
+    sample,
+    select_bucket,
+)
+
+from conftest import rel_err
+
+
+def _positions_cache(cfg, batch, n_prompt, steps, eviction):
+    """Drive the reference cache and a serving cache with keys that encode their position; yield, after
+    every step, (positions the reference step attends over, positions the serving cache holds), per layer."""
+    meta = cfg.num_memory_tokens
+    Hkv, dqk, dv = cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim
+    ref = HybridMambaAttentionDynamicCache(cfg, batch, torch.float32, eviction=eviction)
+    srv = HymbaServingCache(cfg, batch, n_prompt + steps, torch.float32, eviction=eviction)
+
+    def kv(start, T):
+        pos = torch.arange(start, start + T, dtype=torch.float32)
+        return (pos.view(1, T, 1, 1).expand(batch, T, Hkv, dqk).clone(),
+                pos.view(1, T, 1, 1).expand(batch, T, Hkv, dv).clone())
+
+    producers = [i for i in range(cfg.num_hidden_layers) if cfg.is_producer(i)]
+    T0 = meta + n_prompt
+    seen = {}
+    for i in producers:                                                     # prefill
+        k, v = kv(0, T0)
+        rk, _ = ref.update_kv(i, k, v)
+        srv.store_prefill(i, k, v)
+        seen[i] = rk
+    srv.set_length(n_prompt)
+    for step in range(steps):
+        out = {}
+        for i in producers:
+            k, v = kv(meta + srv.text_len, 1)
+            rk, _ = ref.update_kv(i, k, v)
+            srv.store_decode(i, k, v, srv.slot_index(i, srv.pos))
+            L = srv.kv_len(i, srv.text_len + 1)
+            out[i] = (sorted(rk[0, :, 0, 0].tolist()), sorted(srv.key[i][0, :L, 0, 0].tolist()),
+                      sorted(srv.value[i][0, :L, 0, 0].tolist()))
+        srv.set_length(srv.text_len + 1)
+        yield out
+
+
+@pytest.mark.parametrize("eviction", ["upstream", "exact"])
+@pytest.mark.parametrize("n_prompt", [1, 5, 16, 40])
+def test_ring_buffer_holds_exactly_the_keys_a_reference_decode_step_sees(eviction, n_prompt):
+    cfg = preset("tiny")
+    for out in _positions_cache(cfg, 2, n_prompt, 3 * cfg.sliding_window, eviction):
+        for layer, (ref_pos, srv_k, srv_v) in out.items():
+            assert srv_k == ref_pos, (layer, ref_pos, srv_k)
+            assert srv_v == ref_pos
+
+
+def test_serving_cache_geometry_of_hymba_1_5b():
+    cfg = preset("hymba-1.5b")
+    c = HymbaServingCache.__new__(HymbaServingCache)                     # geometry only, no buffers
+    c.config, c.meta, c.max_context = cfg, 128, 8192
+    c.ring = cfg.sliding_window                                             # upstream: keep 1023 + the new one
+    assert c.slots(0) == 128 + 8192 and c.slots(1) == 128 + 1024
+    assert c.slot(1, 1023) == 128 + 1023 and c.slot(1, 1024) == 128
+    assert c.kv_len(1, 5000) == 128 + 1024 and c.kv_len(15, 5000) == 128 + 5000
+
+
+def test_serving_cache_preallocates_and_never_reallocates(tiny):
+    engine = HymbaServingEngine(tiny, max_context=48, buckets=(2,))
+    cache = engine.cache(2)
+    ptrs = [t.data_ptr() for t in cache.key + cache.value + cache.conv + cache.ssm if t is not None]
+    engine.generate(torch.randint(3, 257, (2, 20)), 8)
+    assert ptrs == [t.data_ptr() for t in cache.key + cache.value + cache.conv + cache.ssm if t is not None]
+    assert cache.text_len == 20 + 7
+
+
+@pytest.mark.parametrize("eviction,n_prompt,new", [("upstream", 20, 16), ("exact", 20, 16), ("upstream", 5, 16)])
+def test_engine_greedy_tokens_equal_reference_generate(tiny, eviction, n_prompt, new):
+    ids = torch.randint(3, 257, (2, n_prompt))
+    ref = tiny.generate(ids, new, eviction=eviction)
+    engine = HymbaServingEngine(tiny, max_context=n_prompt + new, buckets=(1, 2, 4), eviction=eviction)
+    assert torch.equal(engine.generate(ids, new), ref)
+
+
+def test_engine_decode_logits_track_reference_cache(tiny):
+    """Teacher-forced: the engine's per-step logits equal the reference runtime's (fp32)."""
+    ids = torch.randint(3, 257, (2, 18))
+    ref_cache = tiny.new_cache(2)
+    engine = HymbaServingEngine(tiny, max_context=40, buckets=(2,))
+    cache = engine.cache(2)
+    step = ids
+    lg_srv = engine.prefill(ids, cache)
+    for _ in range(12):
+        lg_ref = tiny(step, ref_cache)[:, -1]
+        assert rel_err(lg_srv, lg_ref) < 1e-5
+        step = lg_ref.argmax(-1, keepdim=True)
+        lg_srv = engine.decode(cache, step)
+
+
+def test_padded_bucket_rows_do_not_change_results(tiny):
+    ids = torch.randint(3, 257, (3, 20))
+    e4 = HymbaServingEngine(tiny, max_context=40, buckets=(4,))
+    e3 = HymbaServingEngine(tiny, max_context=40, buckets=(3,))
+    assert torch.equal(e4.generate(ids, 6), e3.generate(ids, 6))
+
+
+def test_bf16_engine_logits_track_reference_bf16(seed):
+    """bf16, teacher-forced: the engine (bf16 SSM state, as upstream) stays within bf16 tolerance."""
+    from conftest import sharpen
+    from hymba_deploy import load_model
+
+    model = sharpen(load_model("tiny", seed=seed), seed).to(torch.bfloat16)
+    ids = torch.randint(3, 257, (2, 20))
+    ref_cache = model.new_cache(2)
+    engine = HymbaServingEngine(model, max_context=32, buckets=(2,))
+    assert engine.ssm_state_dtype == torch.bfloat16                       # reference kernels: upstream rounding
+    cache = engine.cache(2)
+    step, lg_srv = ids, engine.prefill(ids, cache)
+    for _ in range(8):
+        lg_ref = model(step, ref_cache)[:, -1]
+        assert rel_err(lg_srv, lg_ref) < 1e-2
+        step = lg_ref.argmax(-1, keepdim=True)
+        lg_srv = engine.decode(cache, step)
+
+
+@pytest.mark.parametrize("batch,bucket", [(1, 1), (2, 2), (3, 4), (8, 8), (9, 16), (100, 128), (128, 128)])
+def test_select_bucket(batch, bucket):
+    assert select_bucket(batch) == bucket
+
+
+@pytest.mark.parametrize("batch", [0, 129])
+def test_select_bucket_rejects_what_no_bucket_holds(batch):
+    with pytest.raises(HymbaDeployError):
+        select_bucket(batch)
+
+
+def test_sampling_is_deterministic_per_seed(tiny):
+    ids = torch.randint(3, 257, (2, 20))
+    engine = HymbaServingEngine(tiny, max_context=40, buckets=(2,))
+    p = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=7)
+    a, b = engine.generate(ids, 8, p), engine.generate(ids, 8, p)
+    c = engine.generate(ids, 8, SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_sample_limits():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 100, generator=g)
+    greedy = logits.argmax(-1, keepdim=True)
+    assert torch.equal(sample(logits, SamplingParams()), greedy)
+    assert torch.equal(sample(logits, SamplingParams(temperature=1.0, top_k=1), g), greedy)
+    assert torch.equal(sample(logits, SamplingParams(temperature=2.0, top_p=1e-6), g), greedy)
+    kept = torch.isfinite(filter_logits(logits, 5, 1.0)).sum(-1)
+    assert kept.tolist() == [5, 5, 5, 5]
+    draws = torch.cat([sample(logits, SamplingParams(temperature=1.0, top_k=3), g) for _ in range(50)], 1)
+    top3 = logits.topk(3, -1).indices
+    assert all(set(draws[r].tolist()) <= set(top3[r].tolist()) for r in range(4))
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isfinite(filter_logits(logits, 0, 0.7)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, 0, 0.8)).tolist() == [[True, True, False, False]]
+    assert torch.isfinite(filter_logits(logits, 0, 0.81)).tolist() == [[True, True, True, False]]
+
+
+@pytest.mark.parametrize("bad", [dict(temperature=-1.0), dict(top_k=-1), dict(top_p=0.0), dict(top_p=1.5)])
+def test_sampling_params_are_validated(bad):
+    with pytest.raises(HymbaDeployError):
+        SamplingParams(**bad).validate()
+
+
+def test_engine_rejects_overlong_requests(tiny):
+    engine = HymbaServingEngine(tiny, max_context=30, buckets=(1,))
+    with pytest.raises(HymbaDeployError):
+        engine.generate(torch.randint(3, 257, (1, 20)), 12)
+
+
+def test_dynamic_cache_view_counts_positions_like_the_reference(tiny):
+    cache = HymbaServingCache(tiny.config, 1, 32, torch.float32)
+    view = DynamicCacheView(cache, 1)
+    assert view.is_empty() and view.seen_tokens == 0
+    tiny.model(torch.randint(3, 257, (1, 10)), view)
+    assert cache.text_len == 10 and view.seen_tokens == tiny.config.num_memory_tokens + 10
+    assert int(cache.pos) == tiny.config.num_memory_tokens + 10
+
+
+def test_cuda_backend_without_gpu_names_the_fix(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cuda_backend, "_ext", None)
+    with pytest.raises(HymbaDeployError, match="reference"):
+        cuda_backend.set_backend("cuda")
+    with pytest.raises(HymbaDeployError):
+        cuda_backend.set_backend("tensorrt")
+    assert cuda_backend.get_backend() == "reference"
+
+
+def test_cuda_kernels_register_and_route_to_the_reference_when_selected():
+    cuda_backend._register()                                                # idempotent, needs no GPU
+    x = torch.randn(1, 3, 8)
+    y, state = torch.ops.hymba.selective_scan(x, x, -torch.rand(8, 4), torch.randn(1, 3, 4), torch.randn(1, 3, 4))
+    assert y.shape == x.shape and state.shape == (1, 8, 4)
+
+
+def test_serving_states_are_channel_fastest_views():
+    cfg = preset("tiny")
+    c = HymbaServingCache(cfg, 2, 8, torch.float32)
+    assert c.conv[0].shape == (2, cfg.d_inner, cfg.mamba_d_conv) and c.conv[0].stride(1) == 1
+    assert c.ssm[0].shape == (2, cfg.d_inner, cfg.mamba_d_state) and c.ssm[0].stride(1) == 1
+
+
+def test_cuda_backend_builds_from_the_plugin_sources():
+    files = cuda_backend.kernel_sources()
+    assert all(f.parent.parent.name == "plugins" for f in files) and len(files) == 12
+    assert cuda_backend.CSRC.is_file()
+
+
+def test_gpu_check_skips_without_cuda(monkeypatch, capsys):
+    from hymba_deploy.serving import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_check.main([]) == 0
+    assert "skipped" in capsys.readouterr().out
