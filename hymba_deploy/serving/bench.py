@@ -103,7 +103,8 @@ def decode_cuda(engine, batch: int, context: int, steps: int, eager_steps: int, 
         torch.cuda.empty_cache()
 
 
-_CATEGORIES = (("attention (plugin kernel)", ("windowedAttention",)), ("scan (plugin kernel)", ("selectiveScan",)),
+_CATEGORIES = (("attention (plugin kernel)", ("windowedAttention", "wad::decodeKernel")),
+               ("scan (plugin kernel)", ("selectiveScan",)),
                ("conv (plugin kernel)", ("causalConv1d",)),
                ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitK", "Kernel2")),
                ("fused elementwise (triton)", ("triton",)))

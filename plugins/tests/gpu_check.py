@@ -231,6 +231,9 @@ ATTN_CASES = [  # name, B, Tq, Tk, Hq, Hkv, Dqk, Dv, window, num_meta, noncontig
     ("hymba_chunked_prefill", 2, 100, 1300, 25, 5, 64, 128, 1024, 128, False),
     ("hymba_decode_swa_b8", 8, 1, 1152, 25, 5, 64, 128, 1024, 128, False),
     ("hymba_decode_global_b4", 4, 1, 4000, 25, 5, 64, 128, 0, 128, False),
+    ("noncontig_decode_b3", 3, 1, 3000, 10, 2, 64, 128, 1024, 16, True),
+    ("hymba_decode_tq3_b2", 2, 3, 1500, 25, 5, 64, 128, 1024, 128, False),
+    ("decode_g8_d128_b2", 2, 1, 2100, 16, 2, 128, 128, 0, 0, False),
     ("hymba_prefill_swa_T8320", 1, 8320, 8320, 25, 5, 64, 128, 1024, 128, False),
 ]
 
@@ -551,6 +554,8 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records):
         try_("attn prefill", lambda: attn(1, 8320, 8320, 1024, 128, "prefill_swa_T8320"))
         try_("attn decode", lambda: attn(128, 1, 1152, 1024, 128, "decode_swa_B128_Tk1152"))
         if dn == "bfloat16":
+            try_("attn decode B1", lambda: attn(1, 1, 1152, 1024, 128, "decode_swa_B1_Tk1152"))
+            try_("attn decode global", lambda: attn(128, 1, 8320, 0, 128, "decode_global_B128_Tk8320"))
             try_("attn prefill global", lambda: attn(1, 8320, 8320, 0, 128, "prefill_global_T8320"))
 
 

@@ -16,7 +16,9 @@
 #include "../common/kernel_common.cuh"
 #include "windowed_attention_kernel.h"
 
+#include <algorithm>
 #include <cfloat>
+#include <cooperative_groups.h>
 #include <cstdint>
 
 namespace hymba
@@ -334,11 +336,413 @@ cudaError_t launchDv(WindowedAttentionParams const& p, cudaStream_t stream)
 
 } // namespace wak
 
+/*
+ * Decode path (small Tq): split-KV ("flash-decoding") with the GQA group in registers.
+ *
+ * A block owns R rows (query, query head of the group) of one (batch, kv head) and one of nSplit
+ * contiguous slices of the visible keys; each K/V row is read from global memory once, 16 bytes per lane
+ * straight to registers, and serves all R rows. Visible keys are walked as a "virtual" range: the meta
+ * prefix below the window, then the window up to the last query, so splits share out only keys that can
+ * be visible (the exact mask is still applied per key and row).
+ *
+ * Warp step: KPW = 32 / KL keys, KL = Dqk / VW lanes per key for K (VW elements of 16 bytes each); the KL
+ * lanes reduce q·k with xor shuffles. For V each lane owns a fixed VW-column chunk and VPL keys of the
+ * step, fetches their scores by shuffle and keeps its own fp32 online softmax (m, l, acc) per row.
+ * Merge: the lanes' partials meet in shared memory (one per (warp, key slot)), then, when nSplit > 1, the
+ * nSplit blocks of a thread-block cluster (sm_90, cluster size <= 8) merge through distributed shared
+ * memory, each writing a slice of the output. No workspace and one launch; without clusters (older
+ * architectures) nSplit is 1.
+ */
+namespace wad
+{
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kMaxSplits = 8; // portable cluster size
+constexpr int kUnroll = 2;    // warp steps whose loads are issued before the first use
+
+template <typename T, int DQK, int DV, int R>
+struct Shape
+{
+    static constexpr int VW = 16 / int(sizeof(T)); // elements per 16-byte vector
+    static constexpr int KL = DQK / VW;            // lanes per key for K
+    static constexpr int KPW = 32 / KL;            // keys per warp step
+    static constexpr int VC = DV / VW;             // lanes per key for V (column chunks)
+    static constexpr int VPL = KPW * VC / 32;      // V vectors (keys) per lane per step
+    static constexpr int P = kWarps * (32 / VC);   // lane partials per block
+    static constexpr int kSmemFloats = (P + 1) * R * (DV + 2);
+    static_assert(DQK % VW == 0 && KL >= 1 && KL <= 32 && (KL & (KL - 1)) == 0, "unsupported q/k head dim");
+    static_assert(DV % VW == 0 && VC >= KL && VC <= 32 && VPL >= 1, "unsupported v head dim");
+    static_assert(kSmemFloats * 4 <= 48 * 1024, "decode shared memory above the default limit");
+};
+
+template <typename T, int DQK, int DV, int R>
+__global__ void __launch_bounds__(kThreads) decodeKernel(WindowedAttentionParams const p, int const nSplit)
+{
+    using S = Shape<T, DQK, DV, R>;
+    constexpr int VW = S::VW, KL = S::KL, KPW = S::KPW, VC = S::VC, VPL = S::VPL, P = S::P;
+    constexpr int kStep = kWarps * KPW; // keys per block step
+    extern __shared__ float4 smem4[];
+    float* partM = reinterpret_cast<float*>(smem4); // [P][R]
+    float* partL = partM + P * R;                   // [P][R]
+    float* partAcc = partL + P * R;                 // [P][R][DV]
+    float* blkM = partAcc + P * R * DV;             // [R]
+    float* blkL = blkM + R;                         // [R]
+    float* blkAcc = blkL + R;                       // [R][DV]
+
+    int const G = p.num_q_heads / p.num_kv_heads;
+    int const split = blockIdx.x % nSplit;
+    int const row0 = (blockIdx.x / nSplit) * R;
+    int const g = blockIdx.y;
+    int const b = blockIdx.z;
+    int const nr = min(R, p.q_len * G - row0); // rows of this tile (block-uniform)
+    int const lane = threadIdx.x & 31;
+    int const warp = threadIdx.x >> 5;
+    int const qOffset = p.kv_len - p.q_len;
+    bool const windowed = p.window > 0;
+
+    // 1. q rows (scaled to log2 units), this lane's K chunk only; padding rows see nothing.
+    int const kc = lane % KL;
+    float const qScale = p.scale * kLOG2E;
+    T const* qg = static_cast<T const*>(p.q) + b * p.q_batch_stride;
+    float q[R][VW];
+    int qpos[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+    {
+        qpos[r] = -1;
+#pragma unroll
+        for (int e = 0; e < VW; ++e)
+            q[r][e] = 0.f;
+        if (r < nr)
+        {
+            int const gr = row0 + r;
+            int const qi = gr / G;
+            T const* qrow = qg + qi * p.q_time_stride + (g * G + gr % G) * p.q_head_stride + kc * VW;
+#pragma unroll
+            for (int e = 0; e < VW; ++e)
+                q[r][e] = toFloat(qrow[e]) * qScale;
+            qpos[r] = qOffset + qi;
+        }
+    }
+
+    // 2. This split's slice of the virtual key range [meta prefix below the window) + [window .. last query].
+    int const qLo = qOffset + row0 / G;
+    int const qHi = qOffset + (row0 + nr - 1) / G;
+    int const winLo = windowed ? max(0, qLo - p.window) : 0;
+    int const metaEnd = windowed ? min(p.num_meta, winLo) : 0;
+    int const nVirt = metaEnd + (qHi + 1 - winLo);
+    int const per = (nVirt + nSplit - 1) / nSplit;
+    int const v0 = split * per;
+    int const v1 = min(nVirt, v0 + per);
+    auto realKey = [&](int v) { return v < metaEnd ? v : winLo + (v - metaEnd); };
+
+    T const* kg = static_cast<T const*>(p.k) + b * p.k_batch_stride + g * p.k_head_stride + kc * VW;
+    int const vcol = (lane % VC) * VW;
+    T const* vg = static_cast<T const*>(p.v) + b * p.v_batch_stride + g * p.v_head_stride + vcol;
+    int const kSlot = lane / KL;  // key of this lane's K chunk within the warp step
+    int const vSlot0 = lane / VC; // key of this lane's V chunk j: j * (32 / VC) + vSlot0
+
+    float m[R], l[R], acc[R][VW];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+    {
+        m[r] = -INFINITY;
+        l[r] = 0.f;
+#pragma unroll
+        for (int e = 0; e < VW; ++e)
+            acc[r][e] = 0.f;
+    }
+
+    // 3. Stream K/V: kUnroll warp steps of loads in flight, then scores, mask, online softmax, P·V.
+    for (int base = v0 + warp * KPW; base < v1; base += kStep * kUnroll)
+    {
+        Vec<T, VW> kv[kUnroll];
+        Vec<T, VW> vv[kUnroll][VPL];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u)
+        {
+            int const vk = base + u * kStep + kSlot;
+            if (vk < v1)
+                kv[u] = *reinterpret_cast<Vec<T, VW> const*>(kg + int64_t(realKey(vk)) * p.k_time_stride);
+            else
+#pragma unroll
+                for (int e = 0; e < VW; ++e)
+                    kv[u].v[e] = fromFloat<T>(0.f);
+#pragma unroll
+            for (int j = 0; j < VPL; ++j)
+            {
+                int const vk2 = base + u * kStep + j * (32 / VC) + vSlot0;
+                if (vk2 < v1)
+                    vv[u][j] = *reinterpret_cast<Vec<T, VW> const*>(vg + int64_t(realKey(vk2)) * p.v_time_stride);
+                else
+#pragma unroll
+                    for (int e = 0; e < VW; ++e)
+                        vv[u][j].v[e] = fromFloat<T>(0.f);
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u)
+        {
+            int const vk = base + u * kStep + kSlot;
+            int const kvIdx = realKey(vk);
+            float kf[VW];
+#pragma unroll
+            for (int e = 0; e < VW; ++e)
+                kf[e] = toFloat(kv[u].v[e]);
+            float s[R];
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+            {
+                s[r] = -INFINITY;
+                if (r < nr)
+                {
+                    float d = 0.f;
+#pragma unroll
+                    for (int e = 0; e < VW; ++e)
+                        d = fmaf(q[r][e], kf[e], d);
+#pragma unroll
+                    for (int off = KL / 2; off > 0; off >>= 1)
+                        d += __shfl_xor_sync(0xffffffffu, d, off);
+                    int const qp = qpos[r];
+                    bool const vis = vk < v1 && kvIdx <= qp && (!windowed || qp - kvIdx <= p.window || kvIdx < p.num_meta);
+                    s[r] = vis ? d : -INFINITY;
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < VPL; ++j)
+            {
+                int const src = (j * (32 / VC) + vSlot0) * KL; // a lane holding that key's scores
+                float vf[VW];
+#pragma unroll
+                for (int e = 0; e < VW; ++e)
+                    vf[e] = toFloat(vv[u][j].v[e]);
+#pragma unroll
+                for (int r = 0; r < R; ++r)
+                {
+                    if (r < nr)
+                    {
+                        float const sv = __shfl_sync(0xffffffffu, s[r], src);
+                        if (sv != -INFINITY)
+                        {
+                            if (sv > m[r])
+                            {
+                                float const alpha = fastExp2(m[r] - sv); // 0 on the first visible key
+                                l[r] *= alpha;
+#pragma unroll
+                                for (int e = 0; e < VW; ++e)
+                                    acc[r][e] *= alpha;
+                                m[r] = sv;
+                            }
+                            float const pr = fastExp2(sv - m[r]);
+                            l[r] += pr;
+#pragma unroll
+                            for (int e = 0; e < VW; ++e)
+                                acc[r][e] = fmaf(pr, vf[e], acc[r][e]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // 4. Lane partials -> shared memory; lanes of one key slot share (m, l) and split the columns.
+    int const pIdx = warp * (32 / VC) + vSlot0;
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+    {
+        if (lane % VC == 0)
+        {
+            partM[pIdx * R + r] = m[r];
+            partL[pIdx * R + r] = l[r];
+        }
+#pragma unroll
+        for (int e = 0; e < VW; ++e)
+            partAcc[(pIdx * R + r) * DV + vcol + e] = acc[r][e];
+    }
+    __syncthreads();
+
+    T* og = static_cast<T*>(p.out) + b * p.out_batch_stride;
+    auto store = [&](int r, int c, float a, float sum) {
+        int const gr = row0 + r;
+        og[(gr / G) * p.out_time_stride + (g * G + gr % G) * p.out_head_stride + c]
+            = fromFloat<T>(sum > 0.f ? a / sum : 0.f);
+    };
+
+    // 5. Block merge: one thread per (row, column).
+    for (int idx = threadIdx.x; idx < nr * DV; idx += kThreads)
+    {
+        int const r = idx / DV;
+        int const c = idx % DV;
+        float mx = -INFINITY;
+#pragma unroll 8
+        for (int i = 0; i < P; ++i)
+            mx = fmaxf(mx, partM[i * R + r]);
+        float sum = 0.f, a = 0.f;
+#pragma unroll 8
+        for (int i = 0; i < P; ++i)
+        {
+            float const mi = partM[i * R + r];
+            float const w = mi == -INFINITY ? 0.f : fastExp2(mi - mx);
+            sum = fmaf(w, partL[i * R + r], sum);
+            a = fmaf(w, partAcc[(i * R + r) * DV + c], a);
+        }
+        if (nSplit == 1)
+            store(r, c, a, sum);
+        else
+        {
+            blkAcc[r * DV + c] = a;
+            if (c == 0)
+            {
+                blkM[r] = mx;
+                blkL[r] = sum;
+            }
+        }
+    }
+
+    // 6. Cluster merge over the nSplit blocks of this tile (distributed shared memory), a slice per block.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (nSplit > 1)
+    {
+        namespace cg = cooperative_groups;
+        cg::cluster_group cluster = cg::this_cluster();
+        cluster.sync(); // every block's blk* written and visible cluster-wide
+        int const rank = int(cluster.block_rank());
+        for (int idx = rank * kThreads + threadIdx.x; idx < nr * DV; idx += nSplit * kThreads)
+        {
+            int const r = idx / DV;
+            int const c = idx % DV;
+            float mx = -INFINITY;
+            for (int i = 0; i < nSplit; ++i)
+                mx = fmaxf(mx, cluster.map_shared_rank(blkM, i)[r]);
+            float sum = 0.f, a = 0.f;
+            for (int i = 0; i < nSplit; ++i)
+            {
+                float const mi = cluster.map_shared_rank(blkM, i)[r];
+                float const w = mi == -INFINITY ? 0.f : fastExp2(mi - mx);
+                sum = fmaf(w, cluster.map_shared_rank(blkL, i)[r], sum);
+                a = fmaf(w, cluster.map_shared_rank(blkAcc, i)[r * DV + c], a);
+            }
+            store(r, c, a, sum);
+        }
+        cluster.sync(); // keep this block's shared memory alive until the others have read it
+    }
+#else
+    if (nSplit > 1)
+        __trap(); // the launcher splits only where the kernel was built for sm_90+
+#endif
+}
+
+//! Splits over keys (a power of two <= 8): at least 16 blocks per SM (~5 waves of 3 resident blocks, so
+//! the last wave's tail stays small), each split keeping >= 2 iterations of the block's key loop.
+inline int chooseSplits(int64_t blocks, int nVirt, int keysPerIter, int sms)
+{
+    int n = 1;
+    while (n < kMaxSplits && blocks * n < int64_t(16) * sms && nVirt >= 2 * n * 2 * keysPerIter)
+        n *= 2;
+    return n;
+}
+
+template <typename T, int DQK, int DV, int R>
+cudaError_t launch(WindowedAttentionParams const& p, cudaStream_t stream)
+{
+    using S = Shape<T, DQK, DV, R>;
+    auto kernel = decodeKernel<T, DQK, DV, R>;
+    size_t const smem = size_t(S::kSmemFloats) * sizeof(float);
+    int device = 0;
+    int sms = 0;
+    cudaFuncAttributes fa{};
+    cudaError_t err = cudaGetDevice(&device);
+    if (err == cudaSuccess)
+        err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess)
+        err = cudaFuncGetAttributes(&fa, kernel);
+    if (err != cudaSuccess)
+        return err;
+
+    int const G = p.num_q_heads / p.num_kv_heads;
+    int const tiles = (p.q_len * G + R - 1) / R;
+    // Virtual key count of the whole problem (an upper bound for every tile's).
+    bool const windowed = p.window > 0;
+    int const winLo = windowed ? std::max(0, p.kv_len - p.q_len - p.window) : 0;
+    int const metaEnd = windowed ? std::min(p.num_meta, winLo) : 0;
+    int const nVirt = metaEnd + (p.kv_len - winLo);
+    int64_t const blocks = int64_t(tiles) * p.num_kv_heads * p.batch;
+    int nSplit = fa.binaryVersion >= 90 ? chooseSplits(blocks, nVirt, kWarps * S::KPW * kUnroll, sms) : 1;
+
+    dim3 grid(unsigned(tiles * nSplit), unsigned(p.num_kv_heads), unsigned(p.batch));
+    if (nSplit > 1)
+    {
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = unsigned(nSplit);
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = 1;
+        cudaLaunchConfig_t cfg{};
+        cfg.gridDim = grid;
+        cfg.blockDim = dim3(kThreads);
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = stream;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        if (cudaLaunchKernelEx(&cfg, kernel, p, nSplit) == cudaSuccess)
+        {
+            HYMBA_LAUNCH_CHECK();
+            return cudaSuccess;
+        }
+        (void) cudaGetLastError(); // no cluster launch here: one block per tile instead
+        nSplit = 1;
+        grid.x = unsigned(tiles);
+    }
+    kernel<<<grid, kThreads, smem, stream>>>(p, nSplit);
+    HYMBA_LAUNCH_CHECK();
+    return cudaSuccess;
+}
+
+//! Rows per block: 2, 5 (Hymba: G = 5) or 8, the fewest padded rows.
+template <typename T, int DQK, int DV>
+cudaError_t launchR(WindowedAttentionParams const& p, cudaStream_t stream, int rows)
+{
+    if (rows <= 2)
+        return launch<T, DQK, DV, 2>(p, stream);
+    if (rows <= 5 || rows % 5 == 0)
+        return launch<T, DQK, DV, 5>(p, stream);
+    return launch<T, DQK, DV, 8>(p, stream);
+}
+
+//! The split-KV path for decode and small Tq (<= 32 rows), when K and V rows load as 16-byte vectors
+//! and the head dims are instantiated; returns false (nothing launched) otherwise.
+template <typename T>
+bool tryLaunch(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& status)
+{
+    int64_t const rows = int64_t(p.q_len) * (p.num_q_heads / p.num_kv_heads);
+    int const vf = wak::vecFlagsFor<T>(p);
+    if (rows > 32 || (vf & wak::kVecK) == 0 || (vf & wak::kVecV) == 0)
+        return false;
+    int const r = int(rows);
+    if (p.qk_dim == 64 && p.v_dim == 128)
+        status = launchR<T, 64, 128>(p, stream, r);
+    else if (p.qk_dim == 64 && p.v_dim == 64)
+        status = launchR<T, 64, 64>(p, stream, r);
+    else if (p.qk_dim == 128 && p.v_dim == 128)
+        status = launchR<T, 128, 128>(p, stream, r);
+    else if (p.qk_dim == 16 && p.v_dim == 32)
+        status = launchR<T, 16, 32>(p, stream, r);
+    else
+        return false;
+    return true;
+}
+
+} // namespace wad
+
 template <typename T>
 cudaError_t windowedAttentionLaunchT(WindowedAttentionParams const& p, cudaStream_t stream)
 {
     if (p.batch == 0 || p.q_len == 0)
         return cudaSuccess;
+    cudaError_t status = cudaSuccess;
+    if (wad::tryLaunch<T>(p, stream, status))
+        return status;
     int64_t const rows = int64_t(p.q_len) * (p.num_q_heads / p.num_kv_heads);
     return rows <= 8 ? wak::launchDv<T, 8, 32>(p, stream) : wak::launchDv<T, 64, 16>(p, stream);
 }
