@@ -69,3 +69,9 @@ def test_user_errors_exit_1_with_a_message(args, message):
     result = run(*args)
     assert result.exit_code == 1
     assert message in result.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without a GPU")
+def test_bench_cuda_backend_needs_a_gpu():
+    result = run("bench", "--backend", "cuda", "--models", "tiny")
+    assert result.exit_code == 1 and "needs a CUDA GPU" in result.output

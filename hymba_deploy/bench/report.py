@@ -1,0 +1,116 @@
+"""bench.md (tables) and bench.png (prefill latency vs prompt length, decode throughput vs batch)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+
+def _f(x, spec=".2f"):
+    return "-" if x is None else format(x, spec)
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def to_markdown(report: dict) -> str:
+    env, s = report["environment"], report["settings"]
+    gpu = f"{env.get('gpu')} (sm{env.get('compute_capability', '').replace('.', '')}, CUDA {env.get('cuda')})" \
+        if env.get("gpu") else "none"
+    lines = ["# hymba-deploy bench", "",
+             f"- device: {env['device']}; GPU: {gpu}; CPU cores: {env.get('cpu_count')}",
+             f"- torch {env['torch']}, onnxruntime {env.get('onnxruntime', '-')} "
+             f"({', '.join(env.get('onnxruntime_providers', [])) or '-'})",
+             f"- torch dtype {s['dtype']}; ONNX dtype {s['onnx_dtype']}; warm-up {s['warmup']}, {s['iters']} timed "
+             f"prefill iterations, {s['decode_steps']} timed decode steps; random weights",
+             f"- timing: {s['timing']}", ""]
+    for spec, backends in report["results"].items():
+        lines += [f"## {spec}", "", "### Prefill latency (batch 1)", "",
+                  "| backend | tokens | p50 ms | p90 ms | p99 ms | peak GPU MiB | host peak MiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for name, r in backends.items():
+            if r.get("status") != "ran":
+                lines.append(f"| {name} | {r.get('status')}: {r.get('reason', '')} | | | | | |")
+                continue
+            for row in r["prefill"]:
+                if "p50_ms" not in row:
+                    lines.append(f"| {name} | {row['tokens']} | {'OOM' if row.get('oom') else row.get('skipped')} | | | | |")
+                    continue
+                lines.append(f"| {name} ({r.get('device', '')}, {r.get('dtype', '')}) | {row['tokens']} | "
+                             f"{_f(row['p50_ms'])} | {_f(row['p90_ms'])} | {_f(row['p99_ms'])} | "
+                             f"{_f(row.get('peak_gpu_mib'), '.0f')} | {_f(row.get('host_peak_mib'), '.0f')} |")
+        lines += ["", "### Decode throughput", "",
+                  "| backend | batch | context | cache MiB | step p50 ms | tokens/s | peak GPU MiB |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        notes = []
+        for name, r in backends.items():
+            if r.get("status") != "ran":
+                continue
+            rows = list(r["decode"]) + ([dict(r["paper"]["result"], paper=True)] if r.get("paper", {}).get("result") else [])
+            for row in rows:
+                if "tokens_per_s" not in row:
+                    lines.append(f"| {name} | {row['batch']} | {row['context']} | | {'OOM' if row.get('oom') else row.get('skipped')} | | |")
+                    continue
+                tag = " (paper setup)" if row.get("paper") else ""
+                lines.append(f"| {name}{tag} | {row['batch']} | {row['context']} | {_f(row['cache_mib'], '.1f')} | "
+                             f"{_f(row['step_ms']['p50_ms'])} | {_f(row['tokens_per_s'], '.1f')} | "
+                             f"{_f(row.get('peak_gpu_mib'), '.0f')} |")
+            if r.get("paper"):
+                tries = ", ".join(f"batch {t['batch']}: {'OOM' if t.get('oom') else t.get('skipped', 'ok')}"
+                                  for t in r["paper"]["tries"])
+                paper = " The paper reports 664 tokens/s for Hymba-1.5B with PyTorch on one A100." \
+                    if spec == "hymba-1.5b" else ""
+                notes.append(f"Paper setup (8k context, batch 128, halving on OOM) with {name}: {tries}.{paper}")
+        lines += [""] + notes + ([""] if notes else [])
+    return "\n".join(lines)
+
+
+def write_markdown(report: dict, path) -> None:
+    path = Path(path)
+    _atomic_text(path, to_markdown(report))
+
+
+def write_plot(report: dict, path) -> bool:
+    """Two panels per model; False (and no file) without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    models = list(report["results"])
+    fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.6 * len(models)), squeeze=False)
+    for i, spec in enumerate(models):
+        ax_p, ax_d = axes[i]
+        for name, r in report["results"][spec].items():
+            if r.get("status") != "ran":
+                continue
+            pts = [(row["tokens"], row["p50_ms"]) for row in r["prefill"] if "p50_ms" in row]
+            if pts:
+                ax_p.plot(*zip(*pts), marker="o", label=f"{name} ({r.get('device', '')})")
+            pts = [(row["batch"], row["tokens_per_s"]) for row in r["decode"] if "tokens_per_s" in row]
+            if pts:
+                ax_d.plot(*zip(*pts), marker="o", label=f"{name} ({r.get('device', '')})")
+        ax_p.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="prefill p50 (ms)", title=f"{spec}: prefill")
+        context = report["settings"]["context"]
+        ax_d.set(xscale="log", yscale="log", xlabel="batch", ylabel="tokens/s",
+                 title=f"{spec}: decode at {context} context")
+        for ax in (ax_p, ax_d):
+            ax.grid(True, which="both", alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
+    env = report["environment"]
+    fig.suptitle(f"hymba-deploy bench on {env.get('gpu') or 'CPU'}", fontsize=11)
+    fig.tight_layout()
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True

@@ -1,0 +1,133 @@
+"""What the engine build reads from an exported graph: its `hymba` nodes, metadata, inputs, and the
+optimisation-profile shapes of each input derived from `--profile batch=MIN:OPT:MAX,seq=MIN:OPT:MAX`.
+
+Dynamic axes of the exported graphs (exporters/onnx_export.py) and how the profile sets them:
+
+    batch        batch
+    seq          prompt tokens (prefill)
+    past         meta + seq                            (decode: global layers' past K/V length)
+    past_window  meta + min(seq, keep), keep = the SWA layers' stored tokens (decode: window layers)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import HymbaDeployError
+
+HYMBA_DOMAIN = "hymba"
+META = "hymba."
+DEFAULT_PROFILE = "batch=1:1:16,seq=1:128:MAX"
+
+
+def load_graph(path: Path):
+    import onnx
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:                                   # protobuf raises a bare DecodeError
+        raise HymbaDeployError(f"{path}: not a readable ONNX model ({e})") from None
+
+
+def metadata(proto) -> dict:
+    return {p.key.removeprefix(META): p.value for p in proto.metadata_props if p.key.startswith(META)}
+
+
+def hymba_nodes(proto) -> list[dict]:
+    out = []
+    for node in proto.graph.node:
+        if node.domain != HYMBA_DOMAIN:
+            continue
+        attrs = {a.name: a for a in node.attribute}
+        def s(name, default):
+            return attrs[name].s.decode() if name in attrs else default
+        out.append({"name": node.name, "op_type": node.op_type,
+                    "plugin_version": s("plugin_version", "1"), "plugin_namespace": s("plugin_namespace", "")})
+    return out
+
+
+def strip_functions(proto):
+    """Drop the `hymba` model-local functions so TensorRT(-RTX) maps the nodes to plugins."""
+    try:
+        from exporters.onnx_export import strip_function_bodies
+        return strip_function_bodies(proto)
+    except ImportError:                                       # exporters not importable: same rule here
+        keep = [f for f in proto.functions if f.domain != HYMBA_DOMAIN]
+        del proto.functions[:]
+        proto.functions.extend(keep)
+        return proto
+
+
+def graph_inputs(proto) -> list[dict]:
+    from onnx import helper
+    out = []
+    init = {t.name for t in proto.graph.initializer}
+    for vi in proto.graph.input:
+        if vi.name in init:
+            continue
+        t = vi.type.tensor_type
+        dims = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+        out.append({"name": vi.name, "dtype": helper.tensor_dtype_to_np_dtype(t.elem_type).name, "shape": dims})
+    return out
+
+
+def parse_profile(text: str | None, max_seq_len: int) -> dict[str, tuple[int, int, int]]:
+    """'batch=1:8:32,seq=1:512:8192' -> {'batch': (1, 8, 32), 'seq': (1, 512, 8192)}; a single number
+    fixes the axis; MAX means the graph's export-time maximum sequence length."""
+    result = {"batch": (1, 1, 16), "seq": (1, min(128, max_seq_len), max_seq_len)}
+    for item in filter(None, (text or "").replace(" ", "").split(",")):
+        key, _, value = item.partition("=")
+        if key not in result or not value:
+            raise HymbaDeployError(f"--profile {text!r}: expected batch=MIN:OPT:MAX,seq=MIN:OPT:MAX")
+        try:
+            nums = [max_seq_len if v.upper() == "MAX" else int(v) for v in value.split(":")]
+        except ValueError:
+            raise HymbaDeployError(f"--profile {text!r}: {key} needs integers MIN:OPT:MAX") from None
+        if len(nums) == 1:
+            nums *= 3
+        if len(nums) != 3 or not 1 <= nums[0] <= nums[1] <= nums[2]:
+            raise HymbaDeployError(f"--profile {text!r}: {key} needs 1 <= MIN <= OPT <= MAX")
+        result[key] = tuple(nums)
+    if result["seq"][2] > max_seq_len:
+        raise HymbaDeployError(f"--profile seq max {result['seq'][2]} exceeds the {max_seq_len} tokens the ONNX "
+                               f"was exported for; re-export with --max-seq-len {result['seq'][2]}")
+    return result
+
+
+def _config_and_keep(meta: dict):
+    """(num_memory_tokens, max SWA keep or None) from the graph's embedded config."""
+    import torch
+
+    from ..cache import HybridMambaAttentionDynamicCache
+    from ..config import HymbaConfig
+    if "config" not in meta:
+        raise HymbaDeployError("the ONNX has no hymba.config metadata: export it with `hymba-deploy export`")
+    cfg = HymbaConfig.from_dict(json.loads(meta["config"]))
+    cache = HybridMambaAttentionDynamicCache(cfg, 1, torch.float32, eviction=meta.get("eviction", "upstream"))
+    keeps = [cache.keep(i) for i in range(cfg.num_hidden_layers) if cfg.is_producer(i)]
+    keeps = [k for k in keeps if k is not None]
+    return cfg.num_memory_tokens, (max(keeps) if keeps else None)
+
+
+def input_shapes(proto, profile: dict[str, tuple[int, int, int]]) -> dict[str, list[tuple[int, ...]]]:
+    """name -> [min, opt, max] shapes of every graph input under `profile`."""
+    meta_tokens, keep = _config_and_keep(metadata(proto))
+    b, s = profile["batch"], profile["seq"]
+    axes = {"batch": b, "seq": s, "past": tuple(meta_tokens + v for v in s)}
+    if keep is not None:
+        axes["past_window"] = tuple(meta_tokens + max(1, min(v, keep)) for v in s)
+    shapes = {}
+    for inp in graph_inputs(proto):
+        per = [[], [], []]
+        for d in inp["shape"]:
+            if isinstance(d, str):
+                if d not in axes:
+                    raise HymbaDeployError(f"input {inp['name']} has dynamic axis {d!r}, which --profile cannot "
+                                           f"set (known: {', '.join(axes)})")
+                vals = axes[d]
+            else:
+                vals = (d, d, d)
+            for k in range(3):
+                per[k].append(int(vals[k]))
+        shapes[inp["name"]] = [tuple(p) for p in per]
+    return shapes

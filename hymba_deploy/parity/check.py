@@ -1,0 +1,252 @@
+"""`hymba-deploy check`: the same random prompts through PyTorch (the reference), ONNX Runtime and the
+engines, compared after prefill and after each of K decode steps.
+
+Multi-step and stateful: every backend feeds its own `present.*` outputs back as the next step's
+`past.*` inputs (as a deployment does), and all backends decode the same token (the reference's
+greedy choice), so errors that accumulate in the cache show up step by step. Every output is compared:
+logits and each cache tensor (max abs, rel L2, cosine; NaN/Inf separately) against the tolerance of
+the lower of the two precisions. On a failure, the first failing step is re-run with per-layer outputs
+marked and the first divergent layer is named. Backends that cannot run here are "not run: <reason>".
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import HymbaDeployError
+from .compare import TOLERANCES, compare_outputs
+from .localize import localize
+
+REFERENCE = "torch"
+BACKENDS = ("onnxruntime", "tensorrt")
+_PRECISION_ORDER = ("bfloat16", "float16", "float32")     # lowest first
+
+
+def _metadata(path: Path) -> dict:
+    from ..engine.onnx_inputs import load_graph, metadata
+    return metadata(load_graph(path))
+
+
+def _load_reference(model, dtype: str, seed: int, onnx_config: dict, device: str):
+    import torch
+
+    from ..checkpoint import load_model, parse_dtype
+    from ..config import HymbaConfig
+    if isinstance(model, str):
+        model = load_model(model, dtype=dtype, seed=seed)
+    else:
+        model = model.to(parse_dtype(dtype))
+    model = model.to(torch.device(device)).eval()
+    if model.config.to_dict() != HymbaConfig.from_dict(onnx_config).to_dict():
+        raise HymbaDeployError("MODEL's config differs from the one the ONNX was exported from "
+                               "(hymba.config metadata): pass the MODEL (and --seed) used for `export`")
+    return model
+
+
+def _tolerances(ref_dtype: str, onnx_dtype: str, override: dict | None) -> dict:
+    low = min(ref_dtype, onnx_dtype, key=_PRECISION_ORDER.index)
+    return {"": dict(override or TOLERANCES[low])}
+
+
+def _cache_io(meta: dict, config) -> list[tuple[str, str]]:
+    if "cache_io" in meta:
+        return [tuple(p) for p in json.loads(meta["cache_io"])]
+    from ..cache import HybridMambaAttentionDynamicCache as Cache
+    return [(p, q) for (p, _, _), (q, _, _) in zip(Cache.state_names(config, present=True), Cache.state_names(config))]
+
+
+def _next_feed(outputs: dict, token: np.ndarray, cache_io) -> dict:
+    feed = {"input_ids": token}
+    for present, past in cache_io:
+        feed[past] = outputs[present]
+    return feed
+
+
+def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dtype: str | None = None,
+          seed: int = 0, max_prompt_len: int = 48, batch_size: int = 1, device: str = "cpu",
+          tolerances: dict | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """Compare torch, ONNX Runtime and engines; returns the report (report["ok"]: every backend that ran
+    passed, and at least one ran)."""
+    from ..checkpoint import parse_dtype
+    from ..runtime import OnnxRuntimeRunner, TensorRTRunner, TorchRunner
+    from ..runtime.tensorrt_runner import engine_unavailable
+
+    say = progress or (lambda msg: None)
+    t_start = time.perf_counter()
+    if prompts < 1 or steps < 0 or batch_size < 1:
+        raise HymbaDeployError("--prompts and --batch-size must be ≥ 1 and --steps ≥ 0")
+    onnx_dir = Path(onnx_dir)
+    graphs = {"prefill": onnx_dir / "prefill.onnx", "decode": onnx_dir / "decode.onnx"}
+    needed = ["prefill"] + (["decode"] if steps else [])
+    missing = [str(graphs[g]) for g in needed if not graphs[g].is_file()]
+    if missing:
+        raise HymbaDeployError(f"--onnx {onnx_dir}: {', '.join(missing)} not found; run `hymba-deploy export` first")
+    meta = _metadata(graphs["prefill"])
+    if "config" not in meta:
+        raise HymbaDeployError(f"{graphs['prefill']}: no hymba.config metadata; export it with `hymba-deploy export`")
+    onnx_dtype = meta.get("dtype", "float32")
+    ref_dtype = str(parse_dtype(dtype or onnx_dtype)).replace("torch.", "")
+    eviction = meta.get("eviction", "upstream")
+    max_seq_len = int(meta.get("max_seq_len", 8192))
+    tols = _tolerances(ref_dtype, onnx_dtype, tolerances)
+    say(f"reference: PyTorch {ref_dtype} on {device}; ONNX exported in {onnx_dtype}; tolerance {tols['']}")
+    ref_model = _load_reference(model, ref_dtype, seed, json.loads(meta["config"]), device)
+    cache_io = _cache_io(meta, ref_model.config)
+
+    # Which backends run, and the runner factory of each graph (capture_layers -> inactive runner).
+    status: dict[str, dict] = {}
+    factories: dict[str, dict[str, Callable]] = {}
+    try:
+        import onnxruntime as ort
+        providers = (["CUDAExecutionProvider"] if device.startswith("cuda")
+                     and "CUDAExecutionProvider" in ort.get_available_providers() else []) + ["CPUExecutionProvider"]
+        factories["onnxruntime"] = {g: (lambda cap, p=graphs[g]: OnnxRuntimeRunner(p, providers, capture_layers=cap))
+                                    for g in needed}
+        status["onnxruntime"] = {"status": "pending", "detail": f"onnxruntime {ort.__version__} {providers[0]}"}
+    except ImportError:
+        status["onnxruntime"] = {"status": "not run", "reason": "onnxruntime is not installed (pip install onnxruntime)"}
+    if engine_dir is None:
+        status["tensorrt"] = {"status": "not run", "reason": "no --engine DIR given"}
+    else:
+        engines = {g: Path(engine_dir) / f"{g}.engine" for g in needed}
+        reason = next((r for r in (engine_unavailable(p) for p in engines.values()) if r), None)
+        if reason:
+            status["tensorrt"] = {"status": "not run", "reason": reason}
+        else:
+            factories["tensorrt"] = {g: (lambda cap, p=engines[g]: TensorRTRunner(p)) for g in needed}
+            status["tensorrt"] = {"status": "pending", "detail": str(engine_dir)}
+            # Prompts and decode steps must stay inside the engines' optimisation profile.
+            axes = json.loads(engines["prefill"].with_name("prefill.engine.json").read_text())["profiles"][0]["axes"]
+            max_prompt_len = min(max_prompt_len, axes["seq"][2] - steps)
+            if batch_size > axes["batch"][2] or max_prompt_len < 1:
+                raise HymbaDeployError(f"the engines' profile (batch <= {axes['batch'][2]}, seq <= {axes['seq'][2]}) "
+                                       f"cannot hold --batch-size {batch_size} with {steps} decode steps")
+    keep = 1 if meta.get("prefill_logits") == "last" else 0     # the export's `--prefill-logits`
+    ref_factory = {g: (lambda cap, g=g: TorchRunner(ref_model, g, eviction, capture_layers=cap, logits_to_keep=keep))
+                   for g in needed}
+
+    rng = np.random.default_rng(seed)
+    upper = max(1, min(max_prompt_len, max_seq_len - steps))
+    lengths = [upper] + [int(x) for x in rng.integers(1, upper + 1, prompts - 1)]  # the longest first
+    vocab = ref_model.config.vocab_size
+    rows: list[dict] = []
+    first_failure: dict[str, dict] = {}
+
+    runners = {name: {g: f[g](False) for g in needed} for name, f in factories.items()}
+    reference = {g: ref_factory[g](False) for g in needed}
+    active = [r for rs in [reference, *runners.values()] for r in rs.values()]
+    try:
+        for r in active:
+            r.activate()
+        for p, length in enumerate(lengths):
+            ids = rng.integers(0, vocab, (batch_size, length)).astype(np.int64)
+            say(f"prompt {p + 1}/{len(lengths)}: {batch_size} x {length} tokens, {steps} decode steps")
+            feeds = {name: {"input_ids": ids} for name in ["ref", *runners]}
+            for step in range(steps + 1):
+                graph = "prefill" if step == 0 else "decode"
+                label = "prefill" if step == 0 else f"decode {step}"
+                ref_out = reference[graph].infer(feeds["ref"])
+                for name, rs in runners.items():
+                    if status[name]["status"] == "error":
+                        continue
+                    try:
+                        out = rs[graph].infer(feeds[name])
+                    except Exception as e:                          # a runtime failure is a result too
+                        status[name] = {"status": "error", "reason": f"{type(e).__name__}: {e}"}
+                        continue
+                    step_rows = compare_outputs(out, ref_out, tols, names=list(ref_out))
+                    for row in step_rows:
+                        rows.append({"backend": name, "prompt": p, "step": label, **row})
+                    bad = [r for r in step_rows if not r["ok"]]
+                    if bad and name not in first_failure:
+                        first_failure[name] = {"prompt": p, "step": label, "graph": graph,
+                                               "outputs": [r["output"] for r in bad][:8],
+                                               "feed": dict(feeds[name])}
+                    feeds[name]["__out"] = out
+                token = ref_out["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)   # (B, 1)
+                feeds["ref"] = _next_feed(ref_out, token, cache_io)
+                for name in runners:
+                    if "__out" in feeds[name]:
+                        feeds[name] = _next_feed(feeds[name].pop("__out"), token, cache_io)
+    finally:
+        for r in active:
+            r.deactivate()
+
+    for name in runners:
+        if status[name]["status"] == "error":
+            continue
+        mine = [r for r in rows if r["backend"] == name]
+        worst = max(mine, key=lambda r: r.get("rel_l2", float("inf")), default=None)
+        status[name].update({"status": "failed" if name in first_failure else "passed",
+                             "compared": len(mine), "failed": sum(not r["ok"] for r in mine),
+                             "worst": {k: worst[k] for k in ("prompt", "step", "output", "max_abs", "rel_l2", "cosine")
+                                       if k in worst} if worst else None})
+        if name in first_failure:
+            ff = first_failure[name]
+            feed = ff.pop("feed")
+            say(f"{name} fails at prompt {ff['prompt'] + 1} {ff['step']}: localising")
+            loc = localize(ref_factory[ff["graph"]], factories[name][ff["graph"]], feed, tols)
+            status[name]["first_failure"] = ff
+            status[name]["localization"] = loc
+    ran = [n for n, s in status.items() if s["status"] in ("passed", "failed", "error")]
+    ok = bool(ran) and all(status[n]["status"] == "passed" for n in ran)
+    return {"ok": ok, "model": model if isinstance(model, str) else type(model).__name__, "onnx": str(onnx_dir),
+            "engine": str(engine_dir) if engine_dir else None, "reference": {"backend": REFERENCE, "dtype": ref_dtype,
+                                                                              "device": device},
+            "onnx_dtype": onnx_dtype, "eviction": eviction, "tolerances": tols, "seed": seed,
+            "prompts": [{"batch": batch_size, "tokens": n} for n in lengths], "steps": steps,
+            "backends": status, "results": rows, "seconds": round(time.perf_counter() - t_start, 2)}
+
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def format_report(report: dict) -> str:
+    ref = report["reference"]
+    lines = [f"reference: {ref['backend']} {ref['dtype']} ({ref['device']}); ONNX {report['onnx_dtype']}; "
+             f"prompts {', '.join(str(p['tokens']) for p in report['prompts'])} tokens; {report['steps']} decode steps; "
+             f"tolerance rel_l2 <= {report['tolerances']['']['rel_l2']:g}, cosine >= {report['tolerances']['']['cosine']:g}",
+             f"{'backend':<12} {'prompt':>6} {'step':<9} {'outputs':>7} {'failed':>6}  {'worst output':<24} "
+             f"{'max_abs':>9} {'rel_l2':>9} {'cosine':>10}  result"]
+    groups: dict[tuple, list] = {}
+    for row in report["results"]:
+        groups.setdefault((row["backend"], row["prompt"], row["step"]), []).append(row)
+    for (backend, prompt, step), rows in groups.items():
+        worst = max(rows, key=lambda r: r.get("rel_l2", float("inf")))
+        failed = sum(not r["ok"] for r in rows)
+        lines.append(f"{backend:<12} {prompt + 1:>6} {step:<9} {len(rows):>7} {failed:>6}  {worst['output']:<24} "
+                     f"{_fmt(worst.get('max_abs'), '9.2e')} {_fmt(worst.get('rel_l2'), '9.2e')} "
+                     f"{_fmt(worst.get('cosine'), '10.7f')}  {'FAIL' if failed else 'pass'}")
+    for name, s in report["backends"].items():
+        if s["status"] in ("not run", "error"):
+            lines.append(f"{name:<12} {s['status']}: {s['reason']}")
+        else:
+            lines.append(f"{name:<12} {s['status']} ({s['compared']} comparisons, {s['failed']} failed)")
+        loc = s.get("localization")
+        if loc:
+            ff = s["first_failure"]
+            found = loc["first_divergent"]
+            where = (f"first divergent layer: {found['module']} ({found['evidence']}: rel_l2 {found['rel_l2']:.2e})"
+                     if found else "no single layer exceeds the tolerance (divergence after the last layer: "
+                                   "final norm or lm_head)")
+            lines.append(f"{'':<12} first failure at prompt {ff['prompt'] + 1}, {ff['step']}: {', '.join(ff['outputs'][:4])}; "
+                         f"{where}; by {loc['method']}")
+    lines.append("PASS" if report["ok"] else "FAIL")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path) -> None:
+    import os
+    import tempfile
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=2, default=float)
+    os.replace(tmp, path)

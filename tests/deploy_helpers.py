@@ -1,0 +1,56 @@
+"""Shared, cached artefacts for test_build / test_check / test_bench: one `tiny` export, one plugin
+library and one TensorRT-RTX build per test session (each costs tens of seconds to minutes on 2 cores)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_CACHE: dict = {}
+
+
+def exported_tiny(tmp_path_factory) -> Path:
+    """`hymba-deploy export tiny` (seed 0, prefill + decode) into a session folder."""
+    if "export" not in _CACHE:
+        from exporters.onnx_export import export
+        out = tmp_path_factory.mktemp("tiny-onnx")
+        export("tiny", out, max_seq_len=128, seed=0)
+        _CACHE["export"] = out
+    return _CACHE["export"]
+
+
+def plugin_library() -> Path:
+    """The project's libhymba_plugins.so ($HYMBA_PLUGIN_LIB, build/plugins/, else built for sm80)."""
+    if "lib" not in _CACHE:
+        import shutil
+        from hymba_deploy.engine import plugins
+        if (not plugins.default_library().is_file() and not __import__("os").environ.get("HYMBA_PLUGIN_LIB")
+                and (shutil.which("nvcc") is None or shutil.which("cmake") is None)):
+            pytest.skip("libhymba_plugins.so is not built and nvcc/cmake are missing (run plugins/build.sh)")
+        _CACHE["lib"] = plugins.ensure_library(cuda_archs="80")
+    return _CACHE["lib"]
+
+
+def rtx_available() -> str | None:
+    if importlib.util.find_spec("tensorrt_rtx") is None:
+        return "tensorrt_rtx is not installed (pip install tensorrt-rtx-cu13==1.7.1.116)"
+    return None
+
+
+def built_rtx_engines(tmp_path_factory) -> Path:
+    """`hymba-deploy build --backend tensorrt-rtx --target sm80` of the tiny export, through the CLI."""
+    if "engines" not in _CACHE:
+        from click.testing import CliRunner
+
+        from cli import main
+        src = exported_tiny(tmp_path_factory)
+        lib = plugin_library()
+        out = tmp_path_factory.mktemp("tiny-engines")
+        result = CliRunner().invoke(main, ["build", str(src), "--out", str(out), "--backend", "tensorrt-rtx",
+                                           "--target", "sm80", "--plugins", str(lib),
+                                           "--profile", "batch=1:2:4,seq=1:32:MAX"])
+        assert result.exit_code == 0, result.output + repr(result.exception)
+        _CACHE["engines"] = (out, result.output)
+    return _CACHE["engines"][0]

@@ -1,0 +1,80 @@
+"""`hymba-deploy bench` on CPU at toy sizes: every backend reported (ran / not run with a reason),
+JSON + Markdown + PNG written, and the paper setup's batch halving on out-of-memory."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from deploy_helpers import exported_tiny
+from hymba_deploy.bench import bench as bench_mod
+from hymba_deploy.bench.bench import percentiles, synthetic_states
+from hymba_deploy.config import preset
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    return exported_tiny(tmp_path_factory)
+
+
+def test_bench_tiny_cpu(onnx_dir, tmp_path):
+    result = CliRunner().invoke(main, [
+        "bench", "--models", "tiny", "--backends", "torch,onnxruntime,tensorrt", "--out", str(tmp_path),
+        "--device", "cpu", "--prefill-lengths", "8,32", "--decode-batches", "1,2", "--context", "24",
+        "--warmup", "1", "--iters", "2", "--decode-steps", "2", "--onnx", f"tiny={onnx_dir}"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bench.json").read_text())
+    res = report["results"]["tiny"]
+    for backend in ("torch", "onnxruntime"):
+        r = res[backend]
+        assert r["status"] == "ran"
+        assert [row["tokens"] for row in r["prefill"]] == [8, 32]
+        assert all(row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] for row in r["prefill"])
+        assert [row["batch"] for row in r["decode"]] == [1, 2]
+        assert all(row["tokens_per_s"] > 0 and row["context"] == 24 for row in r["decode"])
+    # Cache MiB agrees between backends and with the cache's own accounting.
+    assert res["torch"]["decode"][1]["cache_mib"] == res["onnxruntime"]["decode"][1]["cache_mib"]
+    assert res["tensorrt"]["status"] == "not run" and res["tensorrt"]["reason"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "Prefill latency" in md and "Decode throughput" in md and "tensorrt | not run" in md
+    if importlib.util.find_spec("matplotlib") is not None:          # the plot is optional, the tables are not
+        assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_synthetic_cache_matches_the_cache_size():
+    from hymba_deploy.cache import HybridMambaAttentionDynamicCache as Cache
+    cfg = preset("tiny")
+    states = synthetic_states(cfg, 3, 40, torch.float16)
+    cache = Cache.from_named_states(cfg, states, cfg.num_memory_tokens + 40)
+    # size_bytes counts SWA layers at meta + window (what decode attends over); the stored cache keeps
+    # window - 1 under the upstream rule: one token per SWA producer layer less.
+    swa_producers = sum(1 for i in range(cfg.num_hidden_layers) if cfg.is_producer(i) and not cfg.is_global(i))
+    per_token = cfg.num_key_value_heads * (cfg.qk_head_dim + cfg.v_dim) * 2 * 3
+    assert cache.nbytes() == Cache.size_bytes(cfg, 40, torch.float16, 3) - swa_producers * per_token
+
+
+def test_paper_setup_halves_the_batch_on_oom(monkeypatch):
+    model = __import__("hymba_deploy").load_model("tiny", seed=0)
+    monkeypatch.setitem(bench_mod.PAPER, "context", 16)
+    real = bench_mod.synthetic_states
+
+    def fake(config, batch, context, *a, **k):
+        if batch > 32:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(config, batch, context, *a, **k)
+    monkeypatch.setattr(bench_mod, "synthetic_states", fake)
+    out = bench_mod._bench_torch(model, model.config, [], [], 16, 0, 1, 1, float("inf"), lambda m: None, True)
+    tries = out["paper"]["tries"]
+    assert [t["batch"] for t in tries] == [128, 64, 32]
+    assert tries[0]["oom"] and tries[1]["oom"] and out["paper"]["result"]["batch"] == 32
+
+
+def test_percentiles():
+    p = percentiles([0.001 * i for i in range(1, 101)])
+    assert p["p50_ms"] == pytest.approx(50.5) and p["p99_ms"] == pytest.approx(99.01) and p["iters"] == 100

@@ -1,0 +1,100 @@
+"""`hymba-deploy check`: torch vs ONNX Runtime over prefill and decode steps on the tiny export; the
+engine reported "not run: <reason>" (never passed); a deliberately perturbed model caught and localised."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from cli import main
+from deploy_helpers import built_rtx_engines, exported_tiny, rtx_available
+from hymba_deploy import load_model
+from hymba_deploy.parity.check import check, format_report
+from hymba_deploy.parity.compare import TOLERANCES, compare_outputs, metrics
+from hymba_deploy.parity.localize import first_divergent_layer, layer_of
+
+pytest.importorskip("onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def onnx_dir(tmp_path_factory):
+    return exported_tiny(tmp_path_factory)
+
+
+def test_torch_and_onnxruntime_agree_engine_not_run(onnx_dir, tmp_path, tmp_path_factory):
+    engine_dir = built_rtx_engines(tmp_path_factory) if rtx_available() is None else tmp_path / "none"
+    report_path = tmp_path / "check.json"
+    result = CliRunner().invoke(main, ["check", "tiny", "--onnx", str(onnx_dir), "--engine", str(engine_dir),
+                                       "--prompts", "2", "--steps", "3", "--json-out", str(report_path)])
+    assert result.exit_code == 0, result.output
+    report = json.loads(report_path.read_text())
+    ort = report["backends"]["onnxruntime"]
+    # 2 prompts x (prefill + 3 decode steps) x (logits + 26 cache tensors of tiny)
+    assert ort["status"] == "passed" and ort["compared"] == 2 * 4 * 27 and ort["failed"] == 0
+    steps = {r["step"] for r in report["results"]}
+    assert steps == {"prefill", "decode 1", "decode 2", "decode 3"}
+    outputs = {r["output"] for r in report["results"]}
+    assert {"logits", "present.0.key", "present.1.value", "present.conv_state.7", "present.ssm_state.7"} <= outputs
+    trt = report["backends"]["tensorrt"]
+    assert trt["status"] == "not run" and trt["reason"]            # a reason, never "passed"
+    if rtx_available() is None:
+        assert "GPU" in trt["reason"]
+    assert f"tensorrt     not run: {trt['reason']}" in result.output
+    assert report["tolerances"][""] == TOLERANCES["float32"]
+
+
+def test_perturbed_layer_is_caught_and_localised(onnx_dir):
+    model = load_model("tiny", seed=0)
+    with torch.no_grad():                                        # layer 3's output projection only
+        w = model.model.layers[3].mamba.out_proj.weight
+        w.add_(0.05 * torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
+    report = check(model, onnx_dir, prompts=1, steps=1)
+    assert not report["ok"]
+    ort = report["backends"]["onnxruntime"]
+    assert ort["status"] == "failed" and ort["first_failure"]["step"] == "prefill"
+    found = ort["localization"]["first_divergent"]
+    # Layer 3's caches come before out_proj and still match; its output hidden state does not.
+    assert found["layer"] == 3 and found["evidence"] == "layer.3.hidden", found
+    hidden = {h["layer"]: h["ok"] for h in ort["localization"]["per_layer_hidden"]}
+    assert hidden[0] and hidden[1] and hidden[2] and not hidden[3]
+    assert "first divergent layer: model.layers.3" in format_report(report)
+
+
+def test_cli_exit_code_1_on_mismatch(onnx_dir):
+    result = CliRunner().invoke(main, ["check", "tiny", "--onnx", str(onnx_dir), "--seed", "5",
+                                       "--prompts", "1", "--steps", "0"])
+    assert result.exit_code == 1, result.output
+    assert "FAIL" in result.output and "first divergent layer: model.layers.0" in result.output
+
+
+def test_wrong_config_is_a_user_error(onnx_dir):
+    result = CliRunner().invoke(main, ["check", "hymba-1.5b", "--onnx", str(onnx_dir)])
+    assert result.exit_code == 1 and "config differs" in result.output
+
+
+def test_missing_onnx_is_a_user_error(tmp_path):
+    result = CliRunner().invoke(main, ["check", "tiny", "--onnx", str(tmp_path)])
+    assert result.exit_code == 1 and "hymba-deploy export" in result.output
+
+
+def test_metrics_report_nonfinite_separately():
+    ref = np.ones((2, 3), np.float32)
+    out = ref.copy()
+    out[0, 1] = np.nan
+    m = metrics(out, ref)
+    assert m["nonfinite"] == [1, 0] and m["rel_l2"] == float("inf")
+    rows = compare_outputs({"a": out, "b": ref * 0}, {"a": ref, "b": ref * 0}, {"": TOLERANCES["float32"]})
+    assert [r["ok"] for r in rows] == [False, True]             # NaN fails; zeros equal zeros
+    assert metrics(-ref, ref)["cosine"] == pytest.approx(-1.0)
+
+
+def test_layer_names_and_first_divergence():
+    assert [layer_of(n) for n in ("present.3.key", "present.conv_state.12", "past.4.value", "layer.7.hidden",
+                                  "logits")] == [3, 12, 4, 7, None]
+    rows = [{"output": "present.2.key", "ok": True}, {"output": "present.ssm_state.5", "ok": False, "rel_l2": 1.0},
+            {"output": "layer.4.hidden", "ok": False, "rel_l2": 0.5}]
+    assert first_divergent_layer(rows)["layer"] == 4
