@@ -301,7 +301,7 @@ def test_cli_reports_user_errors(tmp_path):
 
 @pytest.mark.slow
 def test_hymba_1_5b_exports(tmp_path):
-    """Random weights, fp16 (3 GB: weights go to external data). Minutes and ~15 GB of RAM."""
+    """Random weights, fp16 (3 GB: weights go to external data). About 5 minutes and 6.4 GB of RAM on 2 cores (bench/results/export_hymba-1.5b_cpu_2026-11-27.json)."""
     manifest = onnx_export.export("hymba-1.5b", tmp_path, dtype="float16")
     for graph in ("prefill", "decode"):
         entry = manifest["graphs"][graph]
