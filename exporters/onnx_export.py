@@ -11,7 +11,6 @@ end, so a failure leaves nothing behind.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -29,6 +28,7 @@ import torch
 from hymba_deploy.cache import EVICTION_RULES, HybridMambaAttentionDynamicCache as Cache
 from hymba_deploy.checkpoint import load_model, parse_dtype
 from hymba_deploy.errors import HymbaDeployError
+from hymba_deploy.fileio import sha256_file
 
 from . import onnx_ops
 from .graphs import DecodeGraph, PrefillGraph, position_layer
@@ -264,14 +264,6 @@ def _value_info(vi) -> dict:
     return {"name": vi.name, "dtype": _ONNX_DTYPE_NAMES.get(t.elem_type, str(t.elem_type)), "shape": dims}
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def describe(path: Path) -> dict:
     """Inputs, outputs, op histogram (top graph), function names, files with sizes and checksums."""
     import onnx
@@ -288,7 +280,7 @@ def describe(path: Path) -> dict:
         "opset_import": {o.domain or "ai.onnx": o.version for o in proto.opset_import},
         "ir_version": proto.ir_version,
         "metadata_keys": [p.key for p in proto.metadata_props],
-        "files": {f: {"bytes": (path.parent / f).stat().st_size, "sha256": _sha256(path.parent / f)} for f in files},
+        "files": {f: {"bytes": (path.parent / f).stat().st_size, "sha256": sha256_file(path.parent / f)} for f in files},
     }
 
 

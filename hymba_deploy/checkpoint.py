@@ -9,14 +9,13 @@ accepted when absent, and when present it must equal the embedding.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .config import HymbaConfig
 from .errors import HymbaDeployError
+from .fileio import atomic_write, atomic_write_json
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -106,28 +105,16 @@ def load_pretrained(cls, path, dtype=None, device="cpu"):
     return model.eval().requires_grad_(False)
 
 
-def _atomic_write(dest: Path, write) -> None:
-    """Run write(tmp_path) into a temporary file beside `dest`, then rename it over `dest`."""
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def save_pretrained(model, path) -> None:
     from safetensors.torch import save_file
 
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != TIED}
-    _atomic_write(root / SINGLE_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(root / SINGLE_FILE, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     config = model.config.to_dict()
     config["torch_dtype"] = str(model.dtype).replace("torch.", "")
-    _atomic_write(root / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True)))
+    atomic_write_json(root / "config.json", config, sort_keys=True)
 
 
 def load_model(spec: str, dtype=None, seed: int = 0, device="cpu"):

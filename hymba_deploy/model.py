@@ -79,7 +79,7 @@ class HymbaBlock(nn.Module):
         self.window = config.layer_window(layer_idx)           # 0 = global
         H, I, N, R, K = (config.hidden_size, config.d_inner, config.mamba_d_state,
                          config.mamba_dt_rank, config.mamba_d_conv)
-        Hq, Hkv = config.num_attention_heads, config.num_key_value_heads
+        Hkv = config.num_key_value_heads
         self.q_dim = config.attn_dim                           # Hq·d_qk
         self.kv_dims = (Hkv * config.qk_head_dim, Hkv * config.v_dim) if self.producer == layer_idx else (0, 0)
         # in_proj rows: Q | K | V | x | z for producers, Q | x | z for consumers.

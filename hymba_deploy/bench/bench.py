@@ -31,6 +31,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import HymbaDeployError
+from ..fileio import atomic_write_json
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 PAPER = {"context": 8192, "batch": 128}
@@ -295,12 +296,7 @@ def parse_pairs(value, name) -> dict | None:
 
 def write_json(report: dict, out_dir: Path) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "bench.json"
-    fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=".bench.json.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return atomic_write_json(out_dir / "bench.json", report)
 
 
 def bench(models=("tiny",), backends=("torch", "onnxruntime"), out_dir="bench/results", device=None,

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
+
+from ..fileio import atomic_write, atomic_write_text
 
 
 def _f(x, spec=".2f"):
     return "-" if x is None else format(x, spec)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def to_markdown(report: dict) -> str:
@@ -72,7 +65,7 @@ def to_markdown(report: dict) -> str:
 
 def write_markdown(report: dict, path) -> None:
     path = Path(path)
-    _atomic_text(path, to_markdown(report))
+    atomic_write_text(path, to_markdown(report))
 
 
 def write_plot(report: dict, path) -> bool:
@@ -107,10 +100,8 @@ def write_plot(report: dict, path) -> bool:
     env = report["environment"]
     fig.suptitle(f"hymba-deploy bench on {env.get('gpu') or 'CPU'}", fontsize=11)
     fig.tight_layout()
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    finally:
+        plt.close(fig)
     return True

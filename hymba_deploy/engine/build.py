@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import HymbaDeployError
+from ..fileio import atomic_write_bytes, atomic_write_text
 from . import onnx_inputs, plugins
 from .backends import BACKENDS, resolve_target, select_backend, parse_target
 
@@ -117,21 +118,6 @@ def _network_layers(trt, network) -> list[dict]:
     return rows
 
 
-def _write_atomic(path: Path, data) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)                        # mkstemp's 0600 -> the usual file mode
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def build(src, out_dir, backend: str = "tensorrt-rtx", target: str = "sm80", plugin_library=None,
           profile: str | None = None, timing_cache=None, workspace_mib: int | None = None,
           graphs=None, progress: Callable[[str], None] | None = None) -> dict:
@@ -219,7 +205,7 @@ def build(src, out_dir, backend: str = "tensorrt-rtx", target: str = "sm80", plu
         data = memoryview(serialized).tobytes() if not isinstance(serialized, bytes) else serialized
         seconds = round(time.perf_counter() - t0, 2)
         engine_path = out / f"{g}{ENGINE_SUFFIX}"
-        _write_atomic(engine_path, data)
+        atomic_write_bytes(engine_path, data)
         sidecar = {
             "graph": g,
             "engine": engine_path.name,
@@ -247,7 +233,7 @@ def build(src, out_dir, backend: str = "tensorrt-rtx", target: str = "sm80", plu
             "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "host": platform.node(),
         }
-        _write_atomic(out / f"{g}{SIDECAR_SUFFIX}", (json.dumps(sidecar, indent=2) + "\n").encode())
+        atomic_write_text(out / f"{g}{SIDECAR_SUFFIX}", json.dumps(sidecar, indent=2) + "\n")
         say(f"wrote {engine_path} ({len(data) / 2**20:.1f} MiB, {len(sidecar['plugin_layers'])} plugin layers, {seconds:.0f} s)")
         results[g] = sidecar
     return results

@@ -8,7 +8,6 @@ enough (tensorrt-notes.md).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -18,19 +17,12 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import HymbaDeployError
+from ..fileio import sha256_file as sha256  # noqa: F401  (build.py, tests)
 
 LIBRARY_NAME = "libhymba_plugins.so"
 REPO_ROOT = Path(__file__).resolve().parents[2]
 PLUGIN_SOURCES = REPO_ROOT / "plugins"
 DEFAULT_BUILD_DIR = REPO_ROOT / "build" / "plugins"
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def default_library() -> Path:

@@ -242,11 +242,7 @@ def format_report(report: dict) -> str:
 
 
 def write_report(report: dict, path) -> None:
-    import os
-    import tempfile
+    from ..fileio import atomic_write_json
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2, default=float)
-    os.replace(tmp, path)
+    atomic_write_json(path, report, default=float)
