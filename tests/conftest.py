@@ -19,16 +19,20 @@ def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out - ref).norm() / ref.norm().clamp_min(1e-30)).item()
 
 
-def sharpen(model, seed: int):
+def sharpen(model, seed: int, scale: float = 0.12):
     """Re-randomise a model so attention is far from uniform and every norm weight is distinct:
-    N(0, 0.2) matrices and 1 + N(0, 0.1) norm weights, from a fresh seed."""
+    N(0, scale) matrices and 1 + N(0, 0.1) norm weights, from a fresh seed.
+
+    0.12: over 40 random seeds, 24-step cached decoding stayed within 2.2e-6 of the recompute (fp32) while
+    the upstream/exact eviction rules still differed by ≥ 6e-2. At 0.2 the model is chaotic enough that
+    fp32 rounding alone reached 9e-6 (and once > 1e-5) against the 1e-5 bound."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "layernorm" in name:
                 p.copy_(1 + 0.1 * torch.randn(p.shape, generator=g))
             elif p.dim() == 2 and "A_log" not in name:
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+                p.copy_(scale * torch.randn(p.shape, generator=g))
     return model
 
 
