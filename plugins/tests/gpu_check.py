@@ -235,7 +235,16 @@ ATTN_CASES = [  # name, B, Tq, Tk, Hq, Hkv, Dqk, Dv, window, num_meta, noncontig
     ("hymba_decode_tq3_b2", 2, 3, 1500, 25, 5, 64, 128, 1024, 128, False),
     ("decode_g8_d128_b2", 2, 1, 2100, 16, 2, 128, 128, 0, 0, False),
     ("hymba_prefill_swa_T8320", 1, 8320, 8320, 25, 5, 64, 128, 1024, 128, False),
+    # batch × kv heads >= the SM count (132 on H100/H200): the tensor-core decode kernel under "auto"
+    ("mma_decode_swa_b32", 32, 1, 1152, 25, 5, 64, 128, 1024, 128, False),
+    ("mma_decode_global_b28", 28, 1, 3001, 25, 5, 64, 128, 0, 128, False),
+    ("mma_noncontig_meta20", 70, 1, 700, 10, 2, 64, 128, 300, 20, True),
+    ("mma_tq2_g4_d64", 70, 2, 500, 8, 2, 64, 64, 100, 8, False),
+    ("mma_d128_g2", 70, 1, 900, 4, 2, 128, 128, 0, 0, False),
 ]
+# Decode-shaped cases (Tq·G <= 32) also run with each decode kernel forced through HYMBA_ATTN_DECODE (the
+# launcher falls back to the general kernel where the forced one does not apply).
+ATTN_FORCED_PATHS = ("split", "mma", "flash")
 
 
 def _slice_noncontig(t, dim=-1):
@@ -360,13 +369,20 @@ def check_attn(K: Kernels, h, results, dtypes, gen):
                     vv = qkv[:, :Tk, (Hq + Hkv) * Dqk:].unflatten(-1, (Hkv, Dv))
                     qv.copy_(inp["q"]), kv_.copy_(inp["k"]), vv.copy_(inp["v"])
                     kin = dict(q=qv, k=kv_, v=vv)
-                out = torch.empty(Bt, Tq, Hq, Dv, device=DEV, dtype=dt_)
-                poison(out)
-                K.windowed_attention(**kin, window=window, num_meta=meta, scale=scale, out=out)
-                torch.cuda.synchronize()
-                outs = {"out": rel_err(out, o_ref)}
-                results.append(dict(rec, path="kernel", noncontig=noncontig, outputs=outs,
-                                    passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+                forced = ATTN_FORCED_PATHS if Tq * (Hq // Hkv) <= 32 else ()
+                for path in ("auto",) + forced:
+                    os.environ["HYMBA_ATTN_DECODE"] = path
+                    try:
+                        out = torch.empty(Bt, Tq, Hq, Dv, device=DEV, dtype=dt_)
+                        poison(out)
+                        K.windowed_attention(**kin, window=window, num_meta=meta, scale=scale, out=out)
+                        torch.cuda.synchronize()
+                    finally:
+                        os.environ.pop("HYMBA_ATTN_DECODE")
+                    outs = {"out": rel_err(out, o_ref)}
+                    results.append(dict(rec, path="kernel" if path == "auto" else f"kernel[{path}]",
+                                        noncontig=noncontig, outputs=outs,
+                                        passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
                 if not noncontig:
                     ins = [inp["q"], inp["k"], inp["v"]]
                     (o2,), notes = run_plugin(h, "WindowedAttention",
@@ -537,6 +553,14 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records):
             flops = 2 * Bt * Hq * visible * (Dqk + Dv)  # only the unmasked products
             add("WindowedAttention", case, dn, "kernel",
                 bench(lambda: K.windowed_attention(**inp, window=window, num_meta=meta, scale=scale, out=out)), b, flops)
+            for path in ATTN_FORCED_PATHS if Tq == 1 else ():  # same-GPU A/B of the decode kernels
+                os.environ["HYMBA_ATTN_DECODE"] = path
+                try:
+                    add("WindowedAttention", case, dn, f"kernel[{path}]",
+                        bench(lambda: K.windowed_attention(**inp, window=window, num_meta=meta, scale=scale,
+                                                           out=out)), b, flops)
+                finally:
+                    os.environ.pop("HYMBA_ATTN_DECODE")
             add("WindowedAttention", case, dn, "ref_eager",
                 bench(lambda: WA.windowed_attention_ref(**inp, window=window, num_meta=meta, scale=scale)), b, flops)
             qh = inp["q"].transpose(1, 2)

@@ -14,12 +14,15 @@
 #pragma once
 
 #include "../common/kernel_common.cuh"
+#include "windowed_attention_decode_kernel.cuh"
 #include "windowed_attention_kernel.h"
 
 #include <algorithm>
 #include <cfloat>
 #include <cooperative_groups.h>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 namespace hymba
 {
@@ -705,12 +708,12 @@ cudaError_t launchR(WindowedAttentionParams const& p, cudaStream_t stream, int r
 }
 
 //! The split-KV path for decode and small Tq (<= 32 rows), when K and V rows load as 16-byte vectors,
-//! the head dims are instantiated and the unsplit kernel would leave SMs idle (fewer (batch, kv head)
-//! pairs than SMs); returns false (nothing launched) otherwise. Measured on one H200 (hymba-1.5b, bf16,
-//! 8k context, serving decode step): batch 1 7.20 -> 4.24 ms with this path, but batch 128 20.6 ms
-//! without it vs 24.4 ms with it, so large batches keep the flash kernel.
+//! the head dims are instantiated and (unless `force`) the other kernels would leave SMs idle (fewer
+//! (batch, kv head) pairs than SMs); returns false (nothing launched) otherwise. Measured on one H200
+//! (hymba-1.5b, bf16, 8k context, serving decode step): batch 1 7.20 -> 4.24 ms with this path, but batch
+//! 128 20.6 ms without it vs 24.4 ms with it, so large batches take another kernel.
 template <typename T>
-bool tryLaunch(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& status)
+bool tryLaunch(WindowedAttentionParams const& p, cudaStream_t stream, bool force, cudaError_t& status)
 {
     int64_t const rows = int64_t(p.q_len) * (p.num_q_heads / p.num_kv_heads);
     int const vf = wak::vecFlagsFor<T>(p);
@@ -723,8 +726,8 @@ bool tryLaunch(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_
         status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (status != cudaSuccess)
         return true;                                   // report the error, launch nothing
-    if (int64_t(p.batch) * p.num_kv_heads >= sms)
-        return false;                                  // enough blocks already: the flash kernel is faster
+    if (!force && int64_t(p.batch) * p.num_kv_heads >= sms)
+        return false;                                  // enough blocks already
     int const r = int(rows);
     if (p.qk_dim == 64 && p.v_dim == 128)
         status = launchR<T, 64, 128>(p, stream, r, sms);
@@ -741,13 +744,45 @@ bool tryLaunch(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_
 
 } // namespace wad
 
+//! Which kernel serves a call. `HYMBA_ATTN_DECODE` (read per launch; for A/B runs and tests) narrows the
+//! choice: `split` or `mma` pick that decode kernel wherever it applies, `flash` keeps the general kernel;
+//! unset or `auto`: split-KV below one (batch, kv head) per SM, then the tensor-core decode kernel (fp16 /
+//! bf16, <= 8 rows), then the general kernel.
+enum class DecodePath
+{
+    kAuto,
+    kSplit,
+    kMma,
+    kFlash,
+};
+
+inline DecodePath decodePathFromEnv()
+{
+    char const* v = std::getenv("HYMBA_ATTN_DECODE");
+    if (v == nullptr)
+        return DecodePath::kAuto;
+    if (std::strcmp(v, "split") == 0)
+        return DecodePath::kSplit;
+    if (std::strcmp(v, "mma") == 0)
+        return DecodePath::kMma;
+    if (std::strcmp(v, "flash") == 0)
+        return DecodePath::kFlash;
+    return DecodePath::kAuto;
+}
+
 template <typename T>
 cudaError_t windowedAttentionLaunchT(WindowedAttentionParams const& p, cudaStream_t stream)
 {
     if (p.batch == 0 || p.q_len == 0)
         return cudaSuccess;
+    DecodePath const path = decodePathFromEnv();
     cudaError_t status = cudaSuccess;
-    if (wad::tryLaunch<T>(p, stream, status))
+    if ((path == DecodePath::kAuto || path == DecodePath::kSplit)
+        && wad::tryLaunch<T>(p, stream, path == DecodePath::kSplit, status))
+        return status;
+    int const vf = wak::vecFlagsFor<T>(p);
+    bool const kvVec = (vf & wak::kVecK) != 0 && (vf & wak::kVecV) != 0;
+    if ((path == DecodePath::kAuto || path == DecodePath::kMma) && wam::tryLaunch<T>(p, stream, kvVec, status))
         return status;
     int64_t const rows = int64_t(p.q_len) * (p.num_q_heads / p.num_kv_heads);
     return rows <= 8 ? wak::launchDv<T, 8, 32>(p, stream) : wak::launchDv<T, 64, 16>(p, stream);

@@ -1,0 +1,393 @@
+/*
+ * WindowedAttention decode on tensor cores (fp16 / bf16): the path for large decode batches, where
+ * (batch × kv heads) alone fills the GPU and the job is to stream the K/V cache at copy bandwidth.
+ *
+ * Ground truth: hymba_deploy.ops.windowed_attention_ref (the mask rule is in windowed_attention_kernel.h).
+ *
+ * A block (4 warps) owns one (batch, kv head) and all R = Tq·G ≤ 8 rows of it (row r: query r / G, query
+ * head kv·G + r % G; Hymba decode: the 5 heads of the GQA group). The visible keys (the meta prefix below
+ * the window, then the window up to the last query) are cut into chunks of 16 keys; warp w takes chunks
+ * w, w + 4, ... and keeps its own online softmax; the 4 warps merge in shared memory at the end.
+ *
+ * Per warp, a chunk is one m16n8k16 step of each product (mma.sync, fp32 accumulators):
+ *   S (16 × 16 keys) = Q (16 × Dqk; rows ≥ R are zero) · Kᵀ      Dqk/16 × 2 MMAs, K via ldmatrix
+ *   O (16 × Dv)     += P (16 × 16 keys, bf16/fp16) · V           Dv/8 MMAs, V via ldmatrix.trans
+ * P comes straight from S's accumulator registers (the FlashAttention-2 register layout), so scores never
+ * touch shared memory. Rows 8..15 of the MMA tile are padding (A fragments a1 = a3 = 0): tensor-core time
+ * is far below the memory time, so the waste costs nothing.
+ *
+ * K/V reach shared memory through a per-warp kStages-deep cp.async pipeline (16-byte copies; no block-wide
+ * barrier in the loop: a warp only waits for its own copies, then __syncwarp). Shared rows are XOR-swizzled
+ * in 16-byte units (chunk ^ (row & 7)), so the 8 row addresses of every ldmatrix hit 8 different bank
+ * groups. Keys past the last row of the cache are loaded from the last row (finite values) and masked.
+ *
+ * Masking and the softmax are branch-free: masked scores are -inf, a row whose running max is still -inf
+ * uses 0 as its reference (exp2(-inf) = 0, never inf - inf), one max and one rescale per chunk.
+ */
+#pragma once
+
+#include "../common/kernel_common.cuh"
+#include "windowed_attention_kernel.h"
+
+#include <cstdint>
+#include <type_traits>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+namespace hymba
+{
+namespace wam
+{
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kKeys = 16;   // keys per chunk: one k-step of P·V
+constexpr int kStages = 4;  // cp.async pipeline depth per warp (kStages - 1 chunks in flight)
+constexpr int kMaxRows = 8; // rows g = lane / 4 of the MMA tile
+
+template <int DQK, int DV>
+struct Shape
+{
+    static constexpr int KCH = DQK / 8; // 16-byte chunks per K row
+    static constexpr int VCH = DV / 8;  // 16-byte chunks per V row
+    static constexpr int kStageBytes = kKeys * (DQK + DV) * 2;
+    static constexpr int kPipeBytes = kWarps * kStages * kStageBytes;
+    static constexpr int kMergeBytes = kWarps * kMaxRows * (DV + 2) * 4;
+    static constexpr int kSmemBytes = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
+    static_assert(DQK % 16 == 0 && DQK >= 64 && DQK <= 128, "q/k head dim: 64..128, a multiple of 16");
+    static_assert(DV % 16 == 0 && DV >= 64 && DV <= 128, "v head dim: 64..128, a multiple of 16");
+};
+
+template <typename T>
+struct MmaType;
+template <>
+struct MmaType<__half>
+{
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi)
+    {
+        __half2 const h = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t const*>(&h);
+    }
+    static __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1)
+    {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+    }
+};
+template <>
+struct MmaType<__nv_bfloat16>
+{
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi)
+    {
+        __nv_bfloat162 const h = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t const*>(&h);
+    }
+    static __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1)
+    {
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
+    }
+};
+
+__device__ __forceinline__ void cpAsync16(uint32_t dst, void const* src)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void cpAsyncCommit()
+{
+    asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cpAsyncWait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void ldmatrixX4(uint32_t (&r)[4], uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrixX4Trans(uint32_t (&r)[4], uint32_t addr)
+{
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+//! Byte offset of 16-byte chunk `ch` of shared row `row` (rows of `rowChunks` chunks), XOR-swizzled.
+__device__ __forceinline__ uint32_t swz(int row, int ch, int rowChunks)
+{
+    return uint32_t((row * rowChunks + (ch ^ (row & 7))) * 16);
+}
+
+template <typename T, int DQK, int DV>
+__global__ void __launch_bounds__(kThreads) decodeMmaKernel(WindowedAttentionParams const p)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    using S = Shape<DQK, DV>;
+    using M = MmaType<T>;
+    constexpr int KCH = S::KCH, VCH = S::VCH;
+    extern __shared__ float4 smem4[];
+    unsigned char* smem = reinterpret_cast<unsigned char*>(smem4);
+
+    int const lane = threadIdx.x & 31;
+    int const warp = threadIdx.x >> 5;
+    int const g = lane >> 2; // MMA row of this lane (and of its c0/c1 accumulators)
+    int const t = lane & 3;
+    int const hkv = int(blockIdx.x % unsigned(p.num_kv_heads));
+    int const b = int(blockIdx.x / unsigned(p.num_kv_heads));
+    int const G = p.num_q_heads / p.num_kv_heads;
+    int const nRows = p.q_len * G; // <= kMaxRows (launcher)
+    int const qOffset = p.kv_len - p.q_len;
+    bool const windowed = p.window > 0;
+
+    // 1. This lane's Q fragments (row g; a0: dims 16kk + 2t, +1; a2: dims 16kk + 8 + 2t, +1) and position.
+    uint32_t qa[DQK / 16][2];
+    int qpos = -1; // padding rows see no key
+    {
+        T const* qrow = nullptr;
+        if (g < nRows)
+        {
+            int const qi = g / G;
+            qpos = qOffset + qi;
+            qrow = static_cast<T const*>(p.q) + b * p.q_batch_stride + qi * p.q_time_stride
+                + (hkv * G + g % G) * p.q_head_stride;
+        }
+#pragma unroll
+        for (int kk = 0; kk < DQK / 16; ++kk)
+        {
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+            {
+                int const d = kk * 16 + h * 8 + 2 * t;
+                qa[kk][h] = qrow ? M::pack(toFloat(qrow[d]), toFloat(qrow[d + 1])) : 0u;
+            }
+        }
+    }
+
+    // 2. Chunks of the visible keys: [0, metaEnd) then [winLo rounded down to 16, last query].
+    int const winLo = windowed ? max(0, qOffset - p.window) : 0;
+    int const metaEnd = windowed ? min(p.num_meta, winLo) : 0;
+    int nA = (metaEnd + kKeys - 1) / kKeys;
+    int bStart = winLo & ~(kKeys - 1);
+    if (nA * kKeys >= bStart) // the two ranges touch: one range from key 0
+    {
+        nA = 0;
+        bStart = 0;
+    }
+    int const nChunks = nA + (p.kv_len - bStart + kKeys - 1) / kKeys;
+    auto chunkKey0 = [&](int c) { return c < nA ? c * kKeys : bStart + (c - nA) * kKeys; };
+
+    T const* kg = static_cast<T const*>(p.k) + b * p.k_batch_stride + hkv * p.k_head_stride;
+    T const* vg = static_cast<T const*>(p.v) + b * p.v_batch_stride + hkv * p.v_head_stride;
+    uint32_t const pipe = uint32_t(__cvta_generic_to_shared(smem)) + uint32_t(warp * kStages * S::kStageBytes);
+
+    // Issues the copies of this warp's i-th chunk into stage i % kStages (an empty group past the end).
+    auto load = [&](int i) {
+        int const c = warp + i * kWarps;
+        if (c < nChunks)
+        {
+            int const key0 = chunkKey0(c);
+            uint32_t const sK = pipe + uint32_t((i % kStages) * S::kStageBytes);
+            uint32_t const sV = sK + kKeys * DQK * 2;
+#pragma unroll
+            for (int j = lane; j < kKeys * KCH; j += 32)
+            {
+                int const row = j / KCH, ch = j % KCH;
+                int const key = min(key0 + row, p.kv_len - 1);
+                cpAsync16(sK + swz(row, ch, KCH), kg + int64_t(key) * p.k_time_stride + ch * 8);
+            }
+#pragma unroll
+            for (int j = lane; j < kKeys * VCH; j += 32)
+            {
+                int const row = j / VCH, ch = j % VCH;
+                int const key = min(key0 + row, p.kv_len - 1);
+                cpAsync16(sV + swz(row, ch, VCH), vg + int64_t(key) * p.v_time_stride + ch * 8);
+            }
+        }
+        cpAsyncCommit();
+    };
+
+    float const qScale = p.scale * kLOG2E;
+    float m = -INFINITY; // running max of row g (log2 units), the same in the 4 lanes of the row
+    float l = 0.f;       // this lane's part of the row sum
+    float acc[DV / 8][4];
+#pragma unroll
+    for (int n = 0; n < DV / 8; ++n)
+        acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+
+    int const nMine = nChunks > warp ? (nChunks - warp + kWarps - 1) / kWarps : 0;
+#pragma unroll
+    for (int i = 0; i < kStages - 1; ++i)
+        load(i);
+
+    for (int i = 0; i < nMine; ++i)
+    {
+        cpAsyncWait<kStages - 2>(); // this lane's copies of chunk i have landed
+        __syncwarp();               // ... and every lane's; stage (i - 1) % kStages is free again
+        load(i + kStages - 1);
+
+        uint32_t const sK = pipe + uint32_t((i % kStages) * S::kStageBytes);
+        uint32_t const sV = sK + kKeys * DQK * 2;
+        int const key0 = chunkKey0(warp + i * kWarps);
+
+        // S = Q·Kᵀ for keys key0 + 8j + 2t + e (two n-tiles of 8 keys).
+        float s[2][4];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+        {
+            s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+            for (int kk = 0; kk < DQK / 16; kk += 2)
+            {
+                uint32_t kb[4]; // b0, b1 of k-step kk, then of kk + 1
+                ldmatrixX4(kb, sK + swz(8 * j + (lane & 7), 2 * kk + (lane >> 3), KCH));
+                M::mma(s[j], qa[kk][0], qa[kk][1], kb[0], kb[1]);
+                M::mma(s[j], qa[kk + 1][0], qa[kk + 1][1], kb[2], kb[3]);
+            }
+        }
+
+        // Mask, scale, online softmax (row g; its 4 lanes t hold 4 scores each).
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+        {
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+            {
+                int const key = key0 + 8 * j + 2 * t + e;
+                bool const vis = key <= qpos && (!windowed || qpos - key <= p.window || key < p.num_meta);
+                s[j][e] = vis ? s[j][e] * qScale : -INFINITY;
+                mx = fmaxf(mx, s[j][e]);
+            }
+        }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        float const mNew = fmaxf(m, mx);
+        float const mRef = mNew == -INFINITY ? 0.f : mNew;
+        float const alpha = fastExp2(m - mRef);
+        m = mNew;
+        float pr[2][2];
+#pragma unroll
+        for (int j = 0; j < 2; ++j)
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+                pr[j][e] = fastExp2(s[j][e] - mRef);
+        l = l * alpha + (pr[0][0] + pr[0][1]) + (pr[1][0] + pr[1][1]);
+        uint32_t const pa0 = M::pack(pr[0][0], pr[0][1]); // P row g, keys 2t, 2t + 1
+        uint32_t const pa2 = M::pack(pr[1][0], pr[1][1]); // P row g, keys 8 + 2t, 8 + 2t + 1
+
+        // O = O·alpha + P·V, two n-tiles of 8 v columns per ldmatrix.
+#pragma unroll
+        for (int n = 0; n < DV / 8; n += 2)
+        {
+            uint32_t vb[4]; // b0, b1 of n-tile n, then of n + 1
+            ldmatrixX4Trans(vb, sV + swz((lane & 7) + ((lane >> 3) & 1) * 8, n + (lane >> 4), VCH));
+            acc[n][0] *= alpha;
+            acc[n][1] *= alpha;
+            acc[n + 1][0] *= alpha;
+            acc[n + 1][1] *= alpha;
+            M::mma(acc[n], pa0, pa2, vb[0], vb[1]);
+            M::mma(acc[n + 1], pa0, pa2, vb[2], vb[3]);
+        }
+    }
+    cpAsyncWait<0>();
+
+    // 3. Merge the 4 warps' partials (row g: m, l, acc columns 8n + 2t, +1) in shared memory.
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    __syncthreads(); // every warp is done with its pipeline stages
+    float* mW = reinterpret_cast<float*>(smem);      // [kWarps][kMaxRows]
+    float* lW = mW + kWarps * kMaxRows;              // [kWarps][kMaxRows]
+    float* accW = lW + kWarps * kMaxRows;            // [kWarps][kMaxRows][DV]
+    if (t == 0)
+    {
+        mW[warp * kMaxRows + g] = m;
+        lW[warp * kMaxRows + g] = l;
+    }
+#pragma unroll
+    for (int n = 0; n < DV / 8; ++n)
+    {
+        float2 const v2 = make_float2(acc[n][0], acc[n][1]);
+        *reinterpret_cast<float2*>(accW + (warp * kMaxRows + g) * DV + 8 * n + 2 * t) = v2;
+    }
+    __syncthreads();
+
+    T* og = static_cast<T*>(p.out) + b * p.out_batch_stride;
+    for (int idx = threadIdx.x; idx < nRows * DV; idx += kThreads)
+    {
+        int const r = idx / DV, d = idx % DV;
+        float mMax = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w)
+            mMax = fmaxf(mMax, mW[w * kMaxRows + r]);
+        float const mRef = mMax == -INFINITY ? 0.f : mMax;
+        float sumL = 0.f, sumO = 0.f;
+#pragma unroll
+        for (int w = 0; w < kWarps; ++w)
+        {
+            float const f = fastExp2(mW[w * kMaxRows + r] - mRef);
+            sumL += lW[w * kMaxRows + r] * f;
+            sumO += accW[(w * kMaxRows + r) * DV + d] * f;
+        }
+        int const qi = r / G;
+        og[qi * p.out_time_stride + (hkv * G + r % G) * p.out_head_stride + d]
+            = fromFloat<T>(sumL > 0.f ? sumO / sumL : 0.f);
+    }
+#else
+    __trap(); // mma.sync / ldmatrix / cp.async need sm_80; the launcher checks the binary first
+#endif
+}
+
+//! Launches the kernel; returns false (nothing launched) when the binary was not built for sm_80+.
+template <typename T, int DQK, int DV>
+bool launch(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& status)
+{
+    auto kernel = decodeMmaKernel<T, DQK, DV>;
+    cudaFuncAttributes fa{};
+    status = cudaFuncGetAttributes(&fa, kernel);
+    if (status != cudaSuccess)
+        return true; // report the error, launch nothing
+    if (fa.binaryVersion < 80)
+        return false;
+    int const smem = Shape<DQK, DV>::kSmemBytes;
+    status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (status != cudaSuccess)
+        return true;
+    kernel<<<unsigned(int64_t(p.batch) * p.num_kv_heads), kThreads, smem, stream>>>(p);
+    status = cudaGetLastError();
+    return true;
+}
+
+//! Launches the tensor-core decode kernel when it applies (fp16/bf16, Tq·G <= 8 rows, 16-byte aligned K/V
+//! rows, (Dqk, Dv) in {(64, 128), (64, 64), (128, 128)}, built for sm_80+) and returns true (`status` holds
+//! the launch result); false: nothing launched.
+template <typename T>
+bool tryLaunch(WindowedAttentionParams const& p, cudaStream_t stream, bool kvVec, cudaError_t& status)
+{
+    if constexpr (std::is_same<T, float>::value)
+        return false;
+    else
+    {
+        if (int64_t(p.q_len) * (p.num_q_heads / p.num_kv_heads) > kMaxRows || !kvVec
+            || int64_t(p.batch) * p.num_kv_heads > int64_t(0x7fffffff))
+            return false;
+        if (p.qk_dim == 64 && p.v_dim == 128)
+            return launch<T, 64, 128>(p, stream, status);
+        if (p.qk_dim == 64 && p.v_dim == 64)
+            return launch<T, 64, 64>(p, stream, status);
+        if (p.qk_dim == 128 && p.v_dim == 128)
+            return launch<T, 128, 128>(p, stream, status);
+        return false;
+    }
+}
+
+} // namespace wam
+} // namespace hymba
