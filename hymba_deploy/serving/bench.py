@@ -103,27 +103,30 @@ def decode_cuda(engine, batch: int, context: int, steps: int, eager_steps: int, 
         torch.cuda.empty_cache()
 
 
-_CATEGORIES = (("attention (plugin kernel)", ("windowedAttention", "wad::decodeKernel")),
+_CATEGORIES = (("attention (plugin kernel)", ("windowedAttention", "wad::decodeKernel", "wam::decodeMmaKernel")),
                ("scan (plugin kernel)", ("selectiveScan",)),
                ("conv (plugin kernel)", ("causalConv1d",)),
                ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitK", "Kernel2")),
                ("fused elementwise (triton)", ("triton",)))
 
 
-def profile_decode(engine, batch: int, context: int, steps: int = 3) -> dict:
-    """Kernel time per decode step by category (eager steps under torch.profiler; graphs replay the same
-    kernels without the launch gaps)."""
+def profile_decode(engine, batch: int, context: int, steps: int = 3, graphs: bool = False) -> dict:
+    """Kernel time per decode step by category under torch.profiler: eager steps, or (graphs=True) the
+    captured graph replays that the benchmark times."""
     from torch.profiler import ProfilerActivity, profile
 
     cache = engine.cache(batch)
     try:
+        if graphs:
+            engine.capture(batch)
         cache.fill_random(context, torch.Generator(device="cuda").manual_seed(1))
         token = torch.randint(3, engine.config.vocab_size, (batch, 1), device="cuda")
-        engine.decode_eager(cache, token)
+        step = engine.decode if graphs else engine.decode_eager
+        step(cache, token)
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(steps):
-                engine.decode_eager(cache, token)
+                step(cache, token)
             torch.cuda.synchronize()
         cats: dict = {}
         kernels = []
@@ -138,9 +141,9 @@ def profile_decode(engine, batch: int, context: int, steps: int = 3) -> dict:
             entry["kernels_per_step"] += evt.count / steps
             kernels.append((us / steps, evt.count / steps, name[:120]))
         kernels.sort(reverse=True)
-        return {"batch": batch, "context": context, "by_category": cats,
+        return {"batch": batch, "context": context, "graphs": graphs, "by_category": cats,
                 "total_kernel_us_per_step": sum(c["us_per_step"] for c in cats.values()),
-                "top_kernels": [{"us_per_step": a, "calls_per_step": b, "name": c} for a, b, c in kernels[:12]]}
+                "top_kernels": [{"us_per_step": a, "calls_per_step": b, "name": c} for a, b, c in kernels[:24]]}
     finally:
         engine.release(batch)
         torch.cuda.empty_cache()
@@ -199,7 +202,8 @@ def prefill_ms(engine, n: int, reps: int) -> dict:
 def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 8192,
         batches=(1, 8, 32, 128), prefill=(1024, 4096, 8192), steps: int = 32, eager_steps: int = 4,
         reference: bool = True, ref_steps: int = 3, ref_graph_batches=(1, 8), seed: int = 0,
-        log=print, out: str | None = None, uncompiled_batches=(1, 128), profile_batches=(1, 128)) -> dict:
+        log=print, out: str | None = None, uncompiled_batches=(1, 128), profile_batches=(1, 128),
+        no_overlap_batches=(1, 128)) -> dict:
     if not torch.cuda.is_available():
         raise HymbaDeployError("bench --backend cuda needs a CUDA GPU")
     from .. import cuda as backend
@@ -258,24 +262,31 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         res["cuda"]["prefill"].append(r)
         log("cuda prefill", json.dumps(r), flush=True)
         dump()
-    res["cuda"]["profile_eager"] = []
-    for b in profile_batches:
-        try:
-            r = profile_decode(engine, b, context)
-        except Exception as e:                                              # reported, not fatal
-            r = {"batch": b, "error": f"{type(e).__name__}: {e}"[:400]}
-        res["cuda"]["profile_eager"].append(r)
-        log("cuda profile", json.dumps(r), flush=True)
-        dump()
-    plain = HymbaServingEngine(model, max_context=max_context, buckets=batches, compile_elementwise=False)
-    res["cuda"]["decode_graphs_uncompiled_elementwise"] = []
-    for b in uncompiled_batches:
-        got, r, ooms = _oom_halving(b, lambda bb: decode_cuda(plain, bb, context, steps, 0, bw, wbytes))
-        entry = {"requested_batch": b, "oom_batches": ooms, **(r or {})}
-        res["cuda"]["decode_graphs_uncompiled_elementwise"].append(entry)
-        log("cuda decode (no compile)", json.dumps(entry), flush=True)
-        dump()
-    del plain
+    for key, graphs in (("profile_eager", False), ("profile_graphs", True)):
+        res["cuda"][key] = []
+        for b in profile_batches:
+            try:
+                r = profile_decode(engine, b, context, graphs=graphs)
+            except Exception as e:                                          # reported, not fatal
+                r = {"batch": b, "error": f"{type(e).__name__}: {e}"[:400]}
+            res["cuda"][key].append(r)
+            log(f"cuda {key}", json.dumps(r), flush=True)
+            dump()
+    # Ablations, same run: graphs without the compiled elementwise glue; SWA attention not overlapped.
+    for key, kw, ablation_batches in (
+            ("decode_graphs_uncompiled_elementwise", dict(compile_elementwise=False), uncompiled_batches),
+            ("decode_graphs_no_attention_overlap", dict(overlap_attention=False), no_overlap_batches)):
+        res["cuda"][key] = []
+        if not ablation_batches:
+            continue
+        ablated = HymbaServingEngine(model, max_context=max_context, buckets=batches, **kw)
+        for b in ablation_batches:
+            got, r, ooms = _oom_halving(b, lambda bb: decode_cuda(ablated, bb, context, steps, 0, bw, wbytes))
+            entry = {"requested_batch": b, "oom_batches": ooms, **(r or {})}
+            res["cuda"][key].append(entry)
+            log(f"cuda {key}", json.dumps(entry), flush=True)
+            dump()
+        del ablated
 
     if reference:
         backend.set_backend("reference")
@@ -331,6 +342,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ref-graph-batches", default="1,8")
     ap.add_argument("--uncompiled-batches", default="1,128")
     ap.add_argument("--profile-batches", default="1,128")
+    ap.add_argument("--no-overlap-batches", default="1,128",
+                    help="also time these batches with SWA attention on the main stream (ablation)")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -339,7 +352,7 @@ def main(argv=None) -> int:
         res = run(args.model, args.dtype, args.context, ints(args.batches), ints(args.prefill), args.steps,
                   args.eager_steps, not args.no_reference, args.ref_steps, ints(args.ref_graph_batches), args.seed,
                   out=args.out, uncompiled_batches=ints(args.uncompiled_batches),
-                  profile_batches=ints(args.profile_batches))
+                  profile_batches=ints(args.profile_batches), no_overlap_batches=ints(args.no_overlap_batches))
     except HymbaDeployError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -52,10 +52,14 @@ def rope(x, cos, sin):
     return apply_rotary(x, cos, sin)
 
 
-def dbc_norms(xp, w_dt, w_B, w_C, dt_rank: int, d_state: int, eps: float):
-    """x_proj output (B, T, R + 2N) -> RMSNorm'd dt, B, C."""
-    dt, Bm, Cm = xp.split([dt_rank, d_state, d_state], dim=-1)
-    return rms_norm(dt, w_dt, eps), rms_norm(Bm, w_B, eps), rms_norm(Cm, w_C, eps)
+def dbc_norms(xp, w_dt, w_B, w_C, dt_rank: int, d_state: int, eps: float, dt_width: int | None = None):
+    """x_proj output (B, T, ≥ R + 2N; extra columns ignored) -> RMSNorm'd dt, B, C; dt zero-padded to
+    `dt_width` columns when given (the input of a column-padded dt_proj weight)."""
+    dt, Bm, Cm = xp[..., :dt_rank + 2 * d_state].split([dt_rank, d_state, d_state], dim=-1)
+    dt = rms_norm(dt, w_dt, eps)
+    if dt_width is not None and dt_width > dt_rank:
+        dt = F.pad(dt, (0, dt_width - dt_rank))
+    return dt, rms_norm(Bm, w_B, eps), rms_norm(Cm, w_C, eps)
 
 
 def fuse_branches(attn, w1, y, w2, eps: float):
@@ -77,6 +81,25 @@ def select_bucket(batch: int, buckets: Iterable[int] = DEFAULT_BUCKETS) -> int:
     if batch < 1 or not fits:
         raise HymbaDeployError(f"batch {batch} fits no bucket of {sorted(buckets)}; raise the largest bucket")
     return fits[0]
+
+
+def _pad_rows_(w: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Move parameter w (n, k) into a zero buffer of n rounded up to `multiple` rows; w becomes a view."""
+    n, k = w.shape
+    buf = torch.zeros(-(-n // multiple) * multiple, k, dtype=w.dtype, device=w.device)
+    buf[:n] = w
+    w.data = buf[:n]
+    return buf
+
+
+def _pad_cols_(w: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Move parameter w (n, k) into a zero buffer of k rounded up to `multiple` columns; w becomes a
+    (row-strided) view."""
+    n, k = w.shape
+    buf = torch.zeros(n, -(-k // multiple) * multiple, dtype=w.dtype, device=w.device)
+    buf[:, :k] = w
+    w.data = buf[:, :k]
+    return buf
 
 
 class DecodeKernels:
@@ -162,7 +185,8 @@ class HymbaServingEngine:
 
     def __init__(self, model, max_context: int, buckets: Iterable[int] = DEFAULT_BUCKETS,
                  eviction: str = "upstream", ssm_state_dtype: torch.dtype | None = None,
-                 use_graphs: bool = True, backend: str | None = None, compile_elementwise: bool | None = None):
+                 use_graphs: bool = True, backend: str | None = None, compile_elementwise: bool | None = None,
+                 overlap_attention: bool = True):
         self.model = model
         self.config = model.config
         self.backend = backend or getattr(model, "backend", cuda_backend.get_backend())
@@ -181,12 +205,62 @@ class HymbaServingEngine:
         I = self.config.d_inner
         blocks = [layer.mamba for layer in model.model.layers]
         # Per-layer constants the reference recomputes each call (same values): A, D, dt bias in fp32.
-        self._A = [-torch.exp(b.A_log[0].float()) for b in blocks]         # (I, N)
+        # A (I, N) stored channel-fastest (strides (1, I)): the scan kernel's thread per channel then reads
+        # A[:, n] as one coalesced row per n instead of N-strided words.
+        self._A = [(-torch.exp(b.A_log[0].float())).t().contiguous().t() for b in blocks]   # (I, N)
         self._D = [b.D[0].float() for b in blocks]                          # (I,)
         self._dt_bias = [b.dt_proj[0].bias.float() for b in blocks]         # (I,)
         self._conv_w = [b.conv1d.weight.view(I, -1) for b in blocks]       # (I, K)
+        self._pack_weights(model)
+        # Side stream for SWA-layer attention (see _decode_body); None: everything on the current stream.
+        self._side_stream = (torch.cuda.Stream(device=self.device) if overlap_attention and self.device.type == "cuda"
+                             else None)
         self.caches: dict[int, HymbaServingCache] = {}
         self.graphs: dict[int, _SegmentedGraph] = {}
+
+    @torch.no_grad()
+    def _pack_weights(self, model) -> None:
+        """Decode-friendly layouts of some weights (`_pack`), made once per model and shared by engines."""
+        packed = getattr(model, "_hymba_serving_packed", None)
+        if packed is None:
+            packed = self._pack(model)
+            model._hymba_serving_packed = packed
+        self._gate_up, self._x_proj, self._dt_proj, self._lm_head = packed
+        self._vocab = model.lm_head.weight.shape[0]
+
+    @staticmethod
+    def _pack(model):
+        """Re-pack weights for faster decode GEMMs without keeping two copies: the model's parameters become
+        views of the packed buffers (same values, so its own forward is unchanged).
+
+        - Each MLP's gate_proj and up_proj rows share one (2F, H) buffer: one GEMM instead of two.
+        - The tied embedding / lm_head (V, H) lives in a buffer of V rounded up to 8 rows (zeros below), so
+          the logits GEMM writes 16-byte aligned rows (V = 32001 otherwise drops cuBLAS to an align-1
+          kernel, ~5x slower at batch 128); the padded logits are sliced back to V.
+        - Likewise x_proj (R + 2N = 132 output rows, zero rows appended to 136) and dt_proj (R = 100 input
+          columns, zero columns appended to 104, with dt zero-padded to match): tiny GEMMs that cuBLAS
+          otherwise runs with 2-element alignment. Zeros add exactly nothing, so results are unchanged.
+        """
+        x_proj, dt_proj, gate_up = [], [], []
+        for layer in model.model.layers:
+            blk = layer.mamba
+            x_proj.append(_pad_rows_(blk.x_proj[0].weight, 8))                      # (136, I)
+            dt_proj.append(_pad_cols_(blk.dt_proj[0].weight, 8))                    # (I, 104)
+            mlp = layer.moe.experts[0]
+            F_ = mlp.gate_proj.weight.shape[0]
+            buf = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])             # (2F, H)
+            mlp.gate_proj.weight.data = buf[:F_]
+            mlp.up_proj.weight.data = buf[F_:]
+            gate_up.append(buf)
+        emb = model.model.embed_tokens.weight
+        lm_head = _pad_rows_(emb, 8)                        # lm_head.weight is the same Parameter when tied
+        if model.lm_head.weight is not emb:                 # untied checkpoints: pad lm_head on its own
+            lm_head = _pad_rows_(model.lm_head.weight, 8)
+        return gate_up, x_proj, dt_proj, lm_head            # lm_head: (V rounded up to 8, H)
+
+    def _logits(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, H) final-normed hidden -> logits (B, V) fp32, through the padded lm_head buffer."""
+        return F.linear(u, self._lm_head)[:, :self._vocab].float()
 
     # ---- resources ----------------------------------------------------------------------------------
     def cache(self, bucket: int) -> HymbaServingCache:
@@ -229,7 +303,7 @@ class HymbaServingEngine:
             raise HymbaDeployError(f"{b} prompts exceed the cache's {cache.batch_size} rows")
         cache.reset()
         h = self.model.model(input_ids, DynamicCacheView(cache, b))         # (b, n, H), model code unchanged
-        return self.model.lm_head(h[:, -1]).float()
+        return self._logits(h[:, -1])
 
     # ---- decode ---------------------------------------------------------------------------------------
     def _global_attention(self, cache, layer, producer, q, out=None):
@@ -264,27 +338,42 @@ class HymbaServingEngine:
                 k = fn["rope"](k.view(B, 1, Hkv, d_qk), cos, sin)           # (B, 1, Hkv, d_qk)
                 cache.store_decode(i, k, v.view(B, 1, Hkv, d_v), pos if cfg.is_global(i) else ring_slot)
             p = blk.producer
+            side = None
             if cfg.is_global(p):
                 attn = yield (i, p, q)                                      # length grows: run outside graphs
             else:
                 L = cache.kv_len(p, cache.text_len + 1)                     # fixed once the ring is full
-                attn = kern.attn(q, cache.key[p][:, :L], cache.value[p][:, :L], blk.window, meta, scale)
-            attn = attn.reshape(B, 1, Hq * d_v)                             # (B, 1, I)
+                kv = (q, cache.key[p][:, :L], cache.value[p][:, :L], blk.window, meta, scale)
+                side = self._side_stream
+                if side is None:
+                    attn = kern.attn(*kv)
+                else:
+                    # Attention (bandwidth-bound) on a side stream, overlapping the SSM branch below
+                    # (latency-bound small kernels); joined before the fusion. Graph capture keeps the fork.
+                    attn = torch.empty(B, 1, Hq, d_v, dtype=q.dtype, device=q.device)
+                    side.wait_stream(torch.cuda.current_stream())
+                    with torch.cuda.stream(side):
+                        kern.attn(*kv, attn)
             # 3. SSM heads: conv and scan at T = 1, states updated in place.
             xc = kern.conv_(x, self._conv_w[i], blk.conv1d.bias, cache.conv[i])            # (B, 1, I)
-            dt, Bm, Cm = fn["dbc_norms"](blk.x_proj[0](xc), blk.dt_layernorm.weight, blk.B_layernorm.weight,
-                                         blk.C_layernorm.weight, R, N, eps)
-            dt = F.linear(dt, blk.dt_proj[0].weight)                        # (B, 1, I), bias joins in the scan
+            dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, self._x_proj[i]), blk.dt_layernorm.weight,
+                                         blk.B_layernorm.weight, blk.C_layernorm.weight, R, N, eps,
+                                         self._dt_proj[i].shape[1])         # x_proj, dt_proj: padded copies
+            dt = F.linear(dt, self._dt_proj[i])                             # (B, 1, I), bias joins in the scan
             y = kern.scan_(xc, dt, self._A[i], Bm, Cm, self._D[i], z, self._dt_bias[i], cache.ssm[i])
+            if side is not None:
+                torch.cuda.current_stream().wait_stream(side)
+            attn = attn.reshape(B, 1, Hq * d_v)                             # (B, 1, I)
             # 4. Fusion, out_proj, residual; then the MLP and the next layer's input norm.
             mixed = blk.out_proj(fn["fuse_branches"](attn, blk.pre_avg_layernorm1.weight, y,
                                                      blk.pre_avg_layernorm2.weight, eps))
             h, v_ = fn["add_rms_norm"](h, mixed, layer.pre_moe_layernorm.weight, eps)
             mlp = layer.moe.experts[0]
-            delta = mlp.down_proj(fn["silu_mul"](mlp.gate_proj(v_), mlp.up_proj(v_)))
+            gate, up = F.linear(v_, self._gate_up[i]).chunk(2, dim=-1)      # packed gate/up rows
+            delta = mlp.down_proj(fn["silu_mul"](gate, up))
             next_w = layers[i + 1].input_layernorm.weight if i + 1 < len(layers) else m.final_layernorm.weight
             h, u = fn["add_rms_norm"](h, delta, next_w, eps)                 # u: next input (or final) norm
-        logits = self.model.lm_head(u[:, -1]).float()                       # (B, V)
+        logits = self._logits(u[:, -1])                                     # (B, V)
         cache.pos += 1
         return logits
 

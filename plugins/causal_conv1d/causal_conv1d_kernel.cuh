@@ -4,6 +4,9 @@
  * A thread owns kVec adjacent channels of one batch row over kCausalConv1dChunk time steps, keeps the
  * K-1 previous inputs in registers and slides them along; with unit channel strides and aligned pointers
  * its loads and stores are 16 bytes wide. The thread of the last time chunk also writes the new state.
+ * Weights and states are read and written 16 bytes at a time too where their layout allows (`VecFlags`):
+ * weight rows (dim, K) contiguous, or channel-fastest weights / states (the serving cache keeps its conv
+ * state channel-fastest). At decode (T = 1) that is the whole job: ~all of a step's bytes are state.
  */
 #pragma once
 
@@ -18,6 +21,15 @@ namespace cck
 {
 
 constexpr int kThreads = 128;
+
+//! Which of the small operands a kVec-channel thread may access 16 bytes at a time (launch-time checks).
+enum VecFlags : int
+{
+    kWeightRows = 1, // weight (dim, K) with rows contiguous: a thread's kVec rows are kVec·K adjacent elements
+    kWeightCols = 2, // weight channel stride 1: tap k of the kVec channels is one vector
+    kStateVec = 4,   // conv_state channel stride 1
+    kNewStateVec = 8 // new_conv_state channel stride 1
+};
 
 template <typename T, int kVec>
 __device__ __forceinline__ void loadVec(T const* ptr, int64_t stride, float (&out)[kVec])
@@ -54,7 +66,7 @@ __device__ __forceinline__ void storeVec(T* ptr, float const (&in)[kVec])
 }
 
 template <typename T, int K, bool kSilu, int kVec>
-__global__ void __launch_bounds__(kThreads) causalConv1dKernel(CausalConv1dParams const p)
+__global__ void __launch_bounds__(kThreads) causalConv1dKernel(CausalConv1dParams const p, int const vecFlags)
 {
     int const b = blockIdx.z;
     int const t0 = blockIdx.y * kCausalConv1dChunk;
@@ -70,14 +82,47 @@ __global__ void __launch_bounds__(kThreads) causalConv1dKernel(CausalConv1dParam
 
     float wk[K][kVec];
     float bias[kVec];
+    if (kVec > 1 && (vecFlags & kWeightRows))
+    {
+        // kVec·K adjacent elements: K vectors of kVec; flat element f is (channel f / K, tap f % K).
 #pragma unroll
-    for (int i = 0; i < kVec; ++i)
+        for (int c = 0; c < K; ++c)
+        {
+            float v[kVec];
+            loadVec<T, kVec>(w + int64_t(d0) * K + c * kVec, 1, v);
+#pragma unroll
+            for (int e = 0; e < kVec; ++e)
+                wk[(c * kVec + e) % K][(c * kVec + e) / K] = v[e];
+        }
+    }
+    else if (kVec > 1 && (vecFlags & kWeightCols))
     {
 #pragma unroll
         for (int k = 0; k < K; ++k)
-            wk[k][i] = toFloat(w[(d0 + i) * p.weight_dim_stride + k * p.weight_width_stride]);
-        bias[i] = p.bias != nullptr ? toFloat(static_cast<T const*>(p.bias)[d0 + i]) : 0.f;
+            loadVec<T, kVec>(w + d0 + k * p.weight_width_stride, 1, wk[k]);
     }
+    else
+    {
+#pragma unroll
+        for (int i = 0; i < kVec; ++i)
+#pragma unroll
+            for (int k = 0; k < K; ++k)
+                wk[k][i] = toFloat(w[(d0 + i) * p.weight_dim_stride + k * p.weight_width_stride]);
+    }
+#pragma unroll
+    for (int i = 0; i < kVec; ++i)
+        bias[i] = p.bias != nullptr ? toFloat(static_cast<T const*>(p.bias)[d0 + i]) : 0.f;
+    bool const stateVec = kVec > 1 && (vecFlags & kStateVec);
+    // State entry `tap` of this thread's kVec channels (the state must be non-null).
+    auto loadState = [&](int tap, float (&out)[kVec]) {
+        T const* sp = st + b * p.state_batch_stride + tap * p.state_width_stride;
+        if (stateVec)
+            loadVec<T, kVec>(sp + d0, 1, out);
+        else
+#pragma unroll
+            for (int i = 0; i < kVec; ++i)
+                out[i] = toFloat(sp[(d0 + i) * p.state_dim_stride]);
+    };
 
     // hist[j] = input at time t0 - (K-1) + j; negative times come from the state (entry K + t).
     float hist[K > 1 ? K - 1 : 1][kVec];
@@ -89,13 +134,15 @@ __global__ void __launch_bounds__(kThreads) causalConv1dKernel(CausalConv1dParam
         {
             loadVec<T, kVec>(x + int64_t(t) * p.x_time_stride, p.x_dim_stride, hist[j]);
         }
+        else if (st != nullptr)
+        {
+            loadState(K + t, hist[j]);
+        }
         else
         {
 #pragma unroll
             for (int i = 0; i < kVec; ++i)
-                hist[j][i] = st != nullptr
-                    ? toFloat(st[b * p.state_batch_stride + (d0 + i) * p.state_dim_stride + (K + t) * p.state_width_stride])
-                    : 0.f;
+                hist[j][i] = 0.f;
         }
     }
     // The state entries the new state keeps when T < K, read before anything is written (in-place decode).
@@ -105,11 +152,14 @@ __global__ void __launch_bounds__(kThreads) causalConv1dKernel(CausalConv1dParam
     {
 #pragma unroll
         for (int j = 0; j < K; ++j)
+        {
+            if (L + j < K && st != nullptr)
+                loadState(L + j, keep[j]);
+            else
 #pragma unroll
-            for (int i = 0; i < kVec; ++i)
-                keep[j][i] = (L + j < K && st != nullptr)
-                    ? toFloat(st[b * p.state_batch_stride + (d0 + i) * p.state_dim_stride + (L + j) * p.state_width_stride])
-                    : 0.f;
+                for (int i = 0; i < kVec; ++i)
+                    keep[j][i] = 0.f;
+        }
     }
 
     int const tEnd = min(t0 + kCausalConv1dChunk, L);
@@ -171,11 +221,33 @@ __global__ void __launch_bounds__(kThreads) causalConv1dKernel(CausalConv1dParam
 #pragma unroll
                 for (int i = 0; i < kVec; ++i)
                     v[i] = keep[j][i];
+            if (kVec > 1 && (vecFlags & kNewStateVec))
+                storeVec<T, kVec>(ns + d0 + j * p.new_state_width_stride, v);
+            else
 #pragma unroll
-            for (int i = 0; i < kVec; ++i)
-                ns[(d0 + i) * p.new_state_dim_stride + j * p.new_state_width_stride] = fromFloat<T>(v[i]);
+                for (int i = 0; i < kVec; ++i)
+                    ns[(d0 + i) * p.new_state_dim_stride + j * p.new_state_width_stride] = fromFloat<T>(v[i]);
         }
     }
+}
+
+template <typename T>
+int vecFlagsFor(CausalConv1dParams const& p)
+{
+    constexpr int kV = 16 / sizeof(T);
+    auto aligned = [](void const* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; };
+    int f = 0;
+    if (aligned(p.weight) && p.weight_width_stride == 1 && p.weight_dim_stride == p.width)
+        f |= kWeightRows;
+    if (aligned(p.weight) && p.weight_dim_stride == 1 && p.weight_width_stride % kV == 0)
+        f |= kWeightCols;
+    if (p.conv_state != nullptr && aligned(p.conv_state) && p.state_dim_stride == 1
+        && p.state_batch_stride % kV == 0 && p.state_width_stride % kV == 0)
+        f |= kStateVec;
+    if (p.new_conv_state != nullptr && aligned(p.new_conv_state) && p.new_state_dim_stride == 1
+        && p.new_state_batch_stride % kV == 0 && p.new_state_width_stride % kV == 0)
+        f |= kNewStateVec;
+    return f;
 }
 
 template <typename T, int K, bool kSilu, int kVec>
@@ -184,7 +256,7 @@ cudaError_t launch(CausalConv1dParams const& p, cudaStream_t stream)
     int const perBlock = kThreads * kVec;
     int const chunks = p.seqlen > 0 ? (p.seqlen + kCausalConv1dChunk - 1) / kCausalConv1dChunk : 1;
     dim3 const grid((p.dim + perBlock - 1) / perBlock, chunks, p.batch);
-    causalConv1dKernel<T, K, kSilu, kVec><<<grid, kThreads, 0, stream>>>(p);
+    causalConv1dKernel<T, K, kSilu, kVec><<<grid, kThreads, 0, stream>>>(p, vecFlagsFor<T>(p));
     HYMBA_LAUNCH_CHECK();
     return cudaSuccess;
 }

@@ -73,6 +73,19 @@ __device__ __forceinline__ void scanChunk(SelectiveScanParams const& p, int t0, 
     }
 }
 
+//! h[n] = state[n · stride] as fp32 for the n < N this thread owns. One dtype per call, so the kN loads
+//! sit in one basic block and are all in flight together (a per-element dtype switch serialised them:
+//! at decode, T = 1, these loads are most of the kernel's bytes).
+template <typename S, int kN, bool kExactN>
+__device__ __forceinline__ void loadState(void const* state, int64_t offset, int64_t stride, int N, float (&h)[kN])
+{
+    S const* sp = static_cast<S const*>(state) + offset;
+#pragma unroll
+    for (int n = 0; n < kN; ++n)
+        if (kExactN || n < N)
+            h[n] = toFloat(sp[n * stride]);
+}
+
 template <typename T, int kN, bool kExactN>
 __global__ void __launch_bounds__(kMaxThreads) selectiveScanKernel(SelectiveScanParams const p)
 {
@@ -89,15 +102,24 @@ __global__ void __launch_bounds__(kMaxThreads) selectiveScanKernel(SelectiveScan
     float h[kN];
 #pragma unroll
     for (int n = 0; n < kN; ++n)
+        A2[n] = h[n] = 0.f;
+    if (active)
     {
-        A2[n] = 0.f;
-        h[n] = 0.f;
-        if (active && n < N)
+        float const* Ad = p.A + d * p.A_dim_stride;
+#pragma unroll
+        for (int n = 0; n < kN; ++n)
+            if (kExactN || n < N)
+                A2[n] = Ad[n * p.A_state_stride] * kLOG2E;
+        if (p.initial_state != nullptr)
         {
-            A2[n] = p.A[d * p.A_dim_stride + n * p.A_state_stride] * kLOG2E;
-            if (p.initial_state != nullptr)
-                h[n] = loadAny(p.initial_state,
-                    b * p.state_strides.batch + d * p.state_strides.time + n * p.state_strides.chan, p.state_dtype);
+            int64_t const off = b * p.state_strides.batch + d * p.state_strides.time;
+            int64_t const st = p.state_strides.chan;
+            switch (p.state_dtype)
+            {
+            case DType::kFLOAT32: loadState<float, kN, kExactN>(p.initial_state, off, st, N, h); break;
+            case DType::kFLOAT16: loadState<__half, kN, kExactN>(p.initial_state, off, st, N, h); break;
+            case DType::kBFLOAT16: loadState<__nv_bfloat16, kN, kExactN>(p.initial_state, off, st, N, h); break;
+            }
         }
     }
     float const Dd = (active && p.D != nullptr) ? p.D[d] : 0.f;
@@ -162,6 +184,105 @@ cudaError_t launchWithState(SelectiveScanParams const& p, cudaStream_t stream)
     return cudaSuccess;
 }
 
+/*
+ * Decode step (T = 1): nothing to walk, so the job is one round trip to memory per state. Two threads
+ * share a channel, each holding kN / 2 states (half the registers of the scan kernel, twice the threads
+ * in flight), and issue all their loads (state, A, x, dt, z, B, C) before any use: no shared memory, no
+ * barrier. Lanes c and c + 16 of a warp own channel c's two halves; their y partials meet by one shuffle.
+ */
+constexpr int kStepThreads = 128;
+constexpr int kStepChannels = kStepThreads / 2; // channels per block
+
+template <typename T, int kN, bool kExactN>
+__global__ void __launch_bounds__(kStepThreads) selectiveScanStepKernel(SelectiveScanParams const p)
+{
+    constexpr int NH = kN / 2;
+    int const lane = threadIdx.x & 31;
+    int const half = lane >> 4;
+    int const b = blockIdx.y;
+    int const d = blockIdx.x * kStepChannels + (threadIdx.x >> 5) * 16 + (lane & 15);
+    bool const active = d < p.dim;
+    int const N = kExactN ? kN : p.dstate;
+    int const n0 = half * NH; // this thread's states: n0 .. n0 + NH - 1
+
+    float A2[NH], h[NH], Bv[NH], Cv[NH];
+#pragma unroll
+    for (int j = 0; j < NH; ++j)
+        A2[j] = h[j] = Bv[j] = Cv[j] = 0.f;
+    float xv = 0.f, dv = 0.f, zv = 0.f, Dd = 0.f, bias = 0.f;
+    bool const hasZ = p.z != nullptr;
+    if (active)
+    {
+        float const* Ad = p.A + d * p.A_dim_stride;
+        T const* Bp = static_cast<T const*>(p.B) + b * p.B_strides.batch;
+        T const* Cp = static_cast<T const*>(p.C) + b * p.C_strides.batch;
+#pragma unroll
+        for (int j = 0; j < NH; ++j)
+        {
+            if (kExactN || n0 + j < N)
+            {
+                A2[j] = Ad[(n0 + j) * p.A_state_stride] * kLOG2E;
+                Bv[j] = toFloat(Bp[(n0 + j) * p.B_strides.chan]);
+                Cv[j] = toFloat(Cp[(n0 + j) * p.C_strides.chan]);
+            }
+        }
+        if (p.initial_state != nullptr)
+        {
+            int64_t const off = b * p.state_strides.batch + d * p.state_strides.time + n0 * p.state_strides.chan;
+            int64_t const st = p.state_strides.chan;
+            int const nh = kExactN ? NH : max(0, min(NH, N - n0));
+            switch (p.state_dtype)
+            {
+            case DType::kFLOAT32: loadState<float, NH, kExactN>(p.initial_state, off, st, nh, h); break;
+            case DType::kFLOAT16: loadState<__half, NH, kExactN>(p.initial_state, off, st, nh, h); break;
+            case DType::kBFLOAT16: loadState<__nv_bfloat16, NH, kExactN>(p.initial_state, off, st, nh, h); break;
+            }
+        }
+        xv = toFloat(static_cast<T const*>(p.x)[b * p.x_strides.batch + d * p.x_strides.chan]);
+        dv = toFloat(static_cast<T const*>(p.dt)[b * p.dt_strides.batch + d * p.dt_strides.chan]);
+        zv = hasZ ? toFloat(static_cast<T const*>(p.z)[b * p.z_strides.batch + d * p.z_strides.chan]) : 0.f;
+        Dd = p.D != nullptr ? p.D[d] : 0.f;
+        bias = p.dt_bias != nullptr ? p.dt_bias[d] : 0.f;
+    }
+
+    float const delta0 = dv + bias;
+    float const delta = delta0 > p.softplus_threshold ? delta0 : log1pf(expf(delta0));
+    float const dx = delta * xv;
+    float y[2] = {0.f, 0.f};
+#pragma unroll
+    for (int j = 0; j < NH; ++j)
+    {
+        h[j] = fastExp2(delta * A2[j]) * h[j] + dx * Bv[j]; // zero-padded states stay 0 (A2 = B = 0)
+        y[j % 2] += Cv[j] * h[j];
+    }
+    float yh = y[0] + y[1];
+    yh += __shfl_xor_sync(0xffffffffu, yh, 16); // the other half of this channel's states
+    if (!active)
+        return;
+    if (half == 0)
+    {
+        float const gate = hasZ ? zv / (1.0f + __expf(-zv)) : 1.f;
+        static_cast<T*>(p.y)[b * p.y_strides.batch + d * p.y_strides.chan] = fromFloat<T>((yh + Dd * xv) * gate);
+    }
+    if (p.last_state != nullptr)
+    {
+        float* sp = p.last_state + b * p.last_state_strides.batch + d * p.last_state_strides.time;
+#pragma unroll
+        for (int j = 0; j < NH; ++j)
+            if (kExactN || n0 + j < N)
+                sp[(n0 + j) * p.last_state_strides.chan] = h[j];
+    }
+}
+
+template <typename T, int kN, bool kExactN>
+cudaError_t launchStep(SelectiveScanParams const& p, cudaStream_t stream)
+{
+    dim3 const grid((p.dim + kStepChannels - 1) / kStepChannels, p.batch);
+    selectiveScanStepKernel<T, kN, kExactN><<<grid, kStepThreads, 0, stream>>>(p);
+    HYMBA_LAUNCH_CHECK();
+    return cudaSuccess;
+}
+
 } // namespace ssk
 
 template <typename T>
@@ -170,6 +291,14 @@ cudaError_t selectiveScanLaunchT(SelectiveScanParams const& p, cudaStream_t stre
     if (p.batch == 0 || p.dim == 0)
         return cudaSuccess;
     // Exact d_state for Hymba (16) and its tiny preset (8): no per-state guards.
+    if (p.seqlen == 1)
+    {
+        if (p.dstate == 16)
+            return ssk::launchStep<T, 16, true>(p, stream);
+        if (p.dstate == 8)
+            return ssk::launchStep<T, 8, true>(p, stream);
+        return ssk::launchStep<T, 32, false>(p, stream);
+    }
     if (p.dstate == 16)
         return ssk::launchWithState<T, 16, true>(p, stream);
     if (p.dstate == 8)

@@ -212,6 +212,10 @@ SCAN_CASES = [  # name, B, T, D, N, state dtype is T (else fp32), noncontig, opt
     ("decode_b128", 128, 1, 3200, 16, False, False, False),
     ("prefill_chunk_b128", 128, 64, 3200, 16, True, False, False),
     ("hymba_T8320", 1, 8320, 3200, 16, False, False, False),
+    # T = 1 takes the decode-step kernel: generic N (two half-rows, the second partly empty), no optionals
+    ("decode_N12_noncontig_Tstate", 3, 1, 203, 12, True, True, False),
+    ("decode_N8_no_optionals", 4, 1, 200, 8, False, False, True),
+    ("decode_N32", 2, 1, 100, 32, False, False, False),
 ]
 CONV_CASES = [  # name, B, T, D, K, activation, noncontig
     ("tiny", 2, 37, 128, 4, "silu", False),
@@ -347,6 +351,29 @@ def check_conv(K: Kernels, h, results, dtypes, gen):
         except Exception as e:
             results.append(dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}"))
         _print_last(results)
+    # Channel-fastest states (the serving cache's layout: 16-byte state loads and stores) and weights,
+    # in place at T = 1 and into a separate new state at T = 3 < K (the kept-state path).
+    for T in (1, 3):
+        for dn in dtypes:
+            dt_ = DTYPES[dn]
+            rec = dict(op="CausalConv1d", case=f"chanfast_state_weight_T{T}", dtype=dn,
+                       shape=dict(B=8, T=T, D=3200, K=4), tol=TOL[dn])
+            try:
+                inp = conv_inputs(8, T, 3200, 4, dt_, gen)
+                y_ref, s_ref = CC.causal_conv1d_ref(**inp)
+                chanfast = lambda t: t.transpose(1, 2).contiguous().transpose(1, 2)  # noqa: E731
+                st = chanfast(inp["conv_state"])
+                w = inp["weight"].t().contiguous().t()
+                ns = st if T == 1 else chanfast(torch.full_like(inp["conv_state"], float("nan")))
+                y = torch.full_like(inp["x"], float("nan"))
+                K.causal_conv1d(inp["x"], w, inp["bias"], st, "silu", y=y, new_state=ns)
+                torch.cuda.synchronize()
+                outs = {"y": rel_err(y, y_ref), "new_conv_state": rel_err(ns, s_ref)}
+                results.append(dict(rec, path="kernel", outputs=outs,
+                                    passed=all(o["rel_err"] <= TOL[dn] and not o["nan"] for o in outs.values())))
+            except Exception as e:
+                results.append(dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}"))
+            _print_last(results)
 
 
 def check_attn(K: Kernels, h, results, dtypes, gen):
@@ -513,6 +540,20 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records):
                 f = comp(f"scan{T}{dn}", SS.selective_scan_ref)
                 add("SelectiveScan", case, dn, "ref_compile", bench(lambda: f(**inp)), b)
         try_("SelectiveScan decode", lambda: scan_small(1))
+
+        def scan_decode_serving():
+            # The serving engine's layout: fp32 state (B, D, N) channel-fastest, updated in place; A (D, N)
+            # row-major (the checkpoint's) or channel-fastest.
+            Bt, D, N = 128, 3200, 16
+            inp = scan_inputs(Bt, 1, D, N, dt_)
+            st = inp["initial_state"].transpose(1, 2).contiguous().transpose(1, 2)
+            y = torch.empty_like(inp["x"])
+            b = nbytes(*[inp[k] for k in ("x", "dt", "B", "C", "z")], y) + 2 * nbytes(st)
+            for label, A in (("A_rows", inp["A"]), ("A_chanfast", inp["A"].t().contiguous().t())):
+                kin = dict(inp, A=A, initial_state=st)
+                add("SelectiveScan", "decode_B128_serving_layout", dn, f"kernel[{label}]",
+                    bench(lambda: K.selective_scan(**kin, y=y, last_state=st)), b)
+        try_("SelectiveScan decode serving layout", scan_decode_serving)
         if dn == "bfloat16":
             try_("SelectiveScan T32", lambda: scan_small(32))
 
@@ -537,6 +578,16 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records):
             torch.cuda.empty_cache()
         try_("CausalConv1d prefill", lambda: conv(16, 8320))
         try_("CausalConv1d decode", lambda: conv(128, 1))
+
+        def conv_decode_serving():
+            # The serving engine's layout: state (B, D, K) channel-fastest, updated in place.
+            inp = conv_inputs(128, 1, 3200, 4, dt_)
+            st = inp["conv_state"].transpose(1, 2).contiguous().transpose(1, 2)
+            y = torch.empty_like(inp["x"])
+            b = nbytes(inp["x"], inp["weight"], inp["bias"], y) + 2 * nbytes(st)
+            add("CausalConv1d", "decode_B128_serving_layout", dn, "kernel",
+                bench(lambda: K.causal_conv1d(inp["x"], inp["weight"], inp["bias"], st, "silu", y=y, new_state=st)), b)
+        try_("CausalConv1d decode serving layout", conv_decode_serving)
 
     # --- WindowedAttention -----------------------------------------------------------------------------
     for dn in dtypes_time:
