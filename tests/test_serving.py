@@ -69,6 +69,31 @@ def test_ring_buffer_holds_exactly_the_keys_a_reference_decode_step_sees(evictio
             assert srv_v == ref_pos
 
 
+def test_kv_layouts_hold_the_same_keys_and_head_major_streams_are_contiguous():
+    cfg = preset("tiny")
+    meta, Hkv, dqk, dv = cfg.num_memory_tokens, cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim
+    caches = {lay: HymbaServingCache(cfg, 2, 40, torch.float32, kv_layout=lay) for lay in ("head_major", "time_major")}
+    g = torch.Generator().manual_seed(0)
+    n = 30                                                                  # past the tiny window: ring wraps
+    prefill = {i: (torch.randn(2, meta + n, Hkv, dqk, generator=g), torch.randn(2, meta + n, Hkv, dv, generator=g))
+               for i in range(cfg.num_hidden_layers) if cfg.is_producer(i)}
+    step = {i: (torch.randn(2, 1, Hkv, dqk, generator=g), torch.randn(2, 1, Hkv, dv, generator=g)) for i in prefill}
+    for c in caches.values():
+        for i, (k, v) in prefill.items():
+            c.store_prefill(i, k, v)
+        c.set_length(n)
+        for i, (k, v) in step.items():
+            c.store_decode(i, k, v, c.slot_index(i, c.pos))
+    hm, tm = caches["head_major"], caches["time_major"]
+    for i in prefill:
+        assert torch.equal(hm.key[i], tm.key[i]) and torch.equal(hm.value[i], tm.value[i])
+        S = hm.slots(i)
+        assert hm.key[i].stride() == (Hkv * S * dqk, dqk, S * dqk, 1)         # (B, Hkv, S, d) storage
+        assert tm.key[i].is_contiguous()
+    with pytest.raises(HymbaDeployError, match="kv_layout"):
+        HymbaServingCache(cfg, 1, 8, torch.float32, kv_layout="paged")
+
+
 def test_serving_cache_geometry_of_hymba_1_5b():
     cfg = preset("hymba-1.5b")
     c = HymbaServingCache.__new__(HymbaServingCache)                     # geometry only, no buffers

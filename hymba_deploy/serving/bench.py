@@ -272,10 +272,12 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
             res["cuda"][key].append(r)
             log(f"cuda {key}", json.dumps(r), flush=True)
             dump()
-    # Ablations, same run: graphs without the compiled elementwise glue; SWA attention not overlapped.
+    # Ablations, same run: graphs without the compiled elementwise glue; SWA attention not overlapped;
+    # K/V cache stored time-major.
     for key, kw, ablation_batches in (
             ("decode_graphs_uncompiled_elementwise", dict(compile_elementwise=False), uncompiled_batches),
-            ("decode_graphs_no_attention_overlap", dict(overlap_attention=False), no_overlap_batches)):
+            ("decode_graphs_no_attention_overlap", dict(overlap_attention=False), no_overlap_batches),
+            ("decode_graphs_time_major_kv", dict(kv_layout="time_major"), no_overlap_batches)):
         res["cuda"][key] = []
         if not ablation_batches:
             continue
@@ -343,7 +345,8 @@ def main(argv=None) -> int:
     ap.add_argument("--uncompiled-batches", default="1,128")
     ap.add_argument("--profile-batches", default="1,128")
     ap.add_argument("--no-overlap-batches", default="1,128",
-                    help="also time these batches with SWA attention on the main stream (ablation)")
+                    help="also time these batches with SWA attention on the main stream and with a time-major "
+                         "K/V cache (ablations)")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

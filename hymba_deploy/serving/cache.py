@@ -6,6 +6,9 @@ is reallocated or copied per step, so a decode step can be captured in a CUDA gr
 Per producer layer i (B = batch rows, M = meta tokens, Hkv = kv heads):
     key[i]    (B, S_i, Hkv, d_qk)   post-RoPE keys
     value[i]  (B, S_i, Hkv, d_v)
+  stored head-major by default (`kv_layout="head_major"`: (B, Hkv, S_i, d) storage seen through a
+  (B, S_i, Hkv, d) view), so the keys one attention block streams for a (row, kv head) are contiguous
+  rather than one 128-byte row every Hkv·d elements; "time_major" stores the view's own order.
   global layer:  S_i = M + max_context; text token t lives in slot M + t.
   SWA layer:     S_i = M + ring, ring = keep + 1 (keep = window − 1 under "upstream" eviction, window
                  under "exact"); text token t lives in slot M + t % ring. The ring holds the newest
@@ -29,9 +32,15 @@ from ..config import HymbaConfig
 from ..errors import HymbaDeployError
 
 
+KV_LAYOUTS = ("head_major", "time_major")
+
+
 class HymbaServingCache:
     def __init__(self, config: HymbaConfig, batch_size: int, max_context: int, dtype: torch.dtype,
-                 device=None, eviction: str = "upstream", ssm_state_dtype: torch.dtype | None = None):
+                 device=None, eviction: str = "upstream", ssm_state_dtype: torch.dtype | None = None,
+                 kv_layout: str = "head_major"):
+        if kv_layout not in KV_LAYOUTS:
+            raise HymbaDeployError(f"kv_layout {kv_layout!r}: choose one of {', '.join(KV_LAYOUTS)}")
         if eviction not in EVICTION_RULES:
             raise HymbaDeployError(f"eviction rule {eviction!r}: choose one of {', '.join(EVICTION_RULES)}")
         if batch_size < 1 or max_context < 1:
@@ -51,8 +60,13 @@ class HymbaServingCache:
         for i in range(n):
             if config.is_producer(i):
                 slots = self.slots(i)
-                self.key[i] = torch.zeros(batch_size, slots, Hkv, dqk, **kw)        # (B, S_i, Hkv, d_qk)
-                self.value[i] = torch.zeros(batch_size, slots, Hkv, dv, **kw)       # (B, S_i, Hkv, d_v)
+                if kv_layout == "head_major":
+                    self.key[i] = torch.zeros(batch_size, Hkv, slots, dqk, **kw).transpose(1, 2)
+                    self.value[i] = torch.zeros(batch_size, Hkv, slots, dv, **kw).transpose(1, 2)
+                else:
+                    self.key[i] = torch.zeros(batch_size, slots, Hkv, dqk, **kw)    # (B, S_i, Hkv, d_qk)
+                    self.value[i] = torch.zeros(batch_size, slots, Hkv, dv, **kw)   # (B, S_i, Hkv, d_v)
+        self.kv_layout = kv_layout
         # States are (B, I, ·) views over channel-fastest storage (B, ·, I): a kernel thread owns a
         # channel, so neighbouring threads read neighbouring addresses (the kernels take any strides).
         self.conv = [torch.zeros(batch_size, K, I, **kw).transpose(1, 2) for _ in range(n)]   # (B, I, K)

@@ -7,10 +7,14 @@ in place: K/V written into their slot, conv state and (fp32) SSM state updated b
 
 CUDA graphs: the decode step of each batch bucket is captured once and replayed. A captured kernel keeps
 the key count it was captured with, which is fixed for SWA layers once their rings are full, but grows
-by one per step in the global layers. The step body is therefore a generator that yields at every
-attention over a global producer's K/V: those few launches (3 of 32 layers for hymba-1.5b) run eagerly
-between graph segments with the current length, while everything else replays. Steps before the rings
-fill run eagerly.
+by one per step in the global layers. With the cuda kernels, global-layer attention reads its key count
+from a device tensor (pos + 1), so the whole step is one graph. Otherwise (reference ops) the step body,
+a generator, yields at every attention over a global producer's K/V: those few launches (3 of 32 layers
+for hymba-1.5b) run eagerly between graph segments with the current length, while everything else
+replays. Steps before the rings fill run eagerly.
+
+Streams: SWA-layer attention (and global-layer attention inside graphs) runs on a side stream, in
+parallel with the layer's SSM branch (conv, x_proj, dt_proj, scan), and joins before the fusion.
 
 Batch buckets: a batch of b sequences runs in the smallest bucket ≥ b (rows beyond b are padding whose
 results are dropped; every kernel is row-independent).
@@ -129,9 +133,16 @@ class DecodeKernels:
         state.copy_(new_state)
         return y
 
-    def attn(self, q, k, v, window, num_meta, scale, out=None):
+    def device_kv_len(self, device) -> bool:
+        """True if `attn` can take the key count as a device tensor (then graphs need no eager holes)."""
+        return self.ext is not None and torch.device(device).type == "cuda"
+
+    def attn(self, q, k, v, window, num_meta, scale, out=None, kv_len=None):
+        """kv_len: None, or (device_kv_len only) an int32 (1,) device tensor of valid keys in k/v[:, :kv_len]."""
         if self.ext is not None and q.is_cuda:
-            return self.ext.windowed_attention(q, k, v, window, num_meta, scale, out)
+            return self.ext.windowed_attention(q, k, v, window, num_meta, scale, out, kv_len)
+        if kv_len is not None:
+            raise HymbaDeployError("a device-side key count needs the cuda kernel backend")
         res = torch.ops.hymba.windowed_attention(q, k, v, window, num_meta, scale)
         return res if out is None else out.copy_(res)
 
@@ -186,13 +197,14 @@ class HymbaServingEngine:
     def __init__(self, model, max_context: int, buckets: Iterable[int] = DEFAULT_BUCKETS,
                  eviction: str = "upstream", ssm_state_dtype: torch.dtype | None = None,
                  use_graphs: bool = True, backend: str | None = None, compile_elementwise: bool | None = None,
-                 overlap_attention: bool = True):
+                 overlap_attention: bool = True, kv_layout: str = "head_major"):
         self.model = model
         self.config = model.config
         self.backend = backend or getattr(model, "backend", cuda_backend.get_backend())
         self.kernels = DecodeKernels(self.backend)
         self.device, self.dtype = model.device, model.dtype
         self.max_context, self.buckets, self.eviction = max_context, tuple(sorted(buckets)), eviction
+        self.kv_layout = kv_layout
         if ssm_state_dtype is None:   # fp32 lets the plugin scan update the state in place
             ssm_state_dtype = torch.float32 if self.kernels.ext is not None else model.dtype
         self.ssm_state_dtype = ssm_state_dtype
@@ -266,7 +278,7 @@ class HymbaServingEngine:
     def cache(self, bucket: int) -> HymbaServingCache:
         if bucket not in self.caches:
             self.caches[bucket] = HymbaServingCache(self.config, bucket, self.max_context, self.dtype, self.device,
-                                                    self.eviction, self.ssm_state_dtype)
+                                                    self.eviction, self.ssm_state_dtype, self.kv_layout)
         return self.caches[bucket]
 
     def release(self, bucket: int | None = None) -> None:
@@ -327,6 +339,9 @@ class HymbaServingEngine:
         pos = cache.pos                                                     # (1,) position of this token
         cos, sin = m.rotary_emb(pos, h.dtype)                               # (1, d_qk)
         ring_slot = meta + torch.remainder(pos - meta, cache.ring)          # (1,) SWA slot
+        # Key count of the global layers after this token, as a device tensor when the kernels read it
+        # there: their attention then joins the graph; otherwise it runs eagerly between graph segments.
+        global_kv_len = (pos + 1).to(torch.int32) if kern.device_kv_len(pos.device) else None
         u = fn["rms_norm"](h, layers[0].input_layernorm.weight, eps)        # (B, 1, H)
         for i, layer in enumerate(layers):
             blk = layer.mamba
@@ -339,21 +354,26 @@ class HymbaServingEngine:
                 cache.store_decode(i, k, v.view(B, 1, Hkv, d_v), pos if cfg.is_global(i) else ring_slot)
             p = blk.producer
             side = None
-            if cfg.is_global(p):
+            if cfg.is_global(p) and global_kv_len is None:
                 attn = yield (i, p, q)                                      # length grows: run outside graphs
             else:
-                L = cache.kv_len(p, cache.text_len + 1)                     # fixed once the ring is full
-                kv = (q, cache.key[p][:, :L], cache.value[p][:, :L], blk.window, meta, scale)
+                if cfg.is_global(p):                                        # whole buffer, device key count
+                    kv = (q, cache.key[p], cache.value[p], blk.window, meta, scale)
+                    kv_len = global_kv_len
+                else:
+                    L = cache.kv_len(p, cache.text_len + 1)                 # fixed once the ring is full
+                    kv = (q, cache.key[p][:, :L], cache.value[p][:, :L], blk.window, meta, scale)
+                    kv_len = None
                 side = self._side_stream
                 if side is None:
-                    attn = kern.attn(*kv)
+                    attn = kern.attn(*kv, kv_len=kv_len)
                 else:
                     # Attention (bandwidth-bound) on a side stream, overlapping the SSM branch below
                     # (latency-bound small kernels); joined before the fusion. Graph capture keeps the fork.
                     attn = torch.empty(B, 1, Hq, d_v, dtype=q.dtype, device=q.device)
                     side.wait_stream(torch.cuda.current_stream())
                     with torch.cuda.stream(side):
-                        kern.attn(*kv, attn)
+                        kern.attn(*kv, attn, kv_len)
             # 3. SSM heads: conv and scan at T = 1, states updated in place.
             xc = kern.conv_(x, self._conv_w[i], blk.conv1d.bias, cache.conv[i])            # (B, 1, I)
             dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, self._x_proj[i]), blk.dt_layernorm.weight,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 import traceback
@@ -114,6 +115,24 @@ def check_ops(ext, device) -> list[dict]:
             o = ext.windowed_attention(q, k, v, window, 8, 0.125, None)
             e = rel_err(o, ref)
             out.append({"op": "windowed_attention", "dtype": str(dtype), "Tq": Tq, "Tk": Tk, "window": window,
+                        "rel_err": e, "pass": bool(e <= tol)})
+        # Device-side key count over a larger buffer (graph-captured global layers), every decode kernel
+        # (split-KV at batch 2, tensor-core at batch 64: 320 (batch, kv head) tiles; fp32: general kernel).
+        for b, n, window, path in ((2, 777, 0, "auto"), (64, 4321, 0, "auto"), (64, 1500, 1024, "mma"),
+                                   (2, 900, 0, "flash")):
+            Hq, Hkv, dqk, dv = 25, 5, 64, 128
+            q = rnd(b, 1, Hq, dqk, dtype=dtype)
+            kbuf, vbuf = rnd(b, n + 300, Hkv, dqk, dtype=dtype), rnd(b, n + 300, Hkv, dv, dtype=dtype)
+            ref = windowed_attention_ref(q, kbuf[:, :n], vbuf[:, :n], window, 128, 0.125)
+            kv_len = torch.tensor([n], dtype=torch.int32, device=device)
+            os.environ["HYMBA_ATTN_DECODE"] = path
+            try:
+                o = ext.windowed_attention(q, kbuf, vbuf, window, 128, 0.125, None, kv_len)
+            finally:
+                os.environ.pop("HYMBA_ATTN_DECODE")
+            e = rel_err(o, ref)
+            out.append({"op": "windowed_attention", "dtype": str(dtype), "batch": b, "Tq": 1, "Tk": n,
+                        "capacity": n + 300, "kv_len_device": True, "kernel": path, "window": window,
                         "rel_err": e, "pass": bool(e <= tol)})
     return out
 

@@ -245,6 +245,9 @@ ATTN_CASES = [  # name, B, Tq, Tk, Hq, Hkv, Dqk, Dv, window, num_meta, noncontig
     ("mma_noncontig_meta20", 70, 1, 700, 10, 2, 64, 128, 300, 20, True),
     ("mma_tq2_g4_d64", 70, 2, 500, 8, 2, 64, 64, 100, 8, False),
     ("mma_d128_g2", 70, 1, 900, 4, 2, 128, 128, 0, 0, False),
+    # >= 256 key chunks and >= 2 tiles per SM: 8 warps per block
+    ("mma_8warps_global_b54", 54, 1, 4200, 25, 5, 64, 128, 0, 128, False),
+    ("mma_8warps_swa_b60_g2", 60, 1, 5000, 10, 5, 64, 128, 1024, 64, False),
 ]
 # Decode-shaped cases (Tq·G <= 32) also run with each decode kernel forced through HYMBA_ATTN_DECODE (the
 # launcher falls back to the general kernel where the forced one does not apply).

@@ -4,10 +4,11 @@
  *
  * Ground truth: hymba_deploy.ops.windowed_attention_ref (the mask rule is in windowed_attention_kernel.h).
  *
- * A block (4 warps) owns one (batch, kv head) and all R = Tq·G ≤ 8 rows of it (row r: query r / G, query
- * head kv·G + r % G; Hymba decode: the 5 heads of the GQA group). The visible keys (the meta prefix below
- * the window, then the window up to the last query) are cut into chunks of 16 keys; warp w takes chunks
- * w, w + 4, ... and keeps its own online softmax; the 4 warps merge in shared memory at the end.
+ * A block (W = 4 or 8 warps, see `launch`) owns one (batch, kv head) and all R = Tq·G ≤ 8 rows of it (row
+ * r: query r / G, query head kv·G + r % G; Hymba decode: the 5 heads of the GQA group). The visible keys
+ * (the meta prefix below the window, then the window up to the last query) are cut into chunks of 16
+ * keys; warp w takes chunks w, w + W, ... and keeps its own online softmax; the W warps merge in shared
+ * memory at the end.
  *
  * Per warp, a chunk is one m16n8k16 step of each product (mma.sync, fp32 accumulators):
  *   S (16 × 16 keys) = Q (16 × Dqk; rows ≥ R are zero) · Kᵀ      Dqk/16 × 2 MMAs, K via ldmatrix
@@ -39,13 +40,16 @@ namespace hymba
 namespace wam
 {
 
-constexpr int kWarps = 4;
-constexpr int kThreads = kWarps * 32;
-constexpr int kKeys = 16;   // keys per chunk: one k-step of P·V
-constexpr int kStages = 4;  // cp.async pipeline depth per warp (kStages - 1 chunks in flight)
+// Tuning hooks: plugins/tests/attn_tune.py rebuilds this kernel with other values (-D...) and times them.
+// HYMBA_WAM_WARPS, when defined, replaces the launcher's choice of 4 or 8 warps per block.
+#ifndef HYMBA_WAM_STAGES
+#define HYMBA_WAM_STAGES 3
+#endif
+constexpr int kKeys = 16;                 // keys per chunk: one k-step of P·V
+constexpr int kStages = HYMBA_WAM_STAGES; // cp.async pipeline depth per warp (kStages - 1 chunks in flight)
 constexpr int kMaxRows = 8; // rows g = lane / 4 of the MMA tile
 
-template <int DQK, int DV>
+template <int DQK, int DV, int kWarps>
 struct Shape
 {
     static constexpr int KCH = DQK / 8; // 16-byte chunks per K row
@@ -127,12 +131,14 @@ __device__ __forceinline__ uint32_t swz(int row, int ch, int rowChunks)
     return uint32_t((row * rowChunks + (ch ^ (row & 7))) * 16);
 }
 
-template <typename T, int DQK, int DV>
-__global__ void __launch_bounds__(kThreads) decodeMmaKernel(WindowedAttentionParams const p)
+//! kWarps warps per block (4 or 8), each streaming its own chunks through its own pipeline.
+template <typename T, int DQK, int DV, int kWarps>
+__global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttentionParams const p)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    using S = Shape<DQK, DV>;
+    using S = Shape<DQK, DV, kWarps>;
     using M = MmaType<T>;
+    constexpr int kThreads = kWarps * 32;
     constexpr int KCH = S::KCH, VCH = S::VCH;
     extern __shared__ float4 smem4[];
     unsigned char* smem = reinterpret_cast<unsigned char*>(smem4);
@@ -145,7 +151,8 @@ __global__ void __launch_bounds__(kThreads) decodeMmaKernel(WindowedAttentionPar
     int const b = int(blockIdx.x / unsigned(p.num_kv_heads));
     int const G = p.num_q_heads / p.num_kv_heads;
     int const nRows = p.q_len * G; // <= kMaxRows (launcher)
-    int const qOffset = p.kv_len - p.q_len;
+    int const Tk = keyCount(p);
+    int const qOffset = Tk - p.q_len;
     bool const windowed = p.window > 0;
 
     // 1. This lane's Q fragments (row g; a0: dims 16kk + 2t, +1; a2: dims 16kk + 8 + 2t, +1) and position.
@@ -182,7 +189,7 @@ __global__ void __launch_bounds__(kThreads) decodeMmaKernel(WindowedAttentionPar
         nA = 0;
         bStart = 0;
     }
-    int const nChunks = nA + (p.kv_len - bStart + kKeys - 1) / kKeys;
+    int const nChunks = nA + (Tk - bStart + kKeys - 1) / kKeys;
     auto chunkKey0 = [&](int c) { return c < nA ? c * kKeys : bStart + (c - nA) * kKeys; };
 
     T const* kg = static_cast<T const*>(p.k) + b * p.k_batch_stride + hkv * p.k_head_stride;
@@ -201,14 +208,14 @@ __global__ void __launch_bounds__(kThreads) decodeMmaKernel(WindowedAttentionPar
             for (int j = lane; j < kKeys * KCH; j += 32)
             {
                 int const row = j / KCH, ch = j % KCH;
-                int const key = min(key0 + row, p.kv_len - 1);
+                int const key = min(key0 + row, Tk - 1);
                 cpAsync16(sK + swz(row, ch, KCH), kg + int64_t(key) * p.k_time_stride + ch * 8);
             }
 #pragma unroll
             for (int j = lane; j < kKeys * VCH; j += 32)
             {
                 int const row = j / VCH, ch = j % VCH;
-                int const key = min(key0 + row, p.kv_len - 1);
+                int const key = min(key0 + row, Tk - 1);
                 cpAsync16(sV + swz(row, ch, VCH), vg + int64_t(key) * p.v_time_stride + ch * 8);
             }
         }
@@ -300,7 +307,7 @@ __global__ void __launch_bounds__(kThreads) decodeMmaKernel(WindowedAttentionPar
     }
     cpAsyncWait<0>();
 
-    // 3. Merge the 4 warps' partials (row g: m, l, acc columns 8n + 2t, +1) in shared memory.
+    // 3. Merge the warps' partials (row g: m, l, acc columns 8n + 2t, +1) in shared memory.
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
     __syncthreads(); // every warp is done with its pipeline stages
@@ -347,23 +354,51 @@ __global__ void __launch_bounds__(kThreads) decodeMmaKernel(WindowedAttentionPar
 }
 
 //! Launches the kernel; returns false (nothing launched) when the binary was not built for sm_80+.
-template <typename T, int DQK, int DV>
-bool launch(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& status)
+template <typename T, int DQK, int DV, int kWarps>
+bool launchW(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& status)
 {
-    auto kernel = decodeMmaKernel<T, DQK, DV>;
+    auto kernel = decodeMmaKernel<T, DQK, DV, kWarps>;
     cudaFuncAttributes fa{};
     status = cudaFuncGetAttributes(&fa, kernel);
     if (status != cudaSuccess)
         return true; // report the error, launch nothing
     if (fa.binaryVersion < 80)
         return false;
-    int const smem = Shape<DQK, DV>::kSmemBytes;
+    int const smem = Shape<DQK, DV, kWarps>::kSmemBytes;
     status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (status != cudaSuccess)
         return true;
-    kernel<<<unsigned(int64_t(p.batch) * p.num_kv_heads), kThreads, smem, stream>>>(p);
+    kernel<<<unsigned(int64_t(p.batch) * p.num_kv_heads), kWarps * 32, smem, stream>>>(p);
     status = cudaGetLastError();
     return true;
+}
+
+/*
+ * Warps per block. 8 (one block of 8 warps per SM) for long key ranges over many tiles, 4 (two or three
+ * blocks per SM) otherwise. Measured on one H200 (plugins/tests/attn_tune.py, Hymba decode, bf16,
+ * bench/results/attn_tune_h200_2026-11-27.json; stages = 3): batch 128 × 8320 keys 463 us with 8 warps vs
+ * 497 us with 4 (finer waves: 640 tiles over 132 slots vs 396), batch 128 × 1152 keys 76 vs 79 us, batch
+ * 32 × 1152 keys 27 vs 30 us (4 better: few tiles, short ranges).
+ */
+template <typename T, int DQK, int DV>
+bool launch(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& status)
+{
+#ifdef HYMBA_WAM_WARPS
+    return launchW<T, DQK, DV, HYMBA_WAM_WARPS>(p, stream, status);
+#else
+    int device = 0;
+    int sms = 0;
+    status = cudaGetDevice(&device);
+    if (status == cudaSuccess)
+        status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (status != cudaSuccess)
+        return true;
+    int64_t const tiles = int64_t(p.batch) * p.num_kv_heads;
+    int const chunks = (p.kv_len + kKeys - 1) / kKeys; // an upper bound of a tile's chunks
+    if (chunks >= 256 && tiles >= 2 * int64_t(sms))
+        return launchW<T, DQK, DV, 8>(p, stream, status);
+    return launchW<T, DQK, DV, 4>(p, stream, status);
+#endif
 }
 
 //! Launches the tensor-core decode kernel when it applies (fp16/bf16, Tq·G <= 8 rows, 16-byte aligned K/V

@@ -93,7 +93,8 @@ __global__ void __launch_bounds__(kThreads) windowedAttentionKernel(WindowedAtte
     int const tid = threadIdx.x;
     int const rg = tid / CG;
     int const cg = tid % CG;
-    int const qOffset = p.kv_len - p.q_len; // key index of query 0
+    int const Tk = keyCount(p);
+    int const qOffset = Tk - p.q_len; // key index of query 0
 
     T const* qg = static_cast<T const*>(p.q) + b * p.q_batch_stride;
     T const* kg = static_cast<T const*>(p.k) + b * p.k_batch_stride + g * p.k_head_stride;
@@ -150,7 +151,7 @@ __global__ void __launch_bounds__(kThreads) windowedAttentionKernel(WindowedAtte
         for (int key = tid / 4; key < kBK; key += kThreads / 4)
         {
             int const kv = k0 + key;
-            if (kv < p.kv_len)
+            if (kv < Tk)
             {
                 loadRow(kg + int64_t(kv) * p.k_time_stride, DQK, vecFlags & kVecK, Kt + key, kKtStride, 1.f, tid % 4, 4);
                 loadRow(vg + int64_t(kv) * p.v_time_stride, DV, vecFlags & kVecV, Vs + key * DV, 1, 1.f, tid % 4, 4);
@@ -401,7 +402,7 @@ __global__ void __launch_bounds__(kThreads) decodeKernel(WindowedAttentionParams
     int const nr = min(R, p.q_len * G - row0); // rows of this tile (block-uniform)
     int const lane = threadIdx.x & 31;
     int const warp = threadIdx.x >> 5;
-    int const qOffset = p.kv_len - p.q_len;
+    int const qOffset = keyCount(p) - p.q_len;
     bool const windowed = p.window > 0;
 
     // 1. q rows (scaled to log2 units), this lane's K chunk only; padding rows see nothing.

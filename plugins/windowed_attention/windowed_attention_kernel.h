@@ -42,6 +42,11 @@ struct WindowedAttentionParams
     int64_t k_batch_stride, k_time_stride, k_head_stride;
     int64_t v_batch_stride, v_time_stride, v_head_stride;
     int64_t out_batch_stride, out_time_stride, out_head_stride;
+
+    // Optional (nullptr: unused): the key count Tk read on the device when the kernel starts, clamped to
+    // [q_len, kv_len]; k and v then hold kv_len rows of capacity. A captured CUDA graph replays with a
+    // growing cache this way (PyTorch front door only; the TensorRT plugin always passes nullptr).
+    int32_t const* kv_len_device;
 };
 
 constexpr int32_t kWindowedAttentionMaxQkDim = 128;

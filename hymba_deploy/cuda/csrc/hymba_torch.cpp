@@ -203,8 +203,12 @@ std::vector<at::Tensor> causal_conv1d(at::Tensor const& x, at::Tensor const& wei
 }
 
 // q (batch, Tq, Hq, d_qk); k (batch, Tk, Hkv, d_qk); v (batch, Tk, Hkv, d_v). Returns (batch, Tq, Hq, d_v).
+// kv_len: optional int32 (1,) tensor on q's device, the number of valid keys read when the kernel runs
+// (clamped to [Tq, Tk]); k and v are then buffers of capacity Tk. Lets a CUDA graph replay over a cache
+// that grows by one key per step.
 at::Tensor windowed_attention(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, int64_t window,
-    int64_t num_meta, double scale, c10::optional<at::Tensor> const& out_opt)
+    int64_t num_meta, double scale, c10::optional<at::Tensor> const& out_opt,
+    c10::optional<at::Tensor> const& kv_len_opt)
 {
     CHECK_CUDA(q);
     TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && v.dim() == 4, "windowed_attention: q, k, v must be 4-D");
@@ -248,6 +252,13 @@ at::Tensor windowed_attention(at::Tensor const& q, at::Tensor const& k, at::Tens
     p.out_batch_stride = out.stride(0);
     p.out_time_stride = out.stride(1);
     p.out_head_stride = out.stride(2);
+    if (kv_len_opt.has_value())
+    {
+        at::Tensor const& n = *kv_len_opt;
+        TORCH_CHECK(n.is_cuda() && n.device() == q.device() && n.scalar_type() == at::kInt && n.numel() == 1,
+            "windowed_attention: kv_len must be a one-element int32 tensor on q's device");
+        p.kv_len_device = n.data_ptr<int32_t>();
+    }
     checkLaunch(hymba::windowedAttentionLaunch(p, c10::cuda::getCurrentCUDAStream().stream()), attnCheck, &p,
         "windowed_attention");
     return out;
@@ -264,5 +275,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
         py::arg("bias") = py::none(), py::arg("conv_state") = py::none(), py::arg("silu") = true,
         py::arg("y") = py::none(), py::arg("new_conv_state") = py::none());
     m.def("windowed_attention", &windowed_attention, "WindowedAttention", py::arg("q"), py::arg("k"), py::arg("v"),
-        py::arg("window"), py::arg("num_meta"), py::arg("scale"), py::arg("out") = py::none());
+        py::arg("window"), py::arg("num_meta"), py::arg("scale"), py::arg("out") = py::none(),
+        py::arg("kv_len") = py::none());
 }

@@ -1,0 +1,167 @@
+"""Times variants of the tensor-core WindowedAttention decode kernel (warps per block × pipeline stages).
+
+Each variant is the same source built with -DHYMBA_WAM_WARPS / -DHYMBA_WAM_STAGES into its own small
+library (the attention translation units plus the C shim; scan and conv objects are built once and shared),
+checked against `windowed_attention_ref` (bf16, norm-relative error <= 1e-2) and timed as a CUDA graph of
+20 back-to-back launches (kernel time, no Python launch overhead) at Hymba decode shapes.
+
+    python3 plugins/tests/attn_tune.py --variants 4x4,4x3,8x3 --json $OUT/attn_tune.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import datetime as _dt
+import importlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+WA = importlib.import_module("hymba_deploy.ops.windowed_attention")  # the module (the package exports the op)
+
+import harness as H  # noqa: E402
+
+PLUG = REPO / "plugins"
+SHARED_TUS = ["selective_scan/selective_scan_kernel", "selective_scan/selective_scan_kernel_fp32",
+              "selective_scan/selective_scan_kernel_fp16", "selective_scan/selective_scan_kernel_bf16",
+              "causal_conv1d/causal_conv1d_kernel", "causal_conv1d/causal_conv1d_kernel_fp32",
+              "causal_conv1d/causal_conv1d_kernel_fp16", "causal_conv1d/causal_conv1d_kernel_bf16"]
+ATTN_TUS = ["windowed_attention/windowed_attention_kernel", "windowed_attention/windowed_attention_kernel_fp32",
+            "windowed_attention/windowed_attention_kernel_fp16", "windowed_attention/windowed_attention_kernel_bf16"]
+CASES = [  # name, B, Tk, window, meta (Hq 25, Hkv 5, Dqk 64, Dv 128: hymba-1.5b)
+    ("swa_B128_Tk1152", 128, 1152, 1024, 128),
+    ("global_B128_Tk8320", 128, 8320, 0, 128),
+    ("swa_B32_Tk1152", 32, 1152, 1024, 128),
+]
+
+
+def nvcc(args):
+    subprocess.run(["nvcc", "-std=c++17", "-O3", "-Xcompiler", "-fPIC", *args], check=True, cwd=PLUG)
+
+
+def build(build_dir: Path, variants, arch: str) -> dict:
+    build_dir.mkdir(parents=True, exist_ok=True)
+    common = [f"-arch=sm_{arch}", "-I", str(PLUG)]
+    jobs = {}
+    with cf.ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as ex:
+        for tu in SHARED_TUS:
+            o = build_dir / (tu.replace("/", "_") + ".o")
+            jobs[o] = ex.submit(nvcc, [*common, "-c", f"{tu}.cu", "-o", str(o)])
+        o = build_dir / "kernels_c_api.o"
+        jobs[o] = ex.submit(nvcc, [*common, "-c", "common/kernels_c_api.cpp", "-o", str(o)])
+        for w, s in variants:
+            for tu in ATTN_TUS:
+                o = build_dir / f"w{w}s{s}_{tu.replace('/', '_')}.o"
+                jobs[o] = ex.submit(nvcc, [*common, f"-DHYMBA_WAM_WARPS={w}", f"-DHYMBA_WAM_STAGES={s}",
+                                           "-c", f"{tu}.cu", "-o", str(o)])
+        for j in jobs.values():
+            j.result()
+    libs = {}
+    shared = [str(build_dir / (tu.replace("/", "_") + ".o")) for tu in SHARED_TUS] + [str(build_dir / "kernels_c_api.o")]
+    for w, s in variants:
+        lib = build_dir / f"libwa_w{w}s{s}.so"
+        nvcc([f"-arch=sm_{arch}", "-shared", "-o", str(lib), *shared,
+              *[str(build_dir / f"w{w}s{s}_{tu.replace('/', '_')}.o") for tu in ATTN_TUS]])
+        libs[(w, s)] = lib
+    return libs
+
+
+def graph_ms(fn, launches=20, reps=10):
+    """Median ms per launch of `fn` over `reps` replays of a graph of `launches` calls."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        fn()
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, stream=s):
+            for _ in range(launches):
+                fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) / launches)
+    return sorted(times)[len(times) // 2]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default="4x3,8x3,4x4,8x4,4x2", help="WARPSxSTAGES, comma separated")
+    ap.add_argument("--arch", default="90")
+    ap.add_argument("--build-dir", default=str(REPO / "build" / "attn-tune"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args(argv)
+    variants = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",")]
+    libs = build(Path(args.build_dir), variants, args.arch)
+
+    n = 1 << 30                                     # copy bandwidth (read + write), as gpu_check measures it
+    src = torch.empty(n, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    times = []
+    for _ in range(10):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    copy_gbps = 2 * n / (sorted(times)[5] * 1e-3) / 1e9
+    del src, dst
+
+    records = []
+    gen = torch.Generator(device="cuda").manual_seed(int.from_bytes(os.urandom(4), "little"))
+    Hq, Hkv, Dqk, Dv = 25, 5, 64, 128
+    for name, B, Tk, window, meta in CASES:
+        q = torch.randn(B, 1, Hq, Dqk, device="cuda", generator=gen).bfloat16()
+        k = torch.randn(B, Hkv, Tk, Dqk, device="cuda", generator=gen).bfloat16().transpose(1, 2)  # head-major
+        v = torch.randn(B, Hkv, Tk, Dv, device="cuda", generator=gen).bfloat16().transpose(1, 2)
+        ref = WA.windowed_attention_ref(q, k, v, window=window, num_meta=meta, scale=0.125)
+        nbytes = sum(t.numel() * t.element_size() for t in (q, k, v)) + ref.numel() * 2
+        for (w, s), lib in libs.items():
+            shim = H.KernelShim(lib)
+            out = torch.empty(B, 1, Hq, Dv, device="cuda", dtype=torch.bfloat16)
+            st = shim.strides
+
+            def call():
+                rc = shim.lib.hymba_windowed_attention(
+                    B, 1, Tk, Hq, Hkv, Dqk, Dv, 2, window, meta, 0.125, q.data_ptr(), st(q), k.data_ptr(), st(k),
+                    v.data_ptr(), st(v), out.data_ptr(), st(out), torch.cuda.current_stream().cuda_stream)
+                if rc != 0:
+                    raise RuntimeError(shim.error())
+            call()
+            torch.cuda.synchronize()
+            err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+            ms = graph_ms(call)
+            rec = dict(case=name, warps=w, stages=s, ms=ms, GBps=nbytes / (ms * 1e-3) / 1e9,
+                       ratio_to_copy_bw=nbytes / (ms * 1e-3) / 1e9 / copy_gbps, rel_err=err, passed=err <= 1e-2)
+            records.append(rec)
+            print(f"{name:<20} warps {w} stages {s}: {ms * 1e3:8.1f} us  {rec['GBps']:7.0f} GB/s "
+                  f"({rec['ratio_to_copy_bw']:.2f} of copy)  rel err {err:.1e}", flush=True)
+    doc = dict(gpu=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda,
+               date_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), copy_bandwidth_GBps=copy_gbps,
+               timing="CUDA graph of 20 launches, median of 10 replays, per launch", results=records)
+    out = args.json or os.path.join(os.environ.get("OUT", str(REPO / "bench" / "results")), "attn_tune.json")
+    Path(out).write_text(json.dumps(doc, indent=1))
+    print(f"wrote {out}")
+    return 0 if all(r["passed"] for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
