@@ -106,7 +106,7 @@ def decode_cuda(engine, batch: int, context: int, steps: int, eager_steps: int, 
 _CATEGORIES = (("attention (plugin kernel)", ("windowedAttention", "wad::decodeKernel", "wam::decodeMmaKernel")),
                ("scan (plugin kernel)", ("selectiveScan",)),
                ("conv (plugin kernel)", ("causalConv1d",)),
-               ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitK", "Kernel2")),
+               ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitK", "Kernel2", "nvjet")),
                ("fused elementwise (triton)", ("triton",)))
 
 
