@@ -91,12 +91,14 @@ def causal_conv1d(x, weight, bias=None, conv_state=None, activation="silu"):
 def _causal_conv1d_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
                       conv_state: Optional[torch.Tensor] = None,
                       activation: Optional[str] = "silu") -> tuple[torch.Tensor, torch.Tensor]:
-    """`torch.ops.hymba.causal_conv1d`: one graph node for the exporter, `causal_conv1d` on CPU."""
-    return causal_conv1d(x, weight, bias, conv_state, activation)
+    """`torch.ops.hymba.causal_conv1d`: one graph node for the exporter, `causal_conv1d` on CPU.
+    Outputs are contiguous, as the fake kernel below declares (torch.compile checks the strides)."""
+    y, new_state = causal_conv1d(x, weight, bias, conv_state, activation)
+    return y.contiguous(), new_state.contiguous()
 
 
 @_causal_conv1d_op.register_fake
 def _(x, weight, bias=None, conv_state=None, activation="silu"):
     batch, _, dim = x.shape
     state_dtype = conv_state.dtype if conv_state is not None else x.dtype
-    return torch.empty_like(x), x.new_empty((batch, dim, weight.shape[1]), dtype=state_dtype)
+    return x.new_empty(x.shape), x.new_empty((batch, dim, weight.shape[1]), dtype=state_dtype)

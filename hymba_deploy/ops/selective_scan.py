@@ -149,11 +149,13 @@ def _selective_scan_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: to
                        softplus_threshold: float = SOFTPLUS_THRESHOLD) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.ops.hymba.selective_scan`: one graph node for the exporter, `selective_scan` on CPU."""
     y, state = selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, softplus_threshold)
-    # A custom op may not return its input: T = 0 hands back the fp32 initial state itself.
-    return y, state.clone() if state is initial_state else state
+    # A custom op may not return its input: T = 0 hands back the fp32 initial state itself. Outputs are
+    # contiguous, as the fake kernel below declares (torch.compile checks the strides).
+    return y.contiguous(), state.clone(memory_format=torch.contiguous_format) if state is initial_state \
+        else state.contiguous()
 
 
 @_selective_scan_op.register_fake
 def _(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None, softplus_threshold=SOFTPLUS_THRESHOLD):
     batch, _, d_inner = x.shape
-    return torch.empty_like(x), x.new_empty((batch, d_inner, A.shape[1]), dtype=torch.float32)
+    return x.new_empty(x.shape), x.new_empty((batch, d_inner, A.shape[1]), dtype=torch.float32)

@@ -85,8 +85,9 @@ def windowed_attention(q, k, v, window: int, num_meta: int, scale: float):
 @torch.library.custom_op("hymba::windowed_attention", mutates_args=())
 def _windowed_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int, num_meta: int,
                            scale: float) -> torch.Tensor:
-    """`torch.ops.hymba.windowed_attention`: one graph node for the exporter, `windowed_attention` on CPU."""
-    return windowed_attention(q, k, v, window, num_meta, scale)
+    """`torch.ops.hymba.windowed_attention`: one graph node for the exporter, `windowed_attention` on CPU.
+    The output is contiguous, as the fake kernel below declares (torch.compile checks the strides)."""
+    return windowed_attention(q, k, v, window, num_meta, scale).contiguous()
 
 
 @_windowed_attention_op.register_fake

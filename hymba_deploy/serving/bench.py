@@ -184,6 +184,32 @@ def decode_reference_eager(model, batch: int, context: int, steps: int):
         torch.cuda.empty_cache()
 
 
+def decode_reference_compiled(model, batch: int, context: int, steps: int, warmup: int = 3) -> dict:
+    """The reference model under `torch.compile` (default mode), decode over the dynamic cache: compile and
+    recompile time (the cache grows a key per step, so the first steps trace again) and ms per step after."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    torch._dynamo.reset()
+    compiled = torch.compile(model)
+    cache = random_dynamic_cache(model, batch, context, torch.Generator(device="cuda").manual_seed(batch))
+    token = torch.randint(3, model.config.vocab_size, (batch, 1), device="cuda")
+    try:
+        with torch.no_grad():
+            t0 = time.perf_counter()
+            for _ in range(warmup):
+                compiled(token, cache)
+            torch.cuda.synchronize()
+            warm_s = time.perf_counter() - t0
+            ms = _events_ms(lambda: compiled(token, cache), steps)
+        return {"batch": batch, "ms_per_step": ms, "tokens_per_s": batch / (ms / 1e3),
+                "compile_and_warmup_s": warm_s, "warmup_steps": warmup,
+                "peak_memory_bytes": torch.cuda.max_memory_allocated()}
+    finally:
+        del cache, compiled
+        torch._dynamo.reset()
+        torch.cuda.empty_cache()
+
+
 def prefill_ms(engine, n: int, reps: int) -> dict:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
@@ -203,7 +229,7 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         batches=(1, 8, 32, 128), prefill=(1024, 4096, 8192), steps: int = 32, eager_steps: int = 4,
         reference: bool = True, ref_steps: int = 3, ref_graph_batches=(1, 8), seed: int = 0,
         log=print, out: str | None = None, uncompiled_batches=(1, 128), profile_batches=(1, 128),
-        no_overlap_batches=(1, 128)) -> dict:
+        no_overlap_batches=(1, 128), compile_reference_batches=()) -> dict:
     if not torch.cuda.is_available():
         raise HymbaDeployError("bench --backend cuda needs a CUDA GPU")
     from .. import cuda as backend
@@ -227,8 +253,9 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         "context_tokens": context, "meta_tokens": None,
         "cache_contents": "random values of the right shapes (no real prefill) for decode",
         "ssm_state_dtype_cuda": "float32 (updated in place by the scan kernel)",
-        "cuda_engine": "serving cache + CUDA graphs per batch bucket (global-layer attention between graph "
-                       "segments) + torch.compile'd elementwise glue; plugin kernels for scan/conv/attention",
+        "cuda_engine": "serving cache + one CUDA graph per step and batch bucket (global-layer attention reads "
+                       "its key count on the device; attention on a side stream beside the SSM branch) + "
+                       "torch.compile'd elementwise glue; plugin kernels for scan/conv/attention",
         "timing": "CUDA events; decode: mean over steps after warm-up; prefill: median",
     }
     import hashlib
@@ -323,7 +350,17 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         res["reference"]["decode_engine_graphs_note"] = (
             "the serving engine (preallocated cache, CUDA graphs, torch.compile'd elementwise glue) over the "
             "reference PyTorch ops, SSM state in the model dtype")
-        res["reference"]["torch_compile_whole_model"] = "not run (compile time exceeds this run's device budget)"
+        res["reference"]["torch_compile_whole_model"] = []
+        for b in compile_reference_batches:
+            log(f"reference torch.compile decode, batch {b}: compiling", flush=True)
+            try:
+                r = decode_reference_compiled(model, b, context, ref_steps)
+            except Exception as e:                                          # reported, not fatal
+                r = {"batch": b, "error": f"{type(e).__name__}: {e}"[:400]}
+                torch.cuda.empty_cache()
+            res["reference"]["torch_compile_whole_model"].append(r)
+            log("reference torch.compile decode", json.dumps(r), flush=True)
+            dump()
         backend.set_backend("cuda")
     res["complete"] = True
     dump()
@@ -348,6 +385,8 @@ def main(argv=None) -> int:
                     help="also time these batches with SWA attention on the main stream and with a time-major "
                          "K/V cache (ablations)")
     ap.add_argument("--no-reference", action="store_true")
+    ap.add_argument("--compile-reference-batches", default="",
+                    help="also time the reference model under torch.compile at these batches (compiles for minutes)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     ints = lambda s: tuple(int(x) for x in s.split(",") if x)  # noqa: E731
@@ -355,7 +394,8 @@ def main(argv=None) -> int:
         res = run(args.model, args.dtype, args.context, ints(args.batches), ints(args.prefill), args.steps,
                   args.eager_steps, not args.no_reference, args.ref_steps, ints(args.ref_graph_batches), args.seed,
                   out=args.out, uncompiled_batches=ints(args.uncompiled_batches),
-                  profile_batches=ints(args.profile_batches), no_overlap_batches=ints(args.no_overlap_batches))
+                  profile_batches=ints(args.profile_batches), no_overlap_batches=ints(args.no_overlap_batches),
+                  compile_reference_batches=ints(args.compile_reference_batches))
     except HymbaDeployError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
