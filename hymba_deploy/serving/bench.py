@@ -300,12 +300,13 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
             log(f"cuda {key}", json.dumps(r), flush=True)
             dump()
     # Ablations, same run: graphs without the compiled elementwise glue; SWA attention not overlapped;
-    # K/V cache stored time-major; both streams at the same priority.
+    # K/V cache stored time-major; SSM-branch stream priority forced off / on (default: by batch).
     for key, kw, ablation_batches in (
             ("decode_graphs_uncompiled_elementwise", dict(compile_elementwise=False), uncompiled_batches),
             ("decode_graphs_no_attention_overlap", dict(overlap_attention=False), no_overlap_batches),
             ("decode_graphs_time_major_kv", dict(kv_layout="time_major"), no_overlap_batches),
-            ("decode_graphs_no_ssm_stream_priority", dict(prioritize_ssm=False), no_overlap_batches)):
+            ("decode_graphs_no_ssm_stream_priority", dict(prioritize_ssm=False), no_overlap_batches),
+            ("decode_graphs_ssm_stream_priority", dict(prioritize_ssm=True), no_overlap_batches)):
         res["cuda"][key] = []
         if not ablation_batches:
             continue

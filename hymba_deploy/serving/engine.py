@@ -15,7 +15,7 @@ replays. Steps before the rings fill run eagerly.
 
 Streams: SWA-layer attention (and global-layer attention inside graphs) runs on a side stream, in
 parallel with the layer's SSM branch (conv, x_proj, dt_proj, scan), and joins before the fusion; in
-captured graphs the SSM branch's stream has the higher priority.
+captured graphs of large batches the SSM branch's stream has the higher priority (`ssm_priority`).
 
 Batch buckets: a batch of b sequences runs in the smallest bucket ≥ b (rows beyond b are padding whose
 results are dropped; every kernel is row-independent).
@@ -158,11 +158,9 @@ class _SegmentedGraph:
         self.graphs: list[torch.cuda.CUDAGraph] = []
         self.holes = []                                                     # (layer, producer, q, out)
         pool = torch.cuda.graph_pool_handle()
-        # Capture stream = the SSM branch's stream, by default of higher priority than the attention's side
-        # stream: its short, latency-bound kernels get SM slots first while both have blocks waiting (the
-        # priority is kept in the graph's kernel nodes). H200, batch 128: 6.94 -> 6.83 ms per step
-        # (bench/results/serving_priority_ab_h200_2026-11-27.json).
-        stream = torch.cuda.Stream(device=cache.device, priority=-1 if engine.prioritize_ssm else 0)
+        # Capture stream = the SSM branch's stream, at a higher priority than the attention's side stream
+        # where `engine.ssm_priority(B)` says so (the priority is kept in the graph's kernel nodes).
+        stream = torch.cuda.Stream(device=cache.device, priority=-1 if engine.ssm_priority(B) else 0)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             body = engine._decode_body(cache, self.tokens)
@@ -202,7 +200,7 @@ class HymbaServingEngine:
     def __init__(self, model, max_context: int, buckets: Iterable[int] = DEFAULT_BUCKETS,
                  eviction: str = "upstream", ssm_state_dtype: torch.dtype | None = None,
                  use_graphs: bool = True, backend: str | None = None, compile_elementwise: bool | None = None,
-                 overlap_attention: bool = True, kv_layout: str = "head_major", prioritize_ssm: bool = True):
+                 overlap_attention: bool = True, kv_layout: str = "head_major", prioritize_ssm: bool | None = None):
         self.model = model
         self.config = model.config
         self.backend = backend or getattr(model, "backend", cuda_backend.get_backend())
@@ -290,6 +288,19 @@ class HymbaServingEngine:
         for b in ([bucket] if bucket is not None else list(self.caches)):
             self.graphs.pop(b, None)
             self.caches.pop(b, None)
+
+    def ssm_priority(self, batch: int) -> bool:
+        """Whether a captured step runs the SSM branch at high stream priority (`prioritize_ssm`; None: where
+        attention takes the tensor-core kernel, batch × kv heads ≥ SM count). There its short, latency-bound
+        kernels get SM slots first while both streams have blocks waiting: H200, batch 128, 6.92 -> 6.83 ms
+        per step; at batch 1 and 8 (split-KV attention, the long pole) the step got slower instead
+        (bench/results/serving_priority_ab_h200_2026-11-27.json, serving_cuda_h200_final_2026-11-27.json)."""
+        if self.prioritize_ssm is not None:
+            return self.prioritize_ssm
+        if self.device.type != "cuda":
+            return False
+        sms = torch.cuda.get_device_properties(self.device).multi_processor_count
+        return batch * self.config.num_key_value_heads >= sms
 
     def graphs_possible(self, cache: HymbaServingCache) -> bool:
         return self.use_graphs and cache.ring <= cache.max_context
