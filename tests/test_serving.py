@@ -113,6 +113,28 @@ def test_serving_cache_preallocates_and_never_reallocates(tiny):
     assert cache.text_len == 20 + 7
 
 
+def test_weight_packing_keeps_the_model_and_is_shared_by_engines(tiny):
+    """The engine re-packs gate/up and pads lm_head, x_proj, dt_proj into buffers the model's parameters
+    then view: the model's own logits are unchanged, and a second engine reuses the same buffers."""
+    ids = torch.randint(3, 257, (2, 9), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        before = tiny(ids)
+    e1 = HymbaServingEngine(tiny, max_context=16, buckets=(2,))
+    e2 = HymbaServingEngine(tiny, max_context=16, buckets=(2,))
+    with torch.no_grad():
+        assert torch.equal(tiny(ids), before)
+    assert all(a is b for a, b in zip(e1._gate_up, e2._gate_up)) and e1._lm_head is e2._lm_head
+    mlp = tiny.model.layers[0].moe.experts[0]
+    F_ = mlp.gate_proj.weight.shape[0]
+    assert mlp.gate_proj.weight.data_ptr() == e1._gate_up[0].data_ptr()
+    assert mlp.up_proj.weight.data_ptr() == e1._gate_up[0][F_:].data_ptr()
+    assert e1._lm_head.shape[0] % 8 == 0 and e1._lm_head.shape[0] >= tiny.config.vocab_size
+    assert not e1._lm_head[tiny.config.vocab_size:].any()                  # padding rows are zeros
+    assert e1._x_proj[0].shape[0] % 8 == 0 and e1._dt_proj[0].shape[1] % 8 == 0
+    assert not e1.ssm_priority(2)                                           # CPU: one stream, no priority
+    assert HymbaServingEngine(tiny, max_context=16, prioritize_ssm=True).ssm_priority(1)
+
+
 @pytest.mark.parametrize("eviction,n_prompt,new", [("upstream", 20, 16), ("exact", 20, 16), ("upstream", 5, 16)])
 def test_engine_greedy_tokens_equal_reference_generate(tiny, eviction, n_prompt, new):
     ids = torch.randint(3, 257, (2, n_prompt))
