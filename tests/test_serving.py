@@ -4,6 +4,8 @@ the benchmark run on the GPU harness (`python3 -m hymba_deploy.serving.gpu_check
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -283,3 +285,15 @@ def test_gpu_check_skips_without_cuda(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert gpu_check.main([]) == 0
     assert "skipped" in capsys.readouterr().out
+
+
+def test_forced_decode_attention_sets_and_restores_the_kernel_override(monkeypatch):
+    monkeypatch.setenv(cuda_backend.DECODE_ENV, "split")
+    with cuda_backend.forced_decode_attention("mma"):
+        assert os.environ[cuda_backend.DECODE_ENV] == "mma"
+    assert os.environ[cuda_backend.DECODE_ENV] == "split"
+    monkeypatch.delenv(cuda_backend.DECODE_ENV)
+    with pytest.raises(RuntimeError):
+        with cuda_backend.forced_decode_attention("flash"):
+            raise RuntimeError("inside")
+    assert cuda_backend.DECODE_ENV not in os.environ

@@ -15,6 +15,7 @@ A missing GPU or compiler is a `HymbaDeployError` naming the fix; nothing falls 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -24,12 +25,28 @@ from ..errors import HymbaDeployError
 
 BACKENDS = ("reference", "cuda")
 OPS = ("selective_scan", "causal_conv1d", "windowed_attention")
+DECODE_ENV = "HYMBA_ATTN_DECODE"   # windowedAttentionLaunchT's kernel override (plugins/windowed_attention)
 PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"
 CSRC = Path(__file__).resolve().parent / "csrc" / "hymba_torch.cpp"
 
 _ext = None
 _backend = "reference"
 _registered = False
+
+
+@contextlib.contextmanager
+def forced_decode_attention(path: str):
+    """Inside the block, the plugin launcher serves decode attention with one kernel where it applies
+    (`HYMBA_ATTN_DECODE` = split | mma | flash | auto, read per launch); the previous setting comes back after."""
+    old = os.environ.get(DECODE_ENV)
+    os.environ[DECODE_ENV] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(DECODE_ENV, None)
+        else:
+            os.environ[DECODE_ENV] = old
 
 
 def kernel_sources(plugins_dir: Path = PLUGINS_DIR) -> list[Path]:

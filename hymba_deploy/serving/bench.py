@@ -52,6 +52,15 @@ def weight_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
+def _or_error(batch: int, fn) -> dict:
+    """fn(), or {"batch", "error"} when it raises: one failed measurement is reported, not fatal."""
+    try:
+        return fn()
+    except Exception as e:
+        torch.cuda.empty_cache()
+        return {"batch": batch, "error": f"{type(e).__name__}: {e}"[:400]}
+
+
 def _oom_halving(batch: int, fn):
     """Run fn(b) from b = batch, halving on CUDA out-of-memory; returns (b, result, oom_batches)."""
     ooms = []
@@ -292,10 +301,7 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
     for key, graphs in (("profile_eager", False), ("profile_graphs", True)):
         res["cuda"][key] = []
         for b in profile_batches:
-            try:
-                r = profile_decode(engine, b, context, graphs=graphs)
-            except Exception as e:                                          # reported, not fatal
-                r = {"batch": b, "error": f"{type(e).__name__}: {e}"[:400]}
+            r = _or_error(b, lambda: profile_decode(engine, b, context, graphs=graphs))
             res["cuda"][key].append(r)
             log(f"cuda {key}", json.dumps(r), flush=True)
             dump()
@@ -341,11 +347,7 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
             log("reference decode eager", json.dumps(entry), flush=True)
             dump()
         for b in ref_graph_batches:
-            try:
-                r = decode_cuda(ref_engine, b, context, steps, 0, bw, wbytes)
-            except Exception as e:                                          # reported, not fatal
-                r = {"batch": b, "error": f"{type(e).__name__}: {e}"[:400]}
-                torch.cuda.empty_cache()
+            r = _or_error(b, lambda: decode_cuda(ref_engine, b, context, steps, 0, bw, wbytes))
             res["reference"]["decode_engine_graphs"].append(r)
             log("reference engine+graphs", json.dumps(r), flush=True)
             dump()
@@ -355,11 +357,7 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         res["reference"]["torch_compile_whole_model"] = []
         for b in compile_reference_batches:
             log(f"reference torch.compile decode, batch {b}: compiling", flush=True)
-            try:
-                r = decode_reference_compiled(model, b, context, ref_steps)
-            except Exception as e:                                          # reported, not fatal
-                r = {"batch": b, "error": f"{type(e).__name__}: {e}"[:400]}
-                torch.cuda.empty_cache()
+            r = _or_error(b, lambda: decode_reference_compiled(model, b, context, ref_steps))
             res["reference"]["torch_compile_whole_model"].append(r)
             log("reference torch.compile decode", json.dumps(r), flush=True)
             dump()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 import traceback
@@ -59,6 +58,7 @@ def random_model(spec: str, dtype, device, seed: int = 0, sharpen: bool = False)
 
 
 def check_ops(ext, device) -> list[dict]:
+    from ..cuda import forced_decode_attention
     from ..ops import causal_conv1d_ref, selective_scan_ref, windowed_attention_ref
 
     g = torch.Generator(device=device).manual_seed(0)
@@ -125,11 +125,8 @@ def check_ops(ext, device) -> list[dict]:
             kbuf, vbuf = rnd(b, n + 300, Hkv, dqk, dtype=dtype), rnd(b, n + 300, Hkv, dv, dtype=dtype)
             ref = windowed_attention_ref(q, kbuf[:, :n], vbuf[:, :n], window, 128, 0.125)
             kv_len = torch.tensor([n], dtype=torch.int32, device=device)
-            os.environ["HYMBA_ATTN_DECODE"] = path
-            try:
+            with forced_decode_attention(path):
                 o = ext.windowed_attention(q, kbuf, vbuf, window, 128, 0.125, None, kv_len)
-            finally:
-                os.environ.pop("HYMBA_ATTN_DECODE")
             e = rel_err(o, ref)
             out.append({"op": "windowed_attention", "dtype": str(dtype), "batch": b, "Tq": 1, "Tk": n,
                         "capacity": n + 300, "kv_len_device": True, "kernel": path, "window": window,

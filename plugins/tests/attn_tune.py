@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import datetime as _dt
-import importlib
 import json
 import os
 import subprocess
@@ -23,11 +22,9 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-WA = importlib.import_module("hymba_deploy.ops.windowed_attention")  # the module (the package exports the op)
-
+import gpu_check as GC  # noqa: E402  (copy bandwidth, the reference op)
 import harness as H  # noqa: E402
 
 PLUG = REPO / "plugins"
@@ -110,20 +107,7 @@ def main(argv=None):
     variants = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",")]
     libs = build(Path(args.build_dir), variants, args.arch)
 
-    n = 1 << 30                                     # copy bandwidth (read + write), as gpu_check measures it
-    src = torch.empty(n, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    times = []
-    for _ in range(10):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        dst.copy_(src)
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    copy_gbps = 2 * n / (sorted(times)[5] * 1e-3) / 1e9
-    del src, dst
+    copy_gbps = GC.copy_bandwidth()                 # read + write, as gpu_check measures it
 
     records = []
     gen = torch.Generator(device="cuda").manual_seed(int.from_bytes(os.urandom(4), "little"))
@@ -132,7 +116,7 @@ def main(argv=None):
         q = torch.randn(B, 1, Hq, Dqk, device="cuda", generator=gen).bfloat16()
         k = torch.randn(B, Hkv, Tk, Dqk, device="cuda", generator=gen).bfloat16().transpose(1, 2)  # head-major
         v = torch.randn(B, Hkv, Tk, Dv, device="cuda", generator=gen).bfloat16().transpose(1, 2)
-        ref = WA.windowed_attention_ref(q, k, v, window=window, num_meta=meta, scale=0.125)
+        ref = GC.WA.windowed_attention_ref(q, k, v, window=window, num_meta=meta, scale=0.125)
         nbytes = sum(t.numel() * t.element_size() for t in (q, k, v)) + ref.numel() * 2
         for (w, s), lib in libs.items():
             shim = H.KernelShim(lib)

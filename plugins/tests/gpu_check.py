@@ -401,14 +401,11 @@ def check_attn(K: Kernels, h, results, dtypes, gen):
                     kin = dict(q=qv, k=kv_, v=vv)
                 forced = ATTN_FORCED_PATHS if Tq * (Hq // Hkv) <= 32 else ()
                 for path in ("auto",) + forced:
-                    os.environ["HYMBA_ATTN_DECODE"] = path
-                    try:
+                    with H.forced_decode_attention(path):
                         out = torch.empty(Bt, Tq, Hq, Dv, device=DEV, dtype=dt_)
                         poison(out)
                         K.windowed_attention(**kin, window=window, num_meta=meta, scale=scale, out=out)
                         torch.cuda.synchronize()
-                    finally:
-                        os.environ.pop("HYMBA_ATTN_DECODE")
                     outs = {"out": rel_err(out, o_ref)}
                     results.append(dict(rec, path="kernel" if path == "auto" else f"kernel[{path}]",
                                         noncontig=noncontig, outputs=outs,
@@ -608,13 +605,10 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records):
             add("WindowedAttention", case, dn, "kernel",
                 bench(lambda: K.windowed_attention(**inp, window=window, num_meta=meta, scale=scale, out=out)), b, flops)
             for path in ATTN_FORCED_PATHS if Tq == 1 else ():  # same-GPU A/B of the decode kernels
-                os.environ["HYMBA_ATTN_DECODE"] = path
-                try:
+                with H.forced_decode_attention(path):
                     add("WindowedAttention", case, dn, f"kernel[{path}]",
                         bench(lambda: K.windowed_attention(**inp, window=window, num_meta=meta, scale=scale,
                                                            out=out)), b, flops)
-                finally:
-                    os.environ.pop("HYMBA_ATTN_DECODE")
             add("WindowedAttention", case, dn, "ref_eager",
                 bench(lambda: WA.windowed_attention_ref(**inp, window=window, num_meta=meta, scale=scale)), b, flops)
             qh = inp["q"].transpose(1, 2)

@@ -8,6 +8,7 @@ Used by tests/test_plugins_cpu.py (no GPU) and plugins/tests/gpu_check.py (GPU, 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
@@ -225,6 +226,22 @@ class Harness:
         """getFieldsToSerialize → createPlugin(kRUNTIME), as an engine deserialization does."""
         info = plugin.info
         return self.create(info["name"], plugin.serialized_spec(), PHASE_RUNTIME, info["version"], info["namespace"])
+
+
+@contextlib.contextmanager
+def forced_decode_attention(path: str):
+    """Inside the block the library serves decode attention with one kernel where it applies
+    (HYMBA_ATTN_DECODE = split | mma | flash | auto, read per launch); the previous setting comes back after.
+    The package's twin is hymba_deploy.cuda.forced_decode_attention (these tools do not import the package)."""
+    old = os.environ.get("HYMBA_ATTN_DECODE")
+    os.environ["HYMBA_ATTN_DECODE"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HYMBA_ATTN_DECODE", None)
+        else:
+            os.environ["HYMBA_ATTN_DECODE"] = old
 
 
 class KernelShim:
