@@ -297,3 +297,43 @@ def test_forced_decode_attention_sets_and_restores_the_kernel_override(monkeypat
         with cuda_backend.forced_decode_attention("flash"):
             raise RuntimeError("inside")
     assert cuda_backend.DECODE_ENV not in os.environ
+
+
+@pytest.mark.parametrize("parts,rows", [(2, 4), (4, 4), (2, 3)])
+def test_microbatched_steps_equal_whole_batch_steps(tiny, parts, rows):
+    """A step run as micro-batches of rows (each its own chain of launches) gives the whole-batch step's
+    logits, teacher-forced past the window (fp32), and the same greedy tokens; padding rows included."""
+    ids = torch.randint(3, 257, (rows, 18))
+    n_ctx = 18 + 2 * tiny.config.sliding_window + 4
+    whole = HymbaServingEngine(tiny, max_context=n_ctx, buckets=(4,), microbatches=1)
+    split = HymbaServingEngine(tiny, max_context=n_ctx, buckets=(4,), microbatches=parts)
+    assert whole.microbatches_for(4) == 1 and split.microbatches_for(4) == parts
+    c1, c2 = whole.cache(4), split.cache(4)
+    step = ids
+    lg1, lg2 = whole.prefill(ids, c1), split.prefill(ids, c2)
+    for _ in range(2 * tiny.config.sliding_window):
+        assert rel_err(lg2, lg1) < 1e-5
+        step = lg1[:rows].argmax(-1, keepdim=True)
+        pad = torch.zeros(4 - rows, 1, dtype=torch.int64)
+        lg1, lg2 = whole.decode(c1, torch.cat([step, pad])), split.decode(c2, torch.cat([step, pad]))
+        assert int(c1.pos) == int(c2.pos) == c1.meta + c1.text_len         # position advanced once per step
+    assert torch.equal(split.generate(ids, 20), whole.generate(ids, 20))
+
+
+def test_microbatch_count_falls_back_where_rows_do_not_split(tiny):
+    e = HymbaServingEngine(tiny, max_context=16, microbatches=4)
+    assert [e.microbatches_for(b) for b in (1, 2, 4, 6, 8)] == [1, 1, 4, 1, 4]
+    assert HymbaServingEngine(tiny, max_context=16).microbatches_for(128) == 1   # default: one chain
+
+
+def test_cache_rows_are_views_that_share_the_position(tiny):
+    c = HymbaServingCache(tiny.config, 4, 16, torch.float32)
+    v = c.rows(2, 4)
+    assert v.batch_size == 2 and v.pos is c.pos
+    for i, k in enumerate(c.key):
+        if k is not None:
+            assert v.key[i].data_ptr() == k[2].data_ptr() and v.key[i].stride() == k.stride()
+    v.ssm[0].fill_(3.0)
+    assert bool((c.ssm[0][2:] == 3).all()) and not c.ssm[0][:2].any()
+    with pytest.raises(HymbaDeployError, match="rows"):
+        c.rows(3, 5)
