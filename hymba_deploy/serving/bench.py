@@ -238,7 +238,7 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         batches=(1, 8, 32, 128), prefill=(1024, 4096, 8192), steps: int = 32, eager_steps: int = 4,
         reference: bool = True, ref_steps: int = 3, ref_graph_batches=(1, 8), seed: int = 0,
         log=print, out: str | None = None, uncompiled_batches=(1, 128), profile_batches=(1, 128),
-        no_overlap_batches=(1, 128), compile_reference_batches=(), microbatch_batches=(32, 64, 128)) -> dict:
+        no_overlap_batches=(1, 128), compile_reference_batches=()) -> dict:
     if not torch.cuda.is_available():
         raise HymbaDeployError("bench --backend cuda needs a CUDA GPU")
     from .. import cuda as backend
@@ -306,19 +306,13 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
             log(f"cuda {key}", json.dumps(r), flush=True)
             dump()
     # Ablations, same run: graphs without the compiled elementwise glue; SWA attention not overlapped;
-    # K/V cache stored time-major; SSM-branch stream priority forced off / on (default: by batch); the step
-    # as 1, 2 or 4 micro-batches, with and without attention taking turns (default: by batch).
+    # K/V cache stored time-major; SSM-branch stream priority forced off / on (default: by batch).
     for key, kw, ablation_batches in (
             ("decode_graphs_uncompiled_elementwise", dict(compile_elementwise=False), uncompiled_batches),
             ("decode_graphs_no_attention_overlap", dict(overlap_attention=False), no_overlap_batches),
             ("decode_graphs_time_major_kv", dict(kv_layout="time_major"), no_overlap_batches),
             ("decode_graphs_no_ssm_stream_priority", dict(prioritize_ssm=False), no_overlap_batches),
-            ("decode_graphs_ssm_stream_priority", dict(prioritize_ssm=True), no_overlap_batches),
-            ("decode_graphs_microbatches_1", dict(microbatches=1), microbatch_batches),
-            ("decode_graphs_microbatches_2", dict(microbatches=2), microbatch_batches),
-            ("decode_graphs_microbatches_2_no_turns", dict(microbatches=2, attention_turns=False),
-             microbatch_batches),
-            ("decode_graphs_microbatches_4", dict(microbatches=4), microbatch_batches)):
+            ("decode_graphs_ssm_stream_priority", dict(prioritize_ssm=True), no_overlap_batches)):
         res["cuda"][key] = []
         if not ablation_batches:
             continue
@@ -390,8 +384,6 @@ def main(argv=None) -> int:
     ap.add_argument("--no-overlap-batches", default="1,128",
                     help="also time these batches with SWA attention on the main stream and with a time-major "
                          "K/V cache (ablations)")
-    ap.add_argument("--microbatch-batches", default="32,64,128",
-                    help="also time these batches with the step as 1, 2 and 4 micro-batches (ablations)")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--compile-reference-batches", default="",
                     help="also time the reference model under torch.compile at these batches (compiles for minutes)")
@@ -403,8 +395,7 @@ def main(argv=None) -> int:
                   args.eager_steps, not args.no_reference, args.ref_steps, ints(args.ref_graph_batches), args.seed,
                   out=args.out, uncompiled_batches=ints(args.uncompiled_batches),
                   profile_batches=ints(args.profile_batches), no_overlap_batches=ints(args.no_overlap_batches),
-                  compile_reference_batches=ints(args.compile_reference_batches),
-                  microbatch_batches=ints(args.microbatch_batches))
+                  compile_reference_batches=ints(args.compile_reference_batches))
     except HymbaDeployError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

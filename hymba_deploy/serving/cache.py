@@ -25,8 +25,6 @@ position of the next token, advanced inside a captured decode step.
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from ..cache import EVICTION_RULES
@@ -122,17 +120,6 @@ class HymbaServingCache:
         engine writes the same way, fused with RoPE: `engine.rope_store`)."""
         self.key[layer][:, index] = k
         self.value[layer][:, index] = v
-
-    def rows(self, start: int, stop: int) -> "HymbaServingCache":
-        """Rows [start, stop) as a cache of their own for one decode step (a micro-batch): the buffers are
-        views, the device position `pos` is shared, host counters are copied (advance them on `self`)."""
-        if not 0 <= start < stop <= self.batch_size:
-            raise HymbaDeployError(f"rows [{start}, {stop}) outside the cache's {self.batch_size}")
-        view = copy.copy(self)
-        view.batch_size = stop - start
-        for name in ("key", "value", "conv", "ssm"):
-            setattr(view, name, [None if t is None else t[start:stop] for t in getattr(self, name)])
-        return view
 
     def reset(self) -> None:
         self.text_len = 0

@@ -23,7 +23,6 @@ results are dropped; every kernel is row-independent).
 
 from __future__ import annotations
 
-import contextlib
 from typing import Iterable
 
 import torch
@@ -37,7 +36,6 @@ from .sampling import SamplingParams, make_generator, sample
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 SOFTPLUS_THRESHOLD = 20.0
-_DEFAULT = object()                                 # "the engine's own" for optional stream arguments
 
 
 # Elementwise pieces of a decode step, written as pure functions with the model's exact op order
@@ -87,8 +85,7 @@ def silu_mul(g, u):
 
 
 _ELEMENTWISE = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "rope": rope, "rope_store": rope_store,
-                "dbc_norms": dbc_norms,
-                "fuse_branches": fuse_branches, "silu_mul": silu_mul}
+                "dbc_norms": dbc_norms, "fuse_branches": fuse_branches, "silu_mul": silu_mul}
 
 
 def select_bucket(batch: int, buckets: Iterable[int] = DEFAULT_BUCKETS) -> int:
@@ -159,25 +156,6 @@ class DecodeKernels:
         return res if out is None else out.copy_(res)
 
 
-class _AttentionTurns:
-    """Orders the attention launches of micro-batches that run side by side: part 0's layer 0, part 1's
-    layer 0, part 0's layer 1, ... (each waits for the previous one to finish). Attention is the bandwidth-
-    bound phase of a layer; taking turns keeps one part's attention beside the other part's GEMMs and
-    glue instead of both parts competing for bandwidth at once. Launch order = capture order: the driver
-    interleaves the parts layer by layer."""
-
-    def __init__(self):
-        self._last: torch.cuda.Event | None = None
-
-    def take(self, stream) -> None:
-        if self._last is not None:
-            stream.wait_event(self._last)
-
-    def done(self, stream) -> None:
-        self._last = torch.cuda.Event()
-        self._last.record(stream)
-
-
 class _SegmentedGraph:
     """One decode step of one bucket as CUDA graph segments separated by eager global-attention holes."""
 
@@ -193,7 +171,7 @@ class _SegmentedGraph:
         stream = torch.cuda.Stream(device=cache.device, priority=-1 if engine.ssm_priority(B) else 0)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            body = engine._decode_step(cache, self.tokens)
+            body = engine._decode_body(cache, self.tokens)
             graph = torch.cuda.CUDAGraph()
             graph.capture_begin(pool=pool)
             try:
@@ -230,8 +208,7 @@ class HymbaServingEngine:
     def __init__(self, model, max_context: int, buckets: Iterable[int] = DEFAULT_BUCKETS,
                  eviction: str = "upstream", ssm_state_dtype: torch.dtype | None = None,
                  use_graphs: bool = True, backend: str | None = None, compile_elementwise: bool | None = None,
-                 overlap_attention: bool = True, kv_layout: str = "head_major", prioritize_ssm: bool | None = None,
-                 microbatches: int | None = None, attention_turns: bool = True):
+                 overlap_attention: bool = True, kv_layout: str = "head_major", prioritize_ssm: bool | None = None):
         self.model = model
         self.config = model.config
         self.backend = backend or getattr(model, "backend", cuda_backend.get_backend())
@@ -239,7 +216,6 @@ class HymbaServingEngine:
         self.device, self.dtype = model.device, model.dtype
         self.max_context, self.buckets, self.eviction = max_context, tuple(sorted(buckets)), eviction
         self.kv_layout, self.prioritize_ssm = kv_layout, prioritize_ssm
-        self.microbatches, self.attention_turns = microbatches, attention_turns
         if ssm_state_dtype is None:   # fp32 lets the plugin scan update the state in place
             ssm_state_dtype = torch.float32 if self.kernels.ext is not None else model.dtype
         self.ssm_state_dtype = ssm_state_dtype
@@ -262,7 +238,6 @@ class HymbaServingEngine:
         # Side stream for SWA-layer attention (see _decode_body); None: everything on the current stream.
         self._side_stream = (torch.cuda.Stream(device=self.device) if overlap_attention and self.device.type == "cuda"
                              else None)
-        self._parts_streams: dict[tuple[int, int], list] = {}
         self.caches: dict[int, HymbaServingCache] = {}
         self.graphs: dict[int, _SegmentedGraph] = {}
 
@@ -306,11 +281,9 @@ class HymbaServingEngine:
             lm_head = _pad_rows_(model.lm_head.weight, 8)
         return gate_up, x_proj, dt_proj, lm_head            # lm_head: (V rounded up to 8, H)
 
-    def _logits(self, u: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """u (B, H) final-normed hidden -> logits (B, V) fp32 (into `out` when given), through the padded
-        lm_head buffer."""
-        logits = F.linear(u, self._lm_head)[:, :self._vocab]
-        return logits.float() if out is None else out.copy_(logits)
+    def _logits(self, u: torch.Tensor) -> torch.Tensor:
+        """u (B, H) final-normed hidden -> logits (B, V) fp32, through the padded lm_head buffer."""
+        return F.linear(u, self._lm_head)[:, :self._vocab].float()
 
     # ---- resources ----------------------------------------------------------------------------------
     def cache(self, bucket: int) -> HymbaServingCache:
@@ -376,16 +349,9 @@ class HymbaServingEngine:
         return self.kernels.attn(q, cache.key[producer][:, :L], cache.value[producer][:, :L], blk.window,
                                  cache.meta, self.config.qk_head_dim ** -0.5, out)
 
-    def _decode_body(self, cache: HymbaServingCache, tokens: torch.Tensor, side_stream=_DEFAULT,
-                     turns: "_AttentionTurns | None" = None, layer_yields: bool = False,
-                     logits_out: torch.Tensor | None = None):
-        """The layers of one decode step for all cache rows (generator); the caller advances `cache.pos`.
-
-        Yields (layer, producer, q) where attention over a global producer must run outside a graph and
-        receives its output; with `layer_yields`, also yields None after each layer (a driver interleaving
-        micro-batches). Returns logits (B, V) fp32 (written into `logits_out` when given). `side_stream`:
-        the attention's stream (default the engine's); `turns` orders attention launches across
-        micro-batches."""
+    def _decode_body(self, cache: HymbaServingCache, tokens: torch.Tensor):
+        """One decode step for all cache rows (generator): yields (layer, producer, q) where attention
+        over a global producer is needed and receives its output; returns logits (B, V) fp32."""
         cfg, m, kern, fn = self.config, self.model.model, self.kernels, self.fn
         B = tokens.shape[0]
         Hq, Hkv, d_qk, d_v, I = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim,
@@ -403,11 +369,8 @@ class HymbaServingEngine:
         u = fn["rms_norm"](h, layers[0].input_layernorm.weight, eps)        # (B, 1, H)
         for i, layer in enumerate(layers):
             blk = layer.mamba
-            # 1. Fused input projection in two GEMMs over row slices of its weight: the attention rows
-            #    (Q | K | V) now, the SSM rows (x | z) once attention is launched, so that attention waits
-            #    for the smaller GEMM and the larger one overlaps it.
-            n_attn = blk.q_dim + sum(blk.kv_dims)
-            q, k, v = F.linear(u, blk.in_proj.weight[:n_attn]).split([blk.q_dim, *blk.kv_dims], dim=-1)
+            # 1. Fused input projection, split in checkpoint row order.
+            q, k, v, x, z = blk.in_proj(u).split([blk.q_dim, *blk.kv_dims, I, I], dim=-1)
             # 2. Attention heads: RoPE, K/V written into this token's slot, attention over held keys.
             if blk.producer == i:                                           # RoPE'd q (B, 1, Hq, d_qk)
                 q = fn["rope_store"](q.view(B, 1, Hq, d_qk), k.view(B, 1, Hkv, d_qk), v.view(B, 1, Hkv, d_v),
@@ -426,26 +389,17 @@ class HymbaServingEngine:
                     L = cache.kv_len(p, cache.text_len + 1)                 # fixed once the ring is full
                     kv = (q, cache.key[p][:, :L], cache.value[p][:, :L], blk.window, meta, scale)
                     kv_len = None
-                side = self._side_stream if side_stream is _DEFAULT else side_stream
+                side = self._side_stream
                 if side is None:
-                    if turns is not None:
-                        turns.take(torch.cuda.current_stream())
                     attn = kern.attn(*kv, kv_len=kv_len)
-                    if turns is not None:
-                        turns.done(torch.cuda.current_stream())
                 else:
                     # Attention (bandwidth-bound) on a side stream, overlapping the SSM branch below
                     # (latency-bound small kernels); joined before the fusion. Graph capture keeps the fork.
                     attn = torch.empty(B, 1, Hq, d_v, dtype=q.dtype, device=q.device)
                     side.wait_stream(torch.cuda.current_stream())
                     with torch.cuda.stream(side):
-                        if turns is not None:
-                            turns.take(side)
                         kern.attn(*kv, attn, kv_len)
-                        if turns is not None:
-                            turns.done(side)
             # 3. SSM heads: conv and scan at T = 1, states updated in place.
-            x, z = F.linear(u, blk.in_proj.weight[n_attn:]).split([I, I], dim=-1)
             xc = kern.conv_(x, self._conv_w[i], blk.conv1d.bias, cache.conv[i])            # (B, 1, I)
             dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, self._x_proj[i]), blk.dt_layernorm.weight,
                                          blk.B_layernorm.weight, blk.C_layernorm.weight, R, N, eps,
@@ -464,80 +418,8 @@ class HymbaServingEngine:
             delta = mlp.down_proj(fn["silu_mul"](gate, up))
             next_w = layers[i + 1].input_layernorm.weight if i + 1 < len(layers) else m.final_layernorm.weight
             h, u = fn["add_rms_norm"](h, delta, next_w, eps)                 # u: next input (or final) norm
-            if layer_yields:
-                yield None
-        return self._logits(u[:, -1], logits_out)                           # (B, V)
-
-    def microbatches_for(self, batch: int) -> int:
-        """Micro-batches a step of `batch` rows runs as (`microbatches`, default 1: on an H200 two parts
-        were slower at batch 64 and 128, bench/results/serving_microbatch_ab_h200_2026-11-27.json).
-        1 where rows do not split evenly, or where graphs would need eager holes (reference ops)."""
-        parts = self.microbatches or 1
-        if parts < 2 or batch % parts or (self.use_graphs and not self.kernels.device_kv_len(self.device)):
-            return 1
-        return parts
-
-    def _decode_step(self, cache: HymbaServingCache, tokens: torch.Tensor):
-        """One whole decode step (generator, yields like `_decode_body`): the layers for all rows, as
-        micro-batches where `microbatches_for` says so, then the position advanced. Returns logits."""
-        parts = self.microbatches_for(cache.batch_size)
-        if parts > 1:
-            logits = self._decode_parts(cache, tokens, parts)
-        else:
-            logits = yield from self._decode_body(cache, tokens)
+        logits = self._logits(u[:, -1])                                     # (B, V)
         cache.pos += 1
-        return logits
-
-    def _part_streams(self, rows: int, parts: int):
-        """(main, attention side) stream per micro-batch of `rows` rows; None, None off CUDA."""
-        key = (rows, parts)
-        if key not in self._parts_streams:
-            if self.device.type != "cuda":
-                self._parts_streams[key] = [(None, None)] * parts
-            else:
-                prio = -1 if self.ssm_priority(rows) else 0
-                self._parts_streams[key] = [
-                    (torch.cuda.Stream(device=self.device, priority=prio),
-                     torch.cuda.Stream(device=self.device) if self._side_stream is not None else None)
-                    for _ in range(parts)]
-        return self._parts_streams[key]
-
-    def _decode_parts(self, cache: HymbaServingCache, tokens: torch.Tensor, parts: int) -> torch.Tensor:
-        """The layers of one step as `parts` equal micro-batches of rows, each a chain of launches on its
-        own streams, so that one part's GEMMs and glue (latency-bound at these sizes) run while another's
-        attention streams K/V (bandwidth-bound). Weights are read once per part instead of once per step;
-        `attention_turns` makes the parts' attention launches alternate (`_AttentionTurns`). Rows are
-        independent, so results equal the single-batch step's up to GEMM rounding."""
-        B = cache.batch_size
-        rows = B // parts
-        logits = torch.empty(B, self._vocab, dtype=torch.float32, device=tokens.device)
-        streams = self._part_streams(rows, parts)
-        turns = _AttentionTurns() if self.attention_turns and streams[0][0] is not None else None
-        origin = torch.cuda.current_stream() if streams[0][0] is not None else None
-        bodies = []
-        for j in range(parts):
-            main, side = streams[j]
-            if main is not None:
-                main.wait_stream(origin)
-            view = cache.rows(j * rows, (j + 1) * rows)
-            body = self._decode_body(view, tokens[j * rows:(j + 1) * rows], side_stream=side, turns=turns,
-                                     layer_yields=True, logits_out=logits[j * rows:(j + 1) * rows])
-            bodies.append((view, body))
-        live = list(range(parts))
-        while live:                                                         # one layer of each part in turn
-            for j in list(live):
-                view, body = bodies[j]
-                main = streams[j][0]
-                with torch.cuda.stream(main) if main is not None else contextlib.nullcontext():
-                    try:
-                        request = body.send(None)
-                        while request is not None:                          # eager global attention (no graphs)
-                            request = body.send(self._global_attention(view, *request))
-                    except StopIteration:
-                        live.remove(j)
-        if origin is not None:
-            for main, _ in streams:
-                origin.wait_stream(main)
         return logits
 
     @torch.no_grad()
@@ -547,7 +429,7 @@ class HymbaServingEngine:
             raise HymbaDeployError("decode before prefill: the cache is empty")
         if cache.text_len >= cache.max_context:
             raise HymbaDeployError(f"cache full: max_context {cache.max_context} tokens")
-        body = self._decode_step(cache, tokens)
+        body = self._decode_body(cache, tokens)
         try:
             request = next(body)
             while True:
