@@ -297,3 +297,21 @@ def test_forced_decode_attention_sets_and_restores_the_kernel_override(monkeypat
         with cuda_backend.forced_decode_attention("flash"):
             raise RuntimeError("inside")
     assert cuda_backend.DECODE_ENV not in os.environ
+
+
+def test_compiled_elementwise_glue_matches_eager_and_writes_the_cache_in_place(tiny):
+    """The GPU engine runs its elementwise glue through torch.compile (`rope_store` mutates the K/V cache
+    inside the compiled function); on CPU the same compiled functions give the eager engine's logits and
+    cache contents, decoding past the window."""
+    ids = torch.randint(3, 257, (2, 18))
+    n_ctx = 18 + tiny.config.sliding_window + 8
+    engines = [HymbaServingEngine(tiny, max_context=n_ctx, buckets=(2,), compile_elementwise=c) for c in (False, True)]
+    caches = [e.cache(2) for e in engines]
+    logits = [e.prefill(ids, c) for e, c in zip(engines, caches)]
+    for _ in range(tiny.config.sliding_window + 4):
+        assert rel_err(logits[1], logits[0]) < 1e-5
+        step = logits[0].argmax(-1, keepdim=True)
+        logits = [e.decode(c, step) for e, c in zip(engines, caches)]
+    for i, k in enumerate(caches[0].key):
+        if k is not None:
+            assert rel_err(caches[1].key[i], k) < 1e-5 and rel_err(caches[1].value[i], caches[0].value[i]) < 1e-5
