@@ -140,16 +140,46 @@ def test_node_without_plugin_is_named(onnx_dir, tmp_path):
     assert not (tmp_path / "out" / "decode.engine").exists()
 
 
+def _with_build_info(src: Path, dst: Path, info: bytes | None) -> Path:
+    """A copy of plugin library `src` whose embedded build info says `info` (same length), or has none."""
+    data = src.read_bytes()
+    m = plugins.BUILD_INFO.search(data)
+    assert m, "the plugin library embeds the TensorRT version it was compiled against"
+    new = info if info is not None else b"x" * len(m.group(0))
+    assert len(new) == len(m.group(0))
+    dst.write_bytes(data[:m.start()] + new + data[m.end():])
+    return dst
+
+
+def test_plugin_library_embeds_its_tensorrt_headers_version(tmp_path):
+    """The version string compiled into the library equals the headers its CMake build used."""
+    lib = Path(plugin_library())
+    version, source = plugins.library_tensorrt_version(lib)
+    assert "embedded" in source and version is not None
+    if (lib.parent / "CMakeCache.txt").is_file():
+        stripped = _with_build_info(lib, tmp_path / lib.name, None)
+        shutil.copy(lib.parent / "CMakeCache.txt", tmp_path / "CMakeCache.txt")
+        from_cache, source = plugins.library_tensorrt_version(stripped)
+        assert from_cache == version and "CMakeCache" in source
+
+
 @needs_rtx
 def test_library_for_another_tensorrt_major_is_refused(onnx_dir, tmp_path):
+    libdir = tmp_path / "lib"
+    libdir.mkdir()
+    real = Path(plugin_library())
+    ours = plugins.library_tensorrt_version(real)[0].encode()
+    other = b"10" + b".9" * ((len(ours) - 2) // 2) + b"0" * ((len(ours) - 2) % 2)   # same length as ours
+    lib = _with_build_info(real, libdir / "libhymba_plugins.so", b"hymba-plugins tensorrt=" + other + b";")
+    with pytest.raises(HymbaDeployError, match=rf"compiled against TensorRT {other.decode()} headers.*TensorRT 11\.x"):
+        build(onnx_dir, tmp_path / "out", backend="tensorrt-rtx", target="sm80", plugin_library=lib)
+    # Without the embedded string: the CMake cache beside the library, then a JSON sidecar, say it.
     fake = tmp_path / "trt10" / "include"
     fake.mkdir(parents=True)
     (fake / "NvInferVersion.h").write_text("#define NV_TENSORRT_MAJOR 10\n#define NV_TENSORRT_MINOR 9\n"
                                           "#define NV_TENSORRT_PATCH 0\n")
-    libdir = tmp_path / "lib"
-    libdir.mkdir()
-    lib = libdir / "libhymba_plugins.so"
-    shutil.copy(plugin_library(), lib)
+    _with_build_info(real, lib, None)
+    assert plugins.library_tensorrt_version(lib)[0] is None
     (libdir / "CMakeCache.txt").write_text(f"TensorRT_INCLUDE_DIR:PATH={fake}\n")
     with pytest.raises(HymbaDeployError, match=r"compiled against TensorRT 10\.9\.0 headers.*TensorRT 11\.x"):
         build(onnx_dir, tmp_path / "out", backend="tensorrt-rtx", target="sm80", plugin_library=lib)

@@ -92,12 +92,19 @@ def _header_version(include_dir: Path) -> str | None:
     return ".".join(parts)
 
 
+BUILD_INFO = re.compile(rb"hymba-plugins tensorrt=(\d+)\.(\d+)\.(\d+);")
+
+
 def library_tensorrt_version(lib: Path) -> tuple[str | None, str]:
     """(version, how it was found) of the TensorRT headers `lib` was compiled against.
 
-    Read from `<lib>.json` ("tensorrt_version") when present, else from the CMake cache beside the
-    library (its `TensorRT_INCLUDE_DIR`/NvInferVersion.h). (None, reason) when neither says.
+    Read from the library's own bytes (the `hymba_plugins_build_info` string of plugins/common/hymba_plugins.cpp),
+    else from `<lib>.json` ("tensorrt_version"), else from the CMake cache beside the library (its
+    `TensorRT_INCLUDE_DIR`/NvInferVersion.h). (None, reason) when none says.
     """
+    m = BUILD_INFO.search(lib.read_bytes())
+    if m:
+        return ".".join(g.decode() for g in m.groups()), f"{lib} (embedded build info)"
     info = lib.with_name(lib.name + ".json")
     if info.is_file():
         try:
@@ -113,7 +120,7 @@ def library_tensorrt_version(lib: Path) -> tuple[str | None, str]:
             version = _header_version(Path(m.group(1).strip()))
             if version:
                 return version, f"{cache} (TensorRT_INCLUDE_DIR={m.group(1).strip()})"
-    return None, f"no {info.name} and no CMakeCache.txt beside the library"
+    return None, f"no embedded build info, no {info.name} and no CMakeCache.txt beside the library"
 
 
 def check_library_version(lib: Path, backend) -> dict:

@@ -11,6 +11,15 @@
 //! TENSORRTAPI exports only when building TensorRT itself; plugin libraries export explicitly.
 #define HYMBA_EXPORT __attribute__((visibility("default")))
 
+#define HYMBA_STR(x) #x
+#define HYMBA_XSTR(x) HYMBA_STR(x)
+
+//! The TensorRT headers this library was compiled against, as a string in the file itself: a copied or
+//! installed library still says which TensorRT it is for. hymba_deploy.engine.plugins reads it from the
+//! file's bytes (no loading), so a library for another TensorRT major is refused before TensorRT sees it.
+extern "C" HYMBA_EXPORT __attribute__((used)) char const hymba_plugins_build_info[] = "hymba-plugins tensorrt="
+    HYMBA_XSTR(NV_TENSORRT_MAJOR) "." HYMBA_XSTR(NV_TENSORRT_MINOR) "." HYMBA_XSTR(NV_TENSORRT_PATCH) ";";
+
 using namespace hymba::plugin;
 
 extern "C" HYMBA_EXPORT IPluginCreatorInterface* const* getCreators(int32_t& nbCreators)
