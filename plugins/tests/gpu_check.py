@@ -287,18 +287,16 @@ def check_scan(K: Kernels, h, results, dtypes, gen):
                 K.selective_scan(**kin, y=y, last_state=ls)
                 torch.cuda.synchronize()
                 outs = {"y": rel_err(y, y_ref), "last_state": rel_err(ls, s_ref)}
-                results.append(dict(rec, path="kernel", noncontig=noncontig, outputs=outs,
-                                    passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+                results.append(_outcome(rec, "kernel", outs, tol, noncontig=noncontig))
                 # b. plugin (all inputs required)
                 if not no_opt:
                     ins = [inp[k].contiguous() for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")]
                     (y2, s2), notes = run_plugin(h, "SelectiveScan", {"softplus_threshold": 20.0}, ins,
                                                  [(Bt, T, D), (Bt, D, N)], [dt_, torch.float32])
                     outs = {"y": rel_err(y2, y_ref), "last_state": rel_err(s2, s_ref)}
-                    results.append(dict(rec, path="plugin", outputs=outs, notes=notes,
-                                        passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+                    results.append(_outcome(rec, "plugin", outs, tol, notes=notes))
             except Exception as e:  # a failed case is recorded, the run goes on
-                results.append(dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}"))
+                results.append(_failure(rec, e))
             _print_last(results)
             torch.cuda.empty_cache()
 
@@ -324,17 +322,15 @@ def check_conv(K: Kernels, h, results, dtypes, gen):
                 K.causal_conv1d(**kin, activation=act, y=y, new_state=ns)
                 torch.cuda.synchronize()
                 outs = {"y": rel_err(y, y_ref), "new_conv_state": rel_err(ns, s_ref)}
-                results.append(dict(rec, path="kernel", noncontig=noncontig, outputs=outs,
-                                    passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+                results.append(_outcome(rec, "kernel", outs, tol, noncontig=noncontig))
                 if not noncontig:
                     ins = [inp[k] for k in ("x", "weight", "bias", "conv_state")]
                     (y2, s2), notes = run_plugin(h, "CausalConv1d", {"activation": 1 if act == "silu" else 0}, ins,
                                                  [(Bt, T, D), (Bt, D, Kw)], [dt_, dt_])
                     outs = {"y": rel_err(y2, y_ref), "new_conv_state": rel_err(s2, s_ref)}
-                    results.append(dict(rec, path="plugin", outputs=outs, notes=notes,
-                                        passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+                    results.append(_outcome(rec, "plugin", outs, tol, notes=notes))
             except Exception as e:
-                results.append(dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}"))
+                results.append(_failure(rec, e))
             _print_last(results)
     # In-place decode (new_conv_state aliasing conv_state), the way a runtime updates its cache.
     for dn in dtypes:
@@ -349,10 +345,9 @@ def check_conv(K: Kernels, h, results, dtypes, gen):
             K.causal_conv1d(inp["x"], inp["weight"], inp["bias"], st, "silu", y=y, new_state=st)
             torch.cuda.synchronize()
             outs = {"y": rel_err(y, y_ref), "new_conv_state": rel_err(st, s_ref)}
-            results.append(dict(rec, path="kernel", outputs=outs,
-                                passed=all(o["rel_err"] <= TOL[dn] and not o["nan"] for o in outs.values())))
+            results.append(_outcome(rec, "kernel", outs, TOL[dn]))
         except Exception as e:
-            results.append(dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}"))
+            results.append(_failure(rec, e))
         _print_last(results)
     # Channel-fastest states (the serving cache's layout: 16-byte state loads and stores) and weights,
     # in place at T = 1 and into a separate new state at T = 3 < K (the kept-state path).
@@ -372,10 +367,9 @@ def check_conv(K: Kernels, h, results, dtypes, gen):
                 K.causal_conv1d(inp["x"], w, inp["bias"], st, "silu", y=y, new_state=ns)
                 torch.cuda.synchronize()
                 outs = {"y": rel_err(y, y_ref), "new_conv_state": rel_err(ns, s_ref)}
-                results.append(dict(rec, path="kernel", outputs=outs,
-                                    passed=all(o["rel_err"] <= TOL[dn] and not o["nan"] for o in outs.values())))
+                results.append(_outcome(rec, "kernel", outs, TOL[dn]))
             except Exception as e:
-                results.append(dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}"))
+                results.append(_failure(rec, e))
             _print_last(results)
 
 
@@ -407,21 +401,30 @@ def check_attn(K: Kernels, h, results, dtypes, gen):
                         K.windowed_attention(**kin, window=window, num_meta=meta, scale=scale, out=out)
                         torch.cuda.synchronize()
                     outs = {"out": rel_err(out, o_ref)}
-                    results.append(dict(rec, path="kernel" if path == "auto" else f"kernel[{path}]",
-                                        noncontig=noncontig, outputs=outs,
-                                        passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+                    results.append(_outcome(rec, "kernel" if path == "auto" else f"kernel[{path}]", outs, tol,
+                                             noncontig=noncontig))
                 if not noncontig:
                     ins = [inp["q"], inp["k"], inp["v"]]
                     (o2,), notes = run_plugin(h, "WindowedAttention",
                                               {"window": window, "num_meta": meta, "scale": scale}, ins,
                                               [(Bt, Tq, Hq, Dv)], [dt_])
                     outs = {"out": rel_err(o2, o_ref)}
-                    results.append(dict(rec, path="plugin", outputs=outs, notes=notes,
-                                        passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values())))
+                    results.append(_outcome(rec, "plugin", outs, tol, notes=notes))
             except Exception as e:
-                results.append(dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}"))
+                results.append(_failure(rec, e))
             _print_last(results)
             torch.cuda.empty_cache()
+
+
+def _outcome(rec: dict, path: str, outs: dict, tol: float, **extra) -> dict:
+    """A case's record: per-output errors (`rel_err` dicts) and whether every one is finite and within tol."""
+    return dict(rec, path=path, **extra, outputs=outs,
+                passed=all(o["rel_err"] <= tol and not o["nan"] for o in outs.values()))
+
+
+def _failure(rec: dict, e: Exception) -> dict:
+    """A case that raised: recorded as failed with its traceback; the run goes on."""
+    return dict(rec, path="error", passed=False, error=f"{e}\n{traceback.format_exc()}")
 
 
 def _print_last(results):
