@@ -315,3 +315,95 @@ def test_compiled_elementwise_glue_matches_eager_and_writes_the_cache_in_place(t
     for i, k in enumerate(caches[0].key):
         if k is not None:
             assert rel_err(caches[1].key[i], k) < 1e-5 and rel_err(caches[1].value[i], caches[0].value[i]) < 1e-5
+
+
+# ---- Triton decode GEMMs (gemm.py): what can be checked without a GPU --------------------------------------
+def _torch_linear_splitk(x, w, cfg, out=None):
+    """CPU stand-in for gemm.linear_splitk with its contract: (splits, M, N) fp32 partial sums over the
+    same K ranges (the kernel's own numerics are checked on the GPU by serving.gpu_check)."""
+    kps = cfg.k_per_split(x.shape[1])
+    return torch.stack([x[:, s * kps:(s + 1) * kps].float() @ w[:, s * kps:(s + 1) * kps].float().t()
+                        for s in range(cfg.splits)])
+
+
+def _torch_ssm_inputs(partials, w_dt, w_B, w_C, dt_proj, eps, cfg=None):
+    """CPU stand-in for gemm.ssm_inputs: the engine's own eager ops on the summed partials."""
+    from hymba_deploy.serving.engine import dbc_norms
+
+    R, N = w_dt.shape[0], w_B.shape[0]
+    dt, Bm, Cm = dbc_norms(partials.sum(0).to(w_dt.dtype), w_dt, w_B, w_C, R, N, eps, dt_proj.shape[1])
+    return dt @ dt_proj.t(), Bm, Cm
+
+
+def test_triton_gemm_branch_of_the_decode_step_matches_cublas_branch(tiny, monkeypatch):
+    """The engine's Triton-kernel branch (split-K partials summed in add_partials_rms_norm and in
+    ssm_inputs) wired with CPU stand-ins of the kernels gives the cuBLAS branch's logits, past the window,
+    with splits that do not divide K evenly."""
+    from hymba_deploy.serving import engine as engine_mod
+    from hymba_deploy.serving.gemm import GemmConfig
+
+    monkeypatch.setattr(engine_mod.gemm, "linear_splitk", _torch_linear_splitk)
+    monkeypatch.setattr(engine_mod.gemm, "ssm_inputs", _torch_ssm_inputs)
+    ids = torch.randint(3, 257, (2, 18))
+    n_ctx = 18 + tiny.config.sliding_window + 8
+    plain = HymbaServingEngine(tiny, max_context=n_ctx, buckets=(2,))
+    tri = HymbaServingEngine(tiny, max_context=n_ctx, buckets=(2,),
+                             gemm_configs={"x_proj": GemmConfig(block_k=16, splits=7),
+                                           "out_proj": GemmConfig(block_k=16, splits=3),
+                                           "down_proj": GemmConfig(block_k=16, splits=5)})
+    tri.decode_gemms = "triton"                     # what _resolve_decode_gemms picks on a GPU with triton
+    assert set(tri.gemm_configs) == {"x_proj", "ssm_inputs", "out_proj", "down_proj"}
+    assert "down_proj" not in HymbaServingEngine(tiny, max_context=8, gemm_configs={"down_proj": None}).gemm_configs
+    caches = [plain.cache(2), tri.cache(2)]
+    logits = [e.prefill(ids, c) for e, c in zip((plain, tri), caches)]
+    for _ in range(tiny.config.sliding_window + 4):
+        step = logits[0].argmax(-1, keepdim=True)
+        logits = [e.decode(c, step) for e, c in zip((plain, tri), caches)]
+        assert rel_err(logits[1], logits[0]) < 1e-5
+
+
+def test_decode_gemm_choice_is_validated_and_cpu_runs_cublas(tiny):
+    assert HymbaServingEngine(tiny, max_context=8).decode_gemms == "cublas"
+    with pytest.raises(HymbaDeployError, match="needs a CUDA model in fp16/bf16"):
+        HymbaServingEngine(tiny, max_context=8, decode_gemms="triton")
+    with pytest.raises(HymbaDeployError, match="decode_gemms must be"):
+        HymbaServingEngine(tiny, max_context=8, decode_gemms="cutlass")
+
+
+def test_add_partials_rms_norm_is_add_rms_norm_of_the_sum():
+    from hymba_deploy.serving.engine import add_partials_rms_norm, add_rms_norm
+
+    h, w = torch.randn(4, 1, 48), torch.rand(48) + 0.5
+    parts = torch.randn(3, 4, 48, dtype=torch.float64).float()
+    got = add_partials_rms_norm(h, parts, w, 1e-6)
+    ref = add_rms_norm(h, parts.sum(0).unsqueeze(1), w, 1e-6)
+    assert all(rel_err(a, b) < 1e-6 for a, b in zip(got, ref))
+
+
+@pytest.mark.parametrize("K,block_k,splits", [(1600, 64, 4), (5504, 64, 4), (3200, 128, 3), (1000, 64, 3), (64, 64, 4)])
+def test_gemm_split_ranges_cover_k_once(K, block_k, splits):
+    from hymba_deploy.serving.gemm import GemmConfig
+
+    c = GemmConfig(block_k=block_k, splits=splits)
+    kps = c.k_per_split(K)
+    assert kps % block_k == 0
+    covered = [k for s in range(splits) for k in range(s * kps, min((s + 1) * kps, K))]
+    assert covered == list(range(K))
+    assert [c.block_m(m) for m in (1, 5, 16, 37, 128, 200)] == [16, 16, 16, 64, 128, 128]
+
+
+def test_bench_reads_gemm_tilings_and_names_a_bad_file(tmp_path):
+    from hymba_deploy.serving.bench import load_gemm_configs
+    from hymba_deploy.serving.gemm import GemmConfig
+
+    from hymba_deploy.serving.gemm import SsmInputsConfig
+
+    good = tmp_path / "best.json"
+    good.write_text('{"out_proj": {"block_n": 64, "block_k": 64, "splits": 4, "num_warps": 8, "num_stages": 5}, '
+                    '"ssm_inputs": {"block_m": 32, "block_i": 64, "programs_i": 2}, "down_proj": null}')
+    assert load_gemm_configs(str(good)) == {"out_proj": GemmConfig(64, 64, 4, 8, 5), "down_proj": None,
+                                            "ssm_inputs": SsmInputsConfig(32, 64, 2)}
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"out_proj": {"tile": 3}}')
+    with pytest.raises(HymbaDeployError, match="not a GEMM tiling file"):
+        load_gemm_configs(str(bad))

@@ -115,7 +115,8 @@ def decode_cuda(engine, batch: int, context: int, steps: int, eager_steps: int, 
 _CATEGORIES = (("attention (plugin kernel)", ("windowedAttention", "wad::decodeKernel", "wam::decodeMmaKernel")),
                ("scan (plugin kernel)", ("selectiveScan",)),
                ("conv (plugin kernel)", ("causalConv1d",)),
-               ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitK", "Kernel2", "nvjet")),
+               ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitK", "Kernel2", "nvjet",
+                           "_splitk_kernel", "_ssm_inputs_kernel")),
                ("fused elementwise (triton)", ("triton",)))
 
 
@@ -238,7 +239,8 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         batches=(1, 8, 32, 128), prefill=(1024, 4096, 8192), steps: int = 32, eager_steps: int = 4,
         reference: bool = True, ref_steps: int = 3, ref_graph_batches=(1, 8), seed: int = 0,
         log=print, out: str | None = None, uncompiled_batches=(1, 128), profile_batches=(1, 128),
-        no_overlap_batches=(1, 128), compile_reference_batches=()) -> dict:
+        no_overlap_batches=(1, 128), compile_reference_batches=(), gemm_ablation_batches=(1, 8, 32, 128),
+        gemm_configs: dict | None = None) -> dict:
     if not torch.cuda.is_available():
         raise HymbaDeployError("bench --backend cuda needs a CUDA GPU")
     from .. import cuda as backend
@@ -264,7 +266,8 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         "ssm_state_dtype_cuda": "float32 (updated in place by the scan kernel)",
         "cuda_engine": "serving cache + one CUDA graph per step and batch bucket (global-layer attention reads "
                        "its key count on the device; attention on a side stream beside the SSM branch) + "
-                       "torch.compile'd elementwise glue; plugin kernels for scan/conv/attention",
+                       "torch.compile'd elementwise glue; plugin kernels for scan/conv/attention; Triton kernels "
+                       "(serving/gemm.py) for x_proj + dt/B/C norms + dt_proj and split-K out_proj/down_proj",
         "timing": "CUDA events; decode: mean over steps after warm-up; prefill: median",
     }
     import hashlib
@@ -285,7 +288,9 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
     log(f"bw {bw / 1e9:.0f} GB/s, weights {wbytes / 1e9:.2f} GB", flush=True)
 
     max_context = max([context + steps + eager_steps + 8, *prefill])
-    engine = HymbaServingEngine(model, max_context=max_context, buckets=batches)
+    engine = HymbaServingEngine(model, max_context=max_context, buckets=batches, gemm_configs=gemm_configs)
+    res["decode_gemms"] = {"mode": engine.decode_gemms,
+                           "configs": {k: c.as_dict() for k, c in engine.gemm_configs.items()}}
     res["cuda"] = {"decode": [], "prefill": []}
     for b in batches:
         got, r, ooms = _oom_halving(b, lambda bb: decode_cuda(engine, bb, context, steps, eager_steps, bw, wbytes))
@@ -306,8 +311,10 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
             log(f"cuda {key}", json.dumps(r), flush=True)
             dump()
     # Ablations, same run: graphs without the compiled elementwise glue; SWA attention not overlapped;
-    # K/V cache stored time-major; SSM-branch stream priority forced off / on (default: by batch).
+    # K/V cache stored time-major; SSM-branch stream priority forced off / on (default: by batch); the decode
+    # GEMMs on cuBLAS + compiled glue / on the gemm.py kernels (the default where triton runs).
     for key, kw, ablation_batches in (
+            ("decode_graphs_cublas_gemms", dict(decode_gemms="cublas"), gemm_ablation_batches),
             ("decode_graphs_uncompiled_elementwise", dict(compile_elementwise=False), uncompiled_batches),
             ("decode_graphs_no_attention_overlap", dict(overlap_attention=False), no_overlap_batches),
             ("decode_graphs_time_major_kv", dict(kv_layout="time_major"), no_overlap_batches),
@@ -316,7 +323,8 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         res["cuda"][key] = []
         if not ablation_batches:
             continue
-        ablated = HymbaServingEngine(model, max_context=max_context, buckets=batches, **kw)
+        ablated = HymbaServingEngine(model, max_context=max_context, buckets=batches,
+                                     **{"gemm_configs": gemm_configs, **kw})
         for b in ablation_batches:
             got, r, ooms = _oom_halving(b, lambda bb: decode_cuda(ablated, bb, context, steps, 0, bw, wbytes))
             entry = {"requested_batch": b, "oom_batches": ooms, **(r or {})}
@@ -330,7 +338,7 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         model.backend = "reference"
         res["reference"] = {"decode_eager": [], "decode_engine_graphs": [], "prefill": []}
         ref_engine = HymbaServingEngine(model, max_context=max_context, buckets=batches, backend="reference",
-                                        ssm_state_dtype=torch_dtype)
+                                        ssm_state_dtype=torch_dtype, decode_gemms="cublas")
         for n in prefill:
             try:
                 r = prefill_ms(ref_engine, n, 1)
@@ -367,6 +375,20 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
     return res
 
 
+def load_gemm_configs(path: str) -> dict:
+    """{name: GemmConfig, "ssm_inputs": SsmInputsConfig} from JSON (`gemm_bench --best-out`); null keeps a GEMM
+    on cuBLAS."""
+    from .gemm import GemmConfig, SsmInputsConfig
+
+    with open(path) as f:
+        data = json.load(f)
+    try:
+        return {name: None if fields is None else (SsmInputsConfig if name == "ssm_inputs" else GemmConfig)(**fields)
+                for name, fields in data.items()}
+    except TypeError as e:
+        raise HymbaDeployError(f"{path}: not a GEMM tiling file ({e})") from None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Hymba serving benchmark (cuda backend vs reference)")
     ap.add_argument("--out", default=None)
@@ -384,6 +406,10 @@ def main(argv=None) -> int:
     ap.add_argument("--no-overlap-batches", default="1,128",
                     help="also time these batches with SWA attention on the main stream and with a time-major "
                          "K/V cache (ablations)")
+    ap.add_argument("--gemm-ablation-batches", default="1,8,32,128",
+                    help="also time these batches with the decode GEMMs on cuBLAS instead of the Triton kernels")
+    ap.add_argument("--gemm-configs", default=None,
+                    help="JSON file of Triton GEMM tilings by name (gemm_bench --best-out), instead of the defaults")
     ap.add_argument("--no-reference", action="store_true")
     ap.add_argument("--compile-reference-batches", default="",
                     help="also time the reference model under torch.compile at these batches (compiles for minutes)")
@@ -395,7 +421,9 @@ def main(argv=None) -> int:
                   args.eager_steps, not args.no_reference, args.ref_steps, ints(args.ref_graph_batches), args.seed,
                   out=args.out, uncompiled_batches=ints(args.uncompiled_batches),
                   profile_batches=ints(args.profile_batches), no_overlap_batches=ints(args.no_overlap_batches),
-                  compile_reference_batches=ints(args.compile_reference_batches))
+                  compile_reference_batches=ints(args.compile_reference_batches),
+                  gemm_ablation_batches=ints(args.gemm_ablation_batches),
+                  gemm_configs=load_gemm_configs(args.gemm_configs) if args.gemm_configs else None)
     except HymbaDeployError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -17,6 +17,13 @@ Streams: SWA-layer attention (and global-layer attention inside graphs) runs on 
 parallel with the layer's SSM branch (conv, x_proj, dt_proj, scan), and joins before the fusion; in
 captured graphs of large batches the SSM branch's stream has the higher priority (`ssm_priority`).
 
+Decode GEMMs (`decode_gemms`): on a CUDA fp16/bf16 model with triton installed, the SSM branch between the
+conv and the scan is two Triton launches (x_proj split over K, then `gemm.ssm_inputs`: its sum, the dt/B/C
+RMSNorms and dt_proj) where cuBLAS + inductor took seven, and out_proj / down_proj are split over K with
+their partial sums added inside the next RMSNorm kernel. Otherwise (or decode_gemms='cublas') F.linear and
+the compiled glue. H200, batch 128: 6.51 vs 6.75 ms per step; batch 8: 3.21 vs 3.83 ms
+(bench/results/serving_cuda_h200_triton_gemms_2026-11-27.md).
+
 Batch buckets: a batch of b sequences runs in the smallest bucket ≥ b (rows beyond b are padding whose
 results are dropped; every kernel is row-independent).
 """
@@ -31,7 +38,9 @@ import torch.nn.functional as F
 from .. import cuda as cuda_backend
 from ..errors import HymbaDeployError
 from ..model import apply_rotary
+from . import gemm
 from .cache import DynamicCacheView, HymbaServingCache
+from .gemm import GemmConfig, SsmInputsConfig
 from .sampling import SamplingParams, make_generator, sample
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -85,8 +94,26 @@ def silu_mul(g, u):
     return F.silu(g) * u
 
 
+def add_partials_rms_norm(h, partials, weight, eps: float):
+    """add_rms_norm where delta arrives as split-K partial sums (S, B, H) of a GEMM (`gemm.linear_splitk`):
+    summed in fp32 and rounded to h's dtype, as a GEMM's own output would be."""
+    return add_rms_norm(h, partials.sum(0).to(h.dtype).reshape(h.shape), weight, eps)
+
+
 _ELEMENTWISE = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "rope": rope, "rope_store": rope_store,
-                "dbc_norms": dbc_norms, "fuse_branches": fuse_branches, "silu_mul": silu_mul}
+                "dbc_norms": dbc_norms, "fuse_branches": fuse_branches, "silu_mul": silu_mul,
+                "add_partials_rms_norm": add_partials_rms_norm}
+
+# Triton kernels of the decode step (`gemm.py`), by the GEMM they replace: x_proj split over K, then its sum,
+# the dt/B/C norms and dt_proj in one kernel ("ssm_inputs": that kernel's launch); out_proj and down_proj
+# split over K with their partials summed in add_partials_rms_norm. Tilings chosen on an H200 at batch 128 by
+# whole decode steps (gemm_step_ab; bench/results/serving_cuda_h200_triton_gemms_2026-11-27.md: the fastest
+# tilings of the kernels alone lost inside the step); used at every batch. A name mapped to None in
+# `gemm_configs` keeps that GEMM on cuBLAS.
+TRITON_GEMMS = {"x_proj": GemmConfig(block_n=32, block_k=64, splits=5, num_warps=4, num_stages=3),
+                "ssm_inputs": SsmInputsConfig(block_m=16, block_i=64, programs_i=20),
+                "out_proj": GemmConfig(block_n=64, block_k=64, splits=4, num_warps=8, num_stages=5),
+                "down_proj": GemmConfig(block_n=64, block_k=128, splits=4, num_warps=8, num_stages=4)}
 
 
 def select_bucket(batch: int, buckets: Iterable[int] = DEFAULT_BUCKETS) -> int:
@@ -209,7 +236,8 @@ class HymbaServingEngine:
     def __init__(self, model, max_context: int, buckets: Iterable[int] = DEFAULT_BUCKETS,
                  eviction: str = "upstream", ssm_state_dtype: torch.dtype | None = None,
                  use_graphs: bool = True, backend: str | None = None, compile_elementwise: bool | None = None,
-                 overlap_attention: bool = True, kv_layout: str = "head_major", prioritize_ssm: bool | None = None):
+                 overlap_attention: bool = True, kv_layout: str = "head_major", prioritize_ssm: bool | None = None,
+                 decode_gemms: str | None = None, gemm_configs: dict | None = None):
         self.model = model
         self.config = model.config
         self.backend = backend or getattr(model, "backend", cuda_backend.get_backend())
@@ -226,6 +254,8 @@ class HymbaServingEngine:
         self.compile_elementwise = compile_elementwise
         self.fn = {name: torch.compile(f, fullgraph=True) if compile_elementwise else f
                    for name, f in _ELEMENTWISE.items()}
+        self.decode_gemms = self._resolve_decode_gemms(decode_gemms)
+        self.gemm_configs = {k: c for k, c in {**TRITON_GEMMS, **(gemm_configs or {})}.items() if c is not None}
         I = self.config.d_inner
         blocks = [layer.mamba for layer in model.model.layers]
         # Per-layer constants the reference recomputes each call (same values): A, D, dt bias in fp32.
@@ -281,6 +311,17 @@ class HymbaServingEngine:
         if model.lm_head.weight is not emb:                 # untied checkpoints: pad lm_head on its own
             lm_head = _pad_rows_(model.lm_head.weight, 8)
         return gate_up, x_proj, dt_proj, lm_head            # lm_head: (V rounded up to 8, H)
+
+    def _resolve_decode_gemms(self, choice: str | None) -> str:
+        """'cublas' (F.linear and the compiled glue everywhere) or 'triton' (the gemm.py kernels where the
+        engine has tilings); None: 'triton' where it can run (CUDA, fp16/bf16, triton installed)."""
+        if choice not in (None, "cublas", "triton"):
+            raise HymbaDeployError(f"decode_gemms must be 'cublas' or 'triton', got {choice!r}")
+        runnable = self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16) and gemm.available()
+        if choice == "triton" and not runnable:
+            raise HymbaDeployError("decode_gemms='triton' needs a CUDA model in fp16/bf16 and triton installed "
+                                   f"(model: {self.device.type}, {self.dtype})")
+        return choice or ("triton" if runnable else "cublas")
 
     def _logits(self, u: torch.Tensor) -> torch.Tensor:
         """u (B, H) final-normed hidden -> logits (B, V) fp32, through the padded lm_head buffer."""
@@ -367,6 +408,7 @@ class HymbaServingEngine:
         # Key count of the global layers after this token, as a device tensor when the kernels read it
         # there: their attention then joins the graph; otherwise it runs eagerly between graph segments.
         global_kv_len = (pos + 1).to(torch.int32) if kern.device_kv_len(pos.device) else None
+        tri = self.gemm_configs if self.decode_gemms == "triton" else {}   # Triton GEMMs (gemm.py) by name
         u = fn["rms_norm"](h, layers[0].input_layernorm.weight, eps)        # (B, 1, H)
         for i, layer in enumerate(layers):
             blk = layer.mamba
@@ -402,23 +444,35 @@ class HymbaServingEngine:
                         kern.attn(*kv, attn, kv_len)
             # 3. SSM heads: conv and scan at T = 1, states updated in place.
             xc = kern.conv_(x, self._conv_w[i], blk.conv1d.bias, cache.conv[i])            # (B, 1, I)
-            dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, self._x_proj[i]), blk.dt_layernorm.weight,
-                                         blk.B_layernorm.weight, blk.C_layernorm.weight, R, N, eps,
-                                         self._dt_proj[i].shape[1])         # x_proj, dt_proj: padded copies
-            dt = F.linear(dt, self._dt_proj[i])                             # (B, 1, I), bias joins in the scan
+            norms = (blk.dt_layernorm.weight, blk.B_layernorm.weight, blk.C_layernorm.weight)
+            if "x_proj" in tri:                                             # 2 launches: x_proj, then the rest
+                part = gemm.linear_splitk(xc.reshape(B, I), self._x_proj[i], tri["x_proj"])
+                dt, Bm, Cm = (t.unsqueeze(1) for t in gemm.ssm_inputs(part, *norms, self._dt_proj[i], eps,
+                                                                                tri.get("ssm_inputs")))
+            else:
+                dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, self._x_proj[i]), *norms, R, N, eps,
+                                             self._dt_proj[i].shape[1])     # x_proj, dt_proj: padded copies
+                dt = F.linear(dt, self._dt_proj[i])                         # (B, 1, I), bias joins in the scan
             y = kern.scan_(xc, dt, self._A[i], Bm, Cm, self._D[i], z, self._dt_bias[i], cache.ssm[i])
             if side is not None:
                 torch.cuda.current_stream().wait_stream(side)
             attn = attn.reshape(B, 1, Hq * d_v)                             # (B, 1, I)
             # 4. Fusion, out_proj, residual; then the MLP and the next layer's input norm.
-            mixed = blk.out_proj(fn["fuse_branches"](attn, blk.pre_avg_layernorm1.weight, y,
-                                                     blk.pre_avg_layernorm2.weight, eps))
-            h, v_ = fn["add_rms_norm"](h, mixed, layer.pre_moe_layernorm.weight, eps)
+            fused = fn["fuse_branches"](attn, blk.pre_avg_layernorm1.weight, y, blk.pre_avg_layernorm2.weight, eps)
             mlp = layer.moe.experts[0]
-            gate, up = F.linear(v_, self._gate_up[i]).chunk(2, dim=-1)      # packed gate/up rows
-            delta = mlp.down_proj(fn["silu_mul"](gate, up))
             next_w = layers[i + 1].input_layernorm.weight if i + 1 < len(layers) else m.final_layernorm.weight
-            h, u = fn["add_rms_norm"](h, delta, next_w, eps)                 # u: next input (or final) norm
+            if "out_proj" in tri:                                           # split-K partials, summed in the norm
+                part = gemm.linear_splitk(fused.reshape(B, I), blk.out_proj.weight, tri["out_proj"])
+                h, v_ = fn["add_partials_rms_norm"](h, part, layer.pre_moe_layernorm.weight, eps)
+            else:
+                h, v_ = fn["add_rms_norm"](h, blk.out_proj(fused), layer.pre_moe_layernorm.weight, eps)
+            gate, up = F.linear(v_, self._gate_up[i]).chunk(2, dim=-1)      # packed gate/up rows
+            act = fn["silu_mul"](gate, up)
+            if "down_proj" in tri:
+                part = gemm.linear_splitk(act.reshape(B, -1), mlp.down_proj.weight, tri["down_proj"])
+                h, u = fn["add_partials_rms_norm"](h, part, next_w, eps)    # u: next input (or final) norm
+            else:
+                h, u = fn["add_rms_norm"](h, mlp.down_proj(act), next_w, eps)
         logits = self._logits(u[:, -1])                                     # (B, V)
         cache.pos += 1
         return logits

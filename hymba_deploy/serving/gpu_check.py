@@ -9,8 +9,10 @@
    `hymba-1.5b`-shaped random weights (prompt 1000, 160 new tokens: 136 past the 1024 window), batch 2:
    reference backend `model.generate` vs the serving engine with CUDA graphs, without graphs, and the
    model's own forward on the cuda backend.
+   The Triton decode kernels (gemm.py) against float64 references, fp16 and bf16.
 4. bf16 logits: teacher-forced over the reference's tokens, per-step norm-relative error of the engine's
-   logits against the reference backend's (both with bf16 SSM state, as upstream).
+   logits against the reference backend's (both with bf16 SSM state, as upstream). The engine runs its
+   default decode GEMMs (the Triton kernels of gemm.py where triton is installed), and once with cuBLAS.
 Exit status 1 when any check fails. Without CUDA it prints why and exits 0 (nothing to check).
 """
 
@@ -135,6 +137,53 @@ def check_ops(ext, device) -> list[dict]:
     return out
 
 
+def check_gemms(device, configs: dict | None = None) -> list[dict]:
+    """The Triton decode kernels (gemm.py) against their float64 references: split-K with the engine's tilings
+    on the hymba-1.5b shapes and on shapes whose K is no multiple of the K tile; `ssm_inputs` on the
+    hymba-1.5b widths (R = 100, N = 16, padded x_proj rows and dt_proj columns) and on tiny-model widths;
+    1 to 200 rows (two row tiles), fresh random inputs, fp16 and bf16. configs: the engine's tilings
+    (TRITON_GEMMS) with these replacing some."""
+    from . import gemm
+    from .engine import TRITON_GEMMS
+
+    tilings = {**TRITON_GEMMS, **(configs or {})}
+
+    if not gemm.available():
+        return [{"op": "triton_gemms", "error": "triton not importable", "pass": False}]
+    out = []
+    g = torch.Generator(device=device).manual_seed(int(time.time()))
+
+    def rnd(*shape, dtype, scale=1.0):
+        return (torch.randn(shape, generator=g, device=device) * scale).to(dtype)
+
+    cases = [((136, 3200), tilings.get("x_proj")), ((1600, 3200), tilings.get("out_proj")),
+             ((1600, 5504), tilings.get("down_proj")), ((200, 1000), gemm.GemmConfig(64, 64, 3, 4, 3)),
+             ((40, 96), gemm.GemmConfig(32, 64, 2, 4, 3))]
+    cases = [(shape, cfg) for shape, cfg in cases if cfg is not None]
+    for dtype in (torch.bfloat16, torch.float16):
+        for (N, K), cfg in cases:
+            for M in (1, 5, 37, 128, 200):
+                x, w = rnd(M, K, dtype=dtype), rnd(N, K, dtype=dtype, scale=K ** -0.5)
+                e = rel_err(gemm.linear_splitk(x, w, cfg).float().sum(0), gemm.linear_reference(x, w))
+                out.append({"op": "linear_splitk", "dtype": str(dtype), "M": M, "N": N, "K": K,
+                            "config": cfg.as_dict(), "rel_err": e, "pass": bool(e <= TOL[dtype])})
+        for (I, R, N, pad, S), cfg in (((3200, 100, 16, 8, 10), tilings.get("ssm_inputs")),
+                                       ((128, 4, 8, 8, 3), gemm.SsmInputsConfig(32, 64, 3)),
+                                       ((320, 20, 16, 1, 1), gemm.SsmInputsConfig(16, 128, 1))):
+            for M in (1, 37, 128, 200):
+                wd, wb, wc = (rnd(n, dtype=dtype, scale=0.3) + 1 for n in (R, N, N))
+                dtw = torch.zeros(I, -(-R // pad) * pad, device=device, dtype=dtype)
+                dtw[:, :R] = rnd(I, R, dtype=dtype, scale=R ** -0.5)
+                parts = rnd(S, M, -(-(R + 2 * N) // pad) * pad, dtype=torch.float32 if S > 1 else dtype)
+                xp = parts.float().sum(0).to(dtype)                         # the x_proj output the model sees
+                got = gemm.ssm_inputs(parts, wd, wb, wc, dtw, 1e-6, cfg)
+                ref = gemm.ssm_inputs_reference(xp, wd, wb, wc, dtw, 1e-6)
+                e = max(rel_err(a, b) for a, b in zip(got, ref))
+                out.append({"op": "ssm_inputs", "dtype": str(dtype), "M": M, "I": I, "R": R, "N": N, "splits": S,
+                            "config": cfg and cfg.as_dict(), "rel_err": e, "pass": bool(e <= TOL[dtype])})
+    return out
+
+
 def check_greedy(spec: str, batch: int, prompt: int, new: int, device, seed: int) -> dict:
     from .. import cuda as backend
     from .engine import HymbaServingEngine
@@ -194,7 +243,8 @@ def _teacher_forced(model, ids, new, tokens=None):
     return logits, chosen
 
 
-def check_bf16_logits(spec: str, batch: int, prompt: int, new: int, device, seed: int) -> dict:
+def check_bf16_logits(spec: str, batch: int, prompt: int, new: int, device, seed: int,
+                      gemm_configs: dict | None = None) -> dict:
     """bf16 logits, teacher-forced on the fp32 reference's greedy tokens. The bar follows PyTorch's own
     bf16 error (house rule 8): the engine's error against the fp32 reference must be at most twice the
     reference backend's bf16 error against the same fp32 reference."""
@@ -212,8 +262,9 @@ def check_bf16_logits(spec: str, batch: int, prompt: int, new: int, device, seed
     backend.set_backend("cuda")
     model.backend = "cuda"
     out = {"reference_bf16_vs_fp32": {"max_rel_err": max(ref16_err), "mean_rel_err": sum(ref16_err) / new}}
-    variants = (("engine_bf16_state", dict(ssm_state_dtype=torch.bfloat16)),
-                ("engine_fp32_state", dict(ssm_state_dtype=torch.float32)))
+    variants = (("engine_bf16_state", dict(ssm_state_dtype=torch.bfloat16, gemm_configs=gemm_configs)),
+                ("engine_fp32_state", dict(ssm_state_dtype=torch.float32, gemm_configs=gemm_configs)),
+                ("engine_fp32_state_cublas_gemms", dict(ssm_state_dtype=torch.float32, decode_gemms="cublas")))
     for state_name, kw in variants:
         engine = HymbaServingEngine(model, max_context=prompt + new, buckets=(batch,), **kw)
         c = engine.cache(batch)
@@ -224,7 +275,8 @@ def check_bf16_logits(spec: str, batch: int, prompt: int, new: int, device, seed
             lg.append(engine.decode(c, tokens[t - 1]).clone())
         e32 = [rel_err(a, b) for a, b in zip(lg, ref32)]
         e16 = [rel_err(a, b) for a, b in zip(lg, ref16)]
-        out[state_name] = {"vs_fp32_max_rel_err": max(e32), "vs_fp32_mean_rel_err": sum(e32) / new,
+        out[state_name] = {"decode_gemms": engine.decode_gemms,
+                           "vs_fp32_max_rel_err": max(e32), "vs_fp32_mean_rel_err": sum(e32) / new,
                            "vs_reference_bf16_max_rel_err": max(e16)}
         engine.release()
     bound = 2 * max(ref16_err) + 1e-3
@@ -240,6 +292,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--quick", action="store_true", help="tiny model only")
+    ap.add_argument("--gemm-configs", default=None,
+                    help="JSON file of Triton decode tilings (gemm_bench --best-out) to check instead of the defaults")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("gpu_check: skipped, no CUDA device (the cuda backend and CUDA graphs need one)")
@@ -258,17 +312,22 @@ def main(argv=None) -> int:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=2)
     print(f"extension ready in {results['extension_build_s']:.1f} s", flush=True)
-    results["ops"] = check_ops(ext, device)
+    from .bench import load_gemm_configs
+
+    gemm_configs = load_gemm_configs(args.gemm_configs) if args.gemm_configs else None
+    results["gemm_configs"] = args.gemm_configs and {k: c and c.as_dict() for k, c in gemm_configs.items()}
+    results["ops"] = check_ops(ext, device) + check_gemms(device, gemm_configs)
     print(json.dumps(results["ops"], indent=1), flush=True)
     dump()
     results["greedy"], results["bf16"] = [], []
-    stages = [("greedy", check_greedy, ("tiny", 2, 24, 96)), ("bf16", check_bf16_logits, ("tiny", 2, 24, 48))]
+    stages = [("greedy", check_greedy, ("tiny", 2, 24, 96), {}),
+              ("bf16", check_bf16_logits, ("tiny", 2, 24, 48), dict(gemm_configs=gemm_configs))]
     if not args.quick:
-        stages += [("greedy", check_greedy, ("hymba-1.5b", 2, 1000, 160)),
-                   ("bf16", check_bf16_logits, ("hymba-1.5b", 2, 1000, 64))]
-    for kind, fn, fargs in stages:
+        stages += [("greedy", check_greedy, ("hymba-1.5b", 2, 1000, 160), {}),
+                   ("bf16", check_bf16_logits, ("hymba-1.5b", 2, 1000, 64), dict(gemm_configs=gemm_configs))]
+    for kind, fn, fargs, kw in stages:
         try:
-            r = fn(*fargs, device, 0)
+            r = fn(*fargs, device, 0, **kw)
         except Exception as e:                                              # recorded; later stages still run
             r = {"model": fargs[0], "error": traceback.format_exc()[-3000:], "pass": False}
             print(f"{kind} {fargs[0]} failed: {e}", flush=True)

@@ -1,0 +1,222 @@
+"""Triton kernels for the decode step's GEMMs where cuBLAS leaves weight bandwidth or launches on the table.
+
+At batch 128 the big decode GEMMs are weight-bandwidth-bound (128 rows: ~128 flop per weight byte, under the
+~300 an H100/H200 needs to be compute-bound), and the SSM branch is a chain of small dependent launches that
+runs beside attention. Two kernels:
+
+- `linear_splitk`: y = x @ w.T with K split as well as N, so that an output-narrow GEMM (out_proj, down_proj:
+  N = hidden = 1600, 13 tiles of 128 for 132 SMs; x_proj: N = 136) still spreads over every SM. Each split
+  writes fp32 partial sums (S, M, N); the consumer adds them up in its own kernel (`add_partials_rms_norm`
+  in engine.py, `ssm_inputs` below), so the split costs no launch of its own.
+- `ssm_inputs`: the SSM branch between x_proj and the scan in one kernel: sum of x_proj's partials, the
+  three RMSNorms of dt, B and C (§2.3 step 3b), and dt_proj (step 3c). cuBLAS + inductor took six
+  launches here (x_proj's split-K reduce, four norm kernels, dt_proj).
+
+References beside them (`linear_reference`, `ssm_inputs_reference`); the numerics differ from cuBLAS and the
+eager ops only in summation order. Timings and the sweep behind the engine's tilings: `gemm_bench.py`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:          # CPU installs: the engine never selects these kernels there
+    triton = None
+
+
+def available() -> bool:
+    return triton is not None and torch.cuda.is_available()
+
+
+def linear_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """x (M, K) @ w (N, K).T in float64."""
+    return x.double() @ w.double().t()
+
+
+def _rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HymbaRMSNorm in float64 (x already rounded to the activation dtype)."""
+    x = x.double()
+    return weight.double() * x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+
+
+def ssm_inputs_reference(xp: torch.Tensor, w_dt: torch.Tensor, w_B: torch.Tensor, w_C: torch.Tensor,
+                         dt_proj: torch.Tensor, eps: float):
+    """x_proj output xp (M, ≥ R + 2N) -> (dt_proj(norm(dt)), norm(B), norm(C)) in float64; dt_proj (I, ≥ R)
+    (zero columns past R allowed)."""
+    R, N = w_dt.shape[0], w_B.shape[0]
+    dt, Bm, Cm = xp[:, :R], xp[:, R:R + N], xp[:, R + N:R + 2 * N]
+    dt = _rms_norm_reference(dt, w_dt, eps)
+    return (dt @ dt_proj[:, :R].double().t(), _rms_norm_reference(Bm, w_B, eps),
+            _rms_norm_reference(Cm, w_C, eps))
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """One tiling. block_m is the most rows one program covers (smaller batches take a smaller power of two).
+    splits: K ranges (linear_splitk only)."""
+    block_n: int = 64
+    block_k: int = 64
+    splits: int = 1
+    num_warps: int = 8
+    num_stages: int = 4
+
+    def block_m(self, M: int) -> int:
+        return min(128, max(16, 1 << (M - 1).bit_length()))
+
+    def k_per_split(self, K: int) -> int:
+        per = -(-K // self.splits)
+        return -(-per // self.block_k) * self.block_k
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SsmInputsConfig:
+    """`ssm_inputs` launch: programs of block_m rows × one of programs_i channel ranges (dt_proj tiles of
+    block_i channels, looped)."""
+    block_m: int = 16
+    block_i: int = 128
+    programs_i: int = 4
+    num_warps: int = 4
+    num_stages: int = 3
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+if triton is not None:
+    @triton.jit
+    def _splitk_kernel(x_ptr, w_ptr, out_ptr, M, N, K, k_per_split, stride_xm, stride_wn, stride_os, stride_om,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr):
+        pid_n = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        pid_m = tl.program_id(2)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rk = tl.arange(0, BLOCK_K)
+        k0 = pid_s * k_per_split
+        k1 = tl.minimum(k0 + k_per_split, K)
+        x_ptrs = x_ptr + rm[:, None] * stride_xm + (k0 + rk)[None, :]
+        w_ptrs = w_ptr + rn[:, None] * stride_wn + (k0 + rk)[None, :]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k in range(k0, k1, BLOCK_K):
+            if EVEN_K:                                          # K and k_per_split multiples of BLOCK_K
+                a = tl.load(x_ptrs, mask=rm[:, None] < M, other=0.0)
+                b = tl.load(w_ptrs, mask=rn[:, None] < N, other=0.0)
+            else:
+                kmask = (k + rk) < k1
+                a = tl.load(x_ptrs, mask=(rm[:, None] < M) & kmask[None, :], other=0.0)
+                b = tl.load(w_ptrs, mask=(rn[:, None] < N) & kmask[None, :], other=0.0)
+            acc = tl.dot(a, tl.trans(b), acc)
+            x_ptrs += BLOCK_K
+            w_ptrs += BLOCK_K
+        out = out_ptr + pid_s * stride_os + rm[:, None] * stride_om + rn[None, :]
+        tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+    @triton.jit
+    def _rms_norm_rows(x, w_ptr, cols, n: tl.constexpr, eps, dtype: tl.constexpr):
+        """HymbaRMSNorm of the rows of x (fp32, zero past column n), as the model rounds it."""
+        x = x.to(dtype).to(tl.float32)                          # the x_proj output, in the activation dtype
+        x = x * tl.rsqrt(tl.sum(x * x, axis=1) / n + eps)[:, None]
+        w = tl.load(w_ptr + cols, mask=cols < n, other=0.0).to(tl.float32)
+        return (w[None, :] * x.to(dtype).to(tl.float32)).to(dtype)
+
+    @triton.jit
+    def _ssm_inputs_kernel(part_ptr, S, M, stride_ps, stride_pm, wdt_ptr, wB_ptr, wC_ptr, dtw_ptr, stride_dtw,
+                           dt_ptr, B_ptr, C_ptr, I, i_per_prog, eps, R: tl.constexpr, N: tl.constexpr,
+                           BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_R: tl.constexpr,
+                           BLOCK_N: tl.constexpr):
+        """Program (row block, channel range): sums x_proj's partials for its rows, normalises dt, B, C, then
+        runs dt_proj over channels [pid_i · i_per_prog, +i_per_prog) in tiles of BLOCK_I. Each program
+        re-reads its rows' partials (from L2), so few channel ranges keep that cheap."""
+        pid_m = tl.program_id(0)
+        pid_i = tl.program_id(1)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rr = tl.arange(0, BLOCK_R)
+        rn = tl.arange(0, BLOCK_N)
+        row = rm[:, None] < M
+        p = part_ptr + rm[:, None] * stride_pm
+        acc_dt = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        acc_b = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        acc_c = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for s in range(S):                                      # x_proj = sum of its split-K partials
+            acc_dt += tl.load(p + rr[None, :], mask=row & (rr[None, :] < R), other=0.0).to(tl.float32)
+            acc_b += tl.load(p + R + rn[None, :], mask=row & (rn[None, :] < N), other=0.0).to(tl.float32)
+            acc_c += tl.load(p + R + N + rn[None, :], mask=row & (rn[None, :] < N), other=0.0).to(tl.float32)
+            p += stride_ps
+        dtype = dt_ptr.dtype.element_ty
+        dt = _rms_norm_rows(acc_dt, wdt_ptr, rr, R, eps, dtype)                 # (BLOCK_M, BLOCK_R), 0 past R
+        if pid_i == 0:
+            bm = _rms_norm_rows(acc_b, wB_ptr, rn, N, eps, dtype)
+            cm = _rms_norm_rows(acc_c, wC_ptr, rn, N, eps, dtype)
+            tl.store(B_ptr + rm[:, None] * N + rn[None, :], bm, mask=row & (rn[None, :] < N))
+            tl.store(C_ptr + rm[:, None] * N + rn[None, :], cm, mask=row & (rn[None, :] < N))
+        i0 = pid_i * i_per_prog
+        i1 = tl.minimum(i0 + i_per_prog, I)
+        for i in range(i0, i1, BLOCK_I):                        # dt_proj rows (output channels)
+            ri = i + tl.arange(0, BLOCK_I)
+            w = tl.load(dtw_ptr + ri[:, None] * stride_dtw + rr[None, :],
+                        mask=(ri[:, None] < i1) & (rr[None, :] < R), other=0.0)
+            out = tl.dot(dt, tl.trans(w))                       # (BLOCK_M, BLOCK_I) fp32
+            tl.store(dt_ptr + rm[:, None] * I + ri[None, :], out.to(dtype), mask=row & (ri[None, :] < i1))
+
+
+def _check(x: torch.Tensor, w: torch.Tensor, what: str) -> tuple[int, int, int]:
+    if triton is None:
+        raise RuntimeError(f"{what} needs triton (a CUDA build of torch)")
+    M, K = x.shape
+    N, Kw = w.shape
+    if Kw != K or x.stride(1) != 1 or w.stride(1) != 1 or x.dtype != w.dtype:
+        raise ValueError(f"{what}: x {tuple(x.shape)} {x.dtype} / w {tuple(w.shape)} {w.dtype} must share K "
+                         "(unit stride) and dtype")
+    return M, N, K
+
+
+def linear_splitk(x: torch.Tensor, w: torch.Tensor, cfg: GemmConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K), w (N, K) -> partial sums (cfg.splits, M, N) of x @ w.T: fp32 when cfg.splits > 1, else
+    x's dtype (then out[0] is the finished product)."""
+    M, N, K = _check(x, w, "linear_splitk")
+    if out is None:
+        out = torch.empty(cfg.splits, M, N, device=x.device, dtype=torch.float32 if cfg.splits > 1 else x.dtype)
+    bm, kps = cfg.block_m(M), cfg.k_per_split(K)
+    grid = (triton.cdiv(N, cfg.block_n), cfg.splits, triton.cdiv(M, bm))
+    _splitk_kernel[grid](x, w, out, M, N, K, kps, x.stride(0), w.stride(0), out.stride(0), out.stride(1),
+                         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                         EVEN_K=K % cfg.block_k == 0 and kps % cfg.block_k == 0,
+                         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out
+
+
+def ssm_inputs(partials: torch.Tensor, w_dt: torch.Tensor, w_B: torch.Tensor, w_C: torch.Tensor,
+               dt_proj: torch.Tensor, eps: float, cfg: SsmInputsConfig = None):
+    """x_proj's partial sums (S, M, ≥ R + 2N) (`linear_splitk`; S = 1 in the activation dtype allowed) ->
+    dt (M, I) = dt_proj(RMSNorm(dt)), B (M, N), C (M, N) = RMSNorm(B), RMSNorm(C), in w_dt's dtype.
+    dt_proj (I, ≥ R): zero columns past R (the engine's padded copy) are never read."""
+    if triton is None:
+        raise RuntimeError("ssm_inputs needs triton (a CUDA build of torch)")
+    cfg = cfg or SsmInputsConfig()
+    S, M, W = partials.shape
+    R, N, I = w_dt.shape[0], w_B.shape[0], dt_proj.shape[0]
+    if W < R + 2 * N or partials.stride(2) != 1 or dt_proj.shape[1] < R or dt_proj.stride(1) != 1:
+        raise ValueError(f"ssm_inputs: partials {tuple(partials.shape)} / dt_proj {tuple(dt_proj.shape)} do not "
+                         f"fit R = {R}, N = {N}")
+    dtype = w_dt.dtype
+    dt = torch.empty(M, I, device=partials.device, dtype=dtype)
+    Bm = torch.empty(M, N, device=partials.device, dtype=dtype)
+    Cm = torch.empty(M, N, device=partials.device, dtype=dtype)
+    bm = min(cfg.block_m, max(16, 1 << (M - 1).bit_length()))
+    i_per_prog = -(-I // cfg.programs_i)
+    i_per_prog = -(-i_per_prog // cfg.block_i) * cfg.block_i
+    grid = (triton.cdiv(M, bm), triton.cdiv(I, i_per_prog))
+    _ssm_inputs_kernel[grid](partials, S, M, partials.stride(0), partials.stride(1), w_dt, w_B, w_C, dt_proj,
+                             dt_proj.stride(0), dt, Bm, Cm, I, i_per_prog, eps, R=R, N=N, BLOCK_M=bm,
+                             BLOCK_I=cfg.block_i, BLOCK_R=max(16, triton.next_power_of_2(R)),
+                             BLOCK_N=max(16, triton.next_power_of_2(N)), num_warps=cfg.num_warps,
+                             num_stages=cfg.num_stages)
+    return dt, Bm, Cm

@@ -1,0 +1,84 @@
+"""Choose the Triton decode tilings by the decode step itself, not by the kernels alone.
+
+gemm_bench times each kernel back to back; inside a step the same kernels share the GPU with attention on
+the side stream, and the fastest tiling alone can be the slowest there (H200: x_proj split 25 ways won alone
+and cost 0.9 ms per step). This runs the serving benchmark's decode (hymba-1.5b shape, bf16, 8k context)
+with each candidate set of tilings, interleaved over `--rounds`, and writes the fastest at the largest batch.
+
+    python3 -m hymba_deploy.serving.gemm_step_ab --candidates best.json --out ab.json --best-out chosen.json
+
+Candidates: cuBLAS, the engine's defaults, defaults with out_proj/down_proj back on cuBLAS, and each
+`--candidates` file (gemm_bench --best-out). Each is merged over the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--candidates", nargs="*", default=[], help="tiling files (gemm_bench --best-out)")
+    ap.add_argument("--batches", type=int, nargs="+", default=[128, 8])
+    ap.add_argument("--context", type=int, default=8192)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--best-out", default=None, help="write the winner's full tiling set here (JSON)")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gemm_step_ab needs a CUDA GPU", file=sys.stderr)
+        return 2
+    from .. import cuda as backend
+    from .bench import copy_bandwidth, decode_cuda, load_gemm_configs, weight_bytes
+    from .engine import TRITON_GEMMS, HymbaServingEngine
+    from .gpu_check import random_model
+
+    backend.set_backend("cuda")
+    model = random_model("hymba-1.5b", torch.bfloat16, "cuda", 0)
+    model.backend = "cuda"
+    bw, wbytes = copy_bandwidth(), weight_bytes(model)
+    candidates = {"cublas": dict(decode_gemms="cublas"), "defaults": {},
+                  "defaults_mlp_cublas": dict(gemm_configs={"out_proj": None, "down_proj": None})}
+    for path in args.candidates:
+        candidates[path.rsplit("/", 1)[-1]] = dict(gemm_configs=load_gemm_configs(path))
+    ms: dict = {name: {b: [] for b in args.batches} for name in candidates}
+    res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda_version": torch.version.cuda,
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": "hymba-1.5b", "dtype": "bfloat16",
+           "context_tokens": args.context, "copy_bandwidth_GBps": bw / 1e9, "rounds": args.rounds,
+           "candidates": {}, "ms_per_step": ms}
+    for r in range(args.rounds):
+        for name, kw in candidates.items():
+            engine = HymbaServingEngine(model, max_context=args.context + args.steps + 16, buckets=args.batches, **kw)
+            res["candidates"][name] = {"decode_gemms": engine.decode_gemms,
+                                       "configs": {k: c.as_dict() for k, c in engine.gemm_configs.items()}}
+            for b in args.batches:
+                out = decode_cuda(engine, b, args.context, args.steps, 0, bw, wbytes)
+                ms[name][b].append(out["ms_per_step"])
+                print(f"round {r} {name:28s} batch {b:4d} {out['ms_per_step']:.3f} ms "
+                      f"({100 * out['fraction_of_floor']:.1f}% of floor)", flush=True)
+            del engine
+            torch.cuda.empty_cache()
+    top = max(args.batches)
+    res["median_ms"] = {name: {b: statistics.median(v) for b, v in per.items()} for name, per in ms.items()}
+    triton = [n for n in candidates if n != "cublas"]
+    best = min(triton, key=lambda n: res["median_ms"][n][top])
+    res["best"] = best
+    print(f"best at batch {top}: {best} {res['median_ms'][best][top]:.3f} ms "
+          f"(cublas {res['median_ms']['cublas'][top]:.3f} ms)", flush=True)
+    tilings = {**TRITON_GEMMS, **candidates[best].get("gemm_configs", {})}
+    for path, data in ((args.out, res), (args.best_out, {k: c and c.as_dict() for k, c in tilings.items()})):
+        if path:
+            with open(path, "w") as f:
+                json.dump(data, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
