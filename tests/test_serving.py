@@ -407,3 +407,28 @@ def test_bench_reads_gemm_tilings_and_names_a_bad_file(tmp_path):
     bad.write_text('{"out_proj": {"tile": 3}}')
     with pytest.raises(HymbaDeployError, match="not a GEMM tiling file"):
         load_gemm_configs(str(bad))
+
+
+@pytest.mark.parametrize("module", ["gemm_bench", "gemm_step_ab"])
+def test_gemm_tuning_scripts_refuse_without_a_gpu(module, monkeypatch, capsys):
+    import importlib
+
+    mod = importlib.import_module(f"hymba_deploy.serving.{module}")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert mod.main([]) == 2
+    assert "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_gemm_bench_decode_shapes_are_the_engines_packed_weights(tiny):
+    """The shapes gemm_bench times are those the engine multiplies by (padded x_proj, packed gate/up)."""
+    from hymba_deploy.serving.gemm_bench import decode_shapes
+
+    engine = HymbaServingEngine(tiny, max_context=8)
+    blk, mlp = tiny.model.layers[0].mamba, tiny.model.layers[0].moe.experts[0]
+    shapes = decode_shapes(tiny.config)
+    assert shapes["x_proj"] == tuple(engine._x_proj[0].shape)
+    assert shapes["gate_up"] == tuple(engine._gate_up[0].shape)
+    assert shapes["in_proj"] == tuple(blk.in_proj.weight.shape)
+    assert shapes["out_proj"] == tuple(blk.out_proj.weight.shape)
+    assert shapes["down_proj"] == tuple(mlp.down_proj.weight.shape)
+    assert shapes["lm_head"] == tuple(engine._lm_head.shape)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import PRESETS
+from ..fileio import atomic_write_json
 from .bench import copy_bandwidth
 from .gemm import GemmConfig, SsmInputsConfig, linear_reference, linear_splitk, ssm_inputs, ssm_inputs_reference
 
@@ -218,8 +219,7 @@ def main(argv=None) -> int:
     log("best: " + json.dumps(res["best"]))
     for path, data in ((args.out, res), (args.best_out, res["best"])):
         if path:
-            with open(path, "w") as f:
-                json.dump(data, f, indent=1)
+            atomic_write_json(path, data)
     return 0
 
 

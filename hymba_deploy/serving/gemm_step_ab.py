@@ -14,12 +14,13 @@ Candidates: cuBLAS, the engine's defaults, defaults with out_proj/down_proj back
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
 
 import torch
+
+from ..fileio import atomic_write_json
 
 
 def main(argv=None) -> int:
@@ -75,8 +76,7 @@ def main(argv=None) -> int:
     tilings = {**TRITON_GEMMS, **candidates[best].get("gemm_configs", {})}
     for path, data in ((args.out, res), (args.best_out, {k: c and c.as_dict() for k, c in tilings.items()})):
         if path:
-            with open(path, "w") as f:
-                json.dump(data, f, indent=1)
+            atomic_write_json(path, data)
     return 0
 
 
