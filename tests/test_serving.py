@@ -326,7 +326,7 @@ def _torch_linear_splitk(x, w, cfg, out=None):
                         for s in range(cfg.splits)])
 
 
-def _torch_ssm_inputs(partials, w_dt, w_B, w_C, dt_proj, eps, cfg=None):
+def _torch_ssm_inputs(partials, w_dt, w_B, w_C, dt_proj, eps, cfg):
     """CPU stand-in for gemm.ssm_inputs: the engine's own eager ops on the summed partials."""
     from hymba_deploy.serving.engine import dbc_norms
 
@@ -392,9 +392,9 @@ def test_gemm_split_ranges_cover_k_once(K, block_k, splits):
     assert [c.block_m(m) for m in (1, 5, 16, 37, 128, 200)] == [16, 16, 16, 64, 128, 128]
 
 
-def test_bench_reads_gemm_tilings_and_names_a_bad_file(tmp_path):
-    from hymba_deploy.serving.bench import load_gemm_configs
+def test_gemm_tiling_files_load_and_a_bad_one_is_named(tmp_path):
     from hymba_deploy.serving.gemm import GemmConfig
+    from hymba_deploy.serving.gemm import load_configs as load_gemm_configs
 
     from hymba_deploy.serving.gemm import SsmInputsConfig
 

@@ -375,20 +375,6 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
     return res
 
 
-def load_gemm_configs(path: str) -> dict:
-    """{name: GemmConfig, "ssm_inputs": SsmInputsConfig} from JSON (`gemm_bench --best-out`); null keeps a GEMM
-    on cuBLAS."""
-    from .gemm import GemmConfig, SsmInputsConfig
-
-    with open(path) as f:
-        data = json.load(f)
-    try:
-        return {name: None if fields is None else (SsmInputsConfig if name == "ssm_inputs" else GemmConfig)(**fields)
-                for name, fields in data.items()}
-    except TypeError as e:
-        raise HymbaDeployError(f"{path}: not a GEMM tiling file ({e})") from None
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Hymba serving benchmark (cuda backend vs reference)")
     ap.add_argument("--out", default=None)
@@ -415,6 +401,8 @@ def main(argv=None) -> int:
                     help="also time the reference model under torch.compile at these batches (compiles for minutes)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    from .gemm import load_configs
+
     ints = lambda s: tuple(int(x) for x in s.split(",") if x)  # noqa: E731
     try:
         res = run(args.model, args.dtype, args.context, ints(args.batches), ints(args.prefill), args.steps,
@@ -423,7 +411,7 @@ def main(argv=None) -> int:
                   profile_batches=ints(args.profile_batches), no_overlap_batches=ints(args.no_overlap_batches),
                   compile_reference_batches=ints(args.compile_reference_batches),
                   gemm_ablation_batches=ints(args.gemm_ablation_batches),
-                  gemm_configs=load_gemm_configs(args.gemm_configs) if args.gemm_configs else None)
+                  gemm_configs=load_configs(args.gemm_configs) if args.gemm_configs else None)
     except HymbaDeployError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -391,6 +391,14 @@ class HymbaServingEngine:
         return self.kernels.attn(q, cache.key[producer][:, :L], cache.value[producer][:, :L], blk.window,
                                  cache.meta, self.config.qk_head_dim ** -0.5, out)
 
+    def _gemm_add_norm(self, tri: dict, name: str, x, w, h, norm_w, eps: float):
+        """Residual step: (h + x @ w.T, RMSNorm of that); through split-K partials summed inside the norm's
+        kernel when `tri` has a tiling for GEMM `name`, else F.linear."""
+        if name in tri:
+            part = gemm.linear_splitk(x.reshape(-1, x.shape[-1]), w, tri[name])
+            return self.fn["add_partials_rms_norm"](h, part, norm_w, eps)
+        return self.fn["add_rms_norm"](h, F.linear(x, w), norm_w, eps)
+
     def _decode_body(self, cache: HymbaServingCache, tokens: torch.Tensor):
         """One decode step for all cache rows (generator): yields (layer, producer, q) where attention
         over a global producer is needed and receives its output; returns logits (B, V) fp32."""
@@ -447,8 +455,8 @@ class HymbaServingEngine:
             norms = (blk.dt_layernorm.weight, blk.B_layernorm.weight, blk.C_layernorm.weight)
             if "x_proj" in tri:                                             # 2 launches: x_proj, then the rest
                 part = gemm.linear_splitk(xc.reshape(B, I), self._x_proj[i], tri["x_proj"])
-                dt, Bm, Cm = (t.unsqueeze(1) for t in gemm.ssm_inputs(part, *norms, self._dt_proj[i], eps,
-                                                                                tri.get("ssm_inputs")))
+                dt, Bm, Cm = (t.unsqueeze(1) for t in gemm.ssm_inputs(
+                    part, *norms, self._dt_proj[i], eps, tri.get("ssm_inputs", TRITON_GEMMS["ssm_inputs"])))
             else:
                 dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, self._x_proj[i]), *norms, R, N, eps,
                                              self._dt_proj[i].shape[1])     # x_proj, dt_proj: padded copies
@@ -461,18 +469,12 @@ class HymbaServingEngine:
             fused = fn["fuse_branches"](attn, blk.pre_avg_layernorm1.weight, y, blk.pre_avg_layernorm2.weight, eps)
             mlp = layer.moe.experts[0]
             next_w = layers[i + 1].input_layernorm.weight if i + 1 < len(layers) else m.final_layernorm.weight
-            if "out_proj" in tri:                                           # split-K partials, summed in the norm
-                part = gemm.linear_splitk(fused.reshape(B, I), blk.out_proj.weight, tri["out_proj"])
-                h, v_ = fn["add_partials_rms_norm"](h, part, layer.pre_moe_layernorm.weight, eps)
-            else:
-                h, v_ = fn["add_rms_norm"](h, blk.out_proj(fused), layer.pre_moe_layernorm.weight, eps)
+            h, v_ = self._gemm_add_norm(tri, "out_proj", fused, blk.out_proj.weight, h,
+                                        layer.pre_moe_layernorm.weight, eps)
             gate, up = F.linear(v_, self._gate_up[i]).chunk(2, dim=-1)      # packed gate/up rows
             act = fn["silu_mul"](gate, up)
-            if "down_proj" in tri:
-                part = gemm.linear_splitk(act.reshape(B, -1), mlp.down_proj.weight, tri["down_proj"])
-                h, u = fn["add_partials_rms_norm"](h, part, next_w, eps)    # u: next input (or final) norm
-            else:
-                h, u = fn["add_rms_norm"](h, mlp.down_proj(act), next_w, eps)
+            # u: the next layer's input norm (or the final norm) of the new residual stream.
+            h, u = self._gemm_add_norm(tri, "down_proj", act, mlp.down_proj.weight, h, next_w, eps)
         logits = self._logits(u[:, -1])                                     # (B, V)
         cache.pos += 1
         return logits

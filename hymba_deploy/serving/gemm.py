@@ -18,9 +18,12 @@ eager ops only in summation order. Timings and the sweep behind the engine's til
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 import torch
+
+from ..errors import HymbaDeployError
 
 try:
     import triton
@@ -31,6 +34,11 @@ except ImportError:          # CPU installs: the engine never selects these kern
 
 def available() -> bool:
     return triton is not None and torch.cuda.is_available()
+
+
+def rows_block(M: int, cap: int = 128) -> int:
+    """Rows per program for M rows: the power of two ≥ M, at least 16 (tl.dot's minimum), at most cap."""
+    return min(cap, max(16, 1 << (M - 1).bit_length()))
 
 
 def linear_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -66,7 +74,7 @@ class GemmConfig:
     num_stages: int = 4
 
     def block_m(self, M: int) -> int:
-        return min(128, max(16, 1 << (M - 1).bit_length()))
+        return rows_block(M)
 
     def k_per_split(self, K: int) -> int:
         per = -(-K // self.splits)
@@ -194,13 +202,12 @@ def linear_splitk(x: torch.Tensor, w: torch.Tensor, cfg: GemmConfig, out: torch.
 
 
 def ssm_inputs(partials: torch.Tensor, w_dt: torch.Tensor, w_B: torch.Tensor, w_C: torch.Tensor,
-               dt_proj: torch.Tensor, eps: float, cfg: SsmInputsConfig = None):
+               dt_proj: torch.Tensor, eps: float, cfg: SsmInputsConfig):
     """x_proj's partial sums (S, M, ≥ R + 2N) (`linear_splitk`; S = 1 in the activation dtype allowed) ->
     dt (M, I) = dt_proj(RMSNorm(dt)), B (M, N), C (M, N) = RMSNorm(B), RMSNorm(C), in w_dt's dtype.
     dt_proj (I, ≥ R): zero columns past R (the engine's padded copy) are never read."""
     if triton is None:
         raise RuntimeError("ssm_inputs needs triton (a CUDA build of torch)")
-    cfg = cfg or SsmInputsConfig()
     S, M, W = partials.shape
     R, N, I = w_dt.shape[0], w_B.shape[0], dt_proj.shape[0]
     if W < R + 2 * N or partials.stride(2) != 1 or dt_proj.shape[1] < R or dt_proj.stride(1) != 1:
@@ -210,7 +217,7 @@ def ssm_inputs(partials: torch.Tensor, w_dt: torch.Tensor, w_B: torch.Tensor, w_
     dt = torch.empty(M, I, device=partials.device, dtype=dtype)
     Bm = torch.empty(M, N, device=partials.device, dtype=dtype)
     Cm = torch.empty(M, N, device=partials.device, dtype=dtype)
-    bm = min(cfg.block_m, max(16, 1 << (M - 1).bit_length()))
+    bm = rows_block(M, cfg.block_m)
     i_per_prog = -(-I // cfg.programs_i)
     i_per_prog = -(-i_per_prog // cfg.block_i) * cfg.block_i
     grid = (triton.cdiv(M, bm), triton.cdiv(I, i_per_prog))
@@ -220,3 +227,15 @@ def ssm_inputs(partials: torch.Tensor, w_dt: torch.Tensor, w_B: torch.Tensor, w_
                              BLOCK_N=max(16, triton.next_power_of_2(N)), num_warps=cfg.num_warps,
                              num_stages=cfg.num_stages)
     return dt, Bm, Cm
+
+
+def load_configs(path: str) -> dict:
+    """Tilings by name from JSON (`gemm_bench --best-out`, `gemm_step_ab --best-out`): GemmConfig fields, or
+    SsmInputsConfig fields under "ssm_inputs"; null keeps that GEMM on cuBLAS."""
+    with open(path) as f:
+        data = json.load(f)
+    try:
+        return {name: None if fields is None else (SsmInputsConfig if name == "ssm_inputs" else GemmConfig)(**fields)
+                for name, fields in data.items()}
+    except TypeError as e:
+        raise HymbaDeployError(f"{path}: not a GEMM tiling file ({e})") from None

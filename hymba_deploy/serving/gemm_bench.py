@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ..config import PRESETS
 from ..fileio import atomic_write_json
 from .bench import copy_bandwidth
-from .gemm import GemmConfig, SsmInputsConfig, linear_reference, linear_splitk, ssm_inputs, ssm_inputs_reference
+from .gemm import GemmConfig, SsmInputsConfig, linear_reference, rows_block, linear_splitk, ssm_inputs, ssm_inputs_reference
 
 
 def decode_shapes(cfg) -> dict[str, tuple[int, int]]:
@@ -66,7 +66,7 @@ def rel_err(out, ref) -> float:
 def sweep(M: int, N: int, K: int, sms: int):
     """Split-K tilings to try. Wide GEMMs (out_proj, down_proj): 64/128-wide tiles, 4-5 stages, enough
     programs for every SM. x_proj (N = 136, a 0.9 MB weight): narrow tiles and many splits."""
-    bm = min(128, max(16, 1 << (M - 1).bit_length()))
+    bm = rows_block(M)
     wide = N >= 1024
     space = (((64, 128), (64, 128), (4, 8), (4, 5)) if wide else ((32, 64), (64, 128), (4,), (3,)))
     for bn, bk, warps, stages in itertools.product(*space):

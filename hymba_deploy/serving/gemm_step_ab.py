@@ -37,8 +37,9 @@ def main(argv=None) -> int:
         print("gemm_step_ab needs a CUDA GPU", file=sys.stderr)
         return 2
     from .. import cuda as backend
-    from .bench import copy_bandwidth, decode_cuda, load_gemm_configs, weight_bytes
+    from .bench import copy_bandwidth, decode_cuda, weight_bytes
     from .engine import TRITON_GEMMS, HymbaServingEngine
+    from .gemm import load_configs
     from .gpu_check import random_model
 
     backend.set_backend("cuda")
@@ -48,7 +49,7 @@ def main(argv=None) -> int:
     candidates = {"cublas": dict(decode_gemms="cublas"), "defaults": {},
                   "defaults_mlp_cublas": dict(gemm_configs={"out_proj": None, "down_proj": None})}
     for path in args.candidates:
-        candidates[path.rsplit("/", 1)[-1]] = dict(gemm_configs=load_gemm_configs(path))
+        candidates[path.rsplit("/", 1)[-1]] = dict(gemm_configs=load_configs(path))
     ms: dict = {name: {b: [] for b in args.batches} for name in candidates}
     res = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda_version": torch.version.cuda,
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "model": "hymba-1.5b", "dtype": "bfloat16",

@@ -312,9 +312,9 @@ def main(argv=None) -> int:
             with open(args.out, "w") as f:
                 json.dump(results, f, indent=2)
     print(f"extension ready in {results['extension_build_s']:.1f} s", flush=True)
-    from .bench import load_gemm_configs
+    from .gemm import load_configs
 
-    gemm_configs = load_gemm_configs(args.gemm_configs) if args.gemm_configs else None
+    gemm_configs = load_configs(args.gemm_configs) if args.gemm_configs else None
     results["gemm_configs"] = args.gemm_configs and {k: c and c.as_dict() for k, c in gemm_configs.items()}
     results["ops"] = check_ops(ext, device) + check_gemms(device, gemm_configs)
     print(json.dumps(results["ops"], indent=1), flush=True)
