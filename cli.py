@@ -82,7 +82,7 @@ def generate(model, ids, prompt, max_new_tokens, dtype, eviction, seed):
 @_user_errors
 def export(model, out_dir, graphs, dtype, opset, max_seq_len, eviction, prefill_logits, seed):
     """Export MODEL to ONNX: prefill and decode graphs with hymba custom ops (runs in stock ONNX Runtime)."""
-    from exporters.onnx_export import export as run, format_summary
+    from hymba_deploy.exporters.onnx_export import export as run, format_summary
     manifest = run(model, out_dir, graphs=graphs, dtype=dtype, opset=opset, max_seq_len=max_seq_len,
                    eviction=eviction, seed=seed, prefill_logits=prefill_logits,
                    progress=lambda msg: click.echo(f"... {msg}", err=True))

@@ -14,7 +14,7 @@ _CACHE: dict = {}
 def exported_tiny(tmp_path_factory) -> Path:
     """`hymba-deploy export tiny` (seed 0, prefill + decode) into a session folder."""
     if "export" not in _CACHE:
-        from exporters.onnx_export import export
+        from hymba_deploy.exporters.onnx_export import export
         out = tmp_path_factory.mktemp("tiny-onnx")
         export("tiny", out, max_seq_len=128, seed=0)
         _CACHE["export"] = out
@@ -44,7 +44,7 @@ def built_rtx_engines(tmp_path_factory) -> Path:
     if "engines" not in _CACHE:
         from click.testing import CliRunner
 
-        from cli import main
+        from hymba_deploy.cli import main
         src = exported_tiny(tmp_path_factory)
         lib = plugin_library()
         out = tmp_path_factory.mktemp("tiny-engines")

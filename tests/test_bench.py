@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import main
+from hymba_deploy.cli import main
 from deploy_helpers import exported_tiny
 from hymba_deploy.bench import bench as bench_mod
 from hymba_deploy.bench.bench import percentiles, synthetic_states

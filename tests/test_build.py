@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from cli import main
+from hymba_deploy.cli import main
 from deploy_helpers import built_rtx_engines, exported_tiny, plugin_library, rtx_available
 from hymba_deploy.engine import backends, plugins
 from hymba_deploy.engine.build import build

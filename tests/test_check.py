@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli import main
+from hymba_deploy.cli import main
 from deploy_helpers import built_rtx_engines, exported_tiny, rtx_available
 from hymba_deploy import load_model
 from hymba_deploy.parity.check import check, format_report

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import cli
+from hymba_deploy import cli
 from hymba_deploy import load_model
 
 

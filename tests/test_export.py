@@ -23,9 +23,9 @@ from click.testing import CliRunner  # noqa: E402
 from polygraphy.backend.onnxrt import OnnxrtRunner  # noqa: E402
 from polygraphy.comparator import Comparator, IterationResult, RunResults, SimpleCompareFunc  # noqa: E402
 
-import cli  # noqa: E402
-from exporters import onnx_export, strip_function_bodies  # noqa: E402
-from exporters.onnx_ops import ATTRIBUTES, DOMAIN, OP_TYPES, PLUGIN_ATTRIBUTES, register_schemas  # noqa: E402
+from hymba_deploy import cli  # noqa: E402
+from hymba_deploy.exporters import onnx_export, strip_function_bodies  # noqa: E402
+from hymba_deploy.exporters.onnx_ops import ATTRIBUTES, DOMAIN, OP_TYPES, PLUGIN_ATTRIBUTES, register_schemas  # noqa: E402
 from hymba_deploy import HymbaDeployError, load_model  # noqa: E402
 from hymba_deploy.cache import HybridMambaAttentionDynamicCache as Cache  # noqa: E402
 

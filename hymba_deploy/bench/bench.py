@@ -394,7 +394,7 @@ def _bench_onnxruntime(spec, onnx_dirs, onnx_dtype, lengths, batches, context, w
     t0 = time.monotonic()
     try:
         if src is None:
-            from exporters.onnx_export import export
+            from hymba_deploy.exporters.onnx_export import export
             tmp = tempfile.mkdtemp(prefix=f"hymba-bench-{spec}-")
             cfg = _spec_config(spec)
             max_seq = min(max(max(lengths), context + 64), cfg.seq_length)

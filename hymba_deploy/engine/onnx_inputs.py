@@ -48,14 +48,8 @@ def hymba_nodes(proto) -> list[dict]:
 
 def strip_functions(proto):
     """Drop the `hymba` model-local functions so TensorRT(-RTX) maps the nodes to plugins."""
-    try:
-        from exporters.onnx_export import strip_function_bodies
-        return strip_function_bodies(proto)
-    except ImportError:                                       # exporters not importable: same rule here
-        keep = [f for f in proto.functions if f.domain != HYMBA_DOMAIN]
-        del proto.functions[:]
-        proto.functions.extend(keep)
-        return proto
+    from hymba_deploy.exporters.onnx_export import strip_function_bodies
+    return strip_function_bodies(proto)
 
 
 def graph_inputs(proto) -> list[dict]:

@@ -25,7 +25,7 @@ class TorchRunner(Runner):
     def __init__(self, model, graph: str, eviction: str = "upstream", capture_layers: bool = False,
                  logits_to_keep: int = 0, name: str | None = None):
         super().__init__(name or f"torch-{graph}")
-        from exporters.graphs import DecodeGraph, PrefillGraph
+        from hymba_deploy.exporters.graphs import DecodeGraph, PrefillGraph
         self.model, self.graph, self.capture_layers = model, graph, capture_layers
         if graph == "prefill":           # logits_to_keep=1: only the last token's logits, as `--prefill-logits last`
             self.module = PrefillGraph(model, eviction, logits_to_keep=logits_to_keep).eval()
