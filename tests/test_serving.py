@@ -137,6 +137,42 @@ def test_weight_packing_keeps_the_model_and_is_shared_by_engines(tiny):
     assert HymbaServingEngine(tiny, max_context=16, prioritize_ssm=True).ssm_priority(1)
 
 
+@pytest.mark.parametrize("eviction,n_prompt", [("upstream", 27), ("exact", 27), ("upstream", 3)])
+def test_engine_prefill_equals_the_model_forward(tiny, eviction, n_prompt):
+    """The engine's prefill body (packed weights, its glue functions, the ops over the whole prompt) is the
+    model's forward: the reference runtime's last-token logits, and the serving-cache contents of the model's
+    own forward through DynamicCacheView (K/V slots, conv and SSM states; all else untouched), past the window
+    (the SWA rings wrap) and for a prompt shorter than the meta tokens."""
+    ids = torch.randint(3, 257, (2, n_prompt))
+    with torch.no_grad():
+        ref = tiny(ids, tiny.new_cache(2, eviction))[:, -1]
+    engines = [HymbaServingEngine(tiny, max_context=32, buckets=(3,), eviction=eviction, prefill_impl=impl)
+               for impl in ("model", "engine")]
+    caches = [e.cache(3) for e in engines]
+    for c in caches:                                                        # same poison in both, 3 rows
+        c.fill_random(5, torch.Generator().manual_seed(1))
+    logits = [e.prefill(ids, c) for e, c in zip(engines, caches)]
+    assert rel_err(logits[0], ref) < 1e-5 and rel_err(logits[1], ref) < 1e-5
+    by_model, by_engine = caches
+    assert by_engine.text_len == n_prompt and int(by_engine.pos) == int(by_model.pos)
+    for name in ("key", "value", "conv", "ssm"):
+        for i, (want, got) in enumerate(zip(getattr(by_model, name), getattr(by_engine, name))):
+            if want is None:
+                continue
+            L = by_model.kv_len(i, n_prompt) if name in ("key", "value") else want.shape[1]
+            assert rel_err(got[:2, :L], want[:2, :L]) < 1e-5, (name, i)
+            assert torch.equal(got[:2, L:], want[:2, L:]) and torch.equal(got[2:], want[2:]), (name, i)
+
+
+def test_prefill_checks_its_arguments(tiny):
+    engine = HymbaServingEngine(tiny, max_context=8, buckets=(1,))
+    for n in (0, 9):
+        with pytest.raises(HymbaDeployError, match="max_context 8"):
+            engine.prefill(torch.randint(3, 257, (1, n)), engine.cache(1))
+    with pytest.raises(HymbaDeployError, match="prefill_impl"):
+        HymbaServingEngine(tiny, max_context=8, prefill_impl="graph")
+
+
 @pytest.mark.parametrize("eviction,n_prompt,new", [("upstream", 20, 16), ("exact", 20, 16), ("upstream", 5, 16)])
 def test_engine_greedy_tokens_equal_reference_generate(tiny, eviction, n_prompt, new):
     ids = torch.randint(3, 257, (2, n_prompt))
@@ -432,3 +468,28 @@ def test_gemm_bench_decode_shapes_are_the_engines_packed_weights(tiny):
     assert shapes["out_proj"] == tuple(blk.out_proj.weight.shape)
     assert shapes["down_proj"] == tuple(mlp.down_proj.weight.shape)
     assert shapes["lm_head"] == tuple(engine._lm_head.shape)
+
+
+def test_bench_profile_categories_cover_the_plugin_kernels():
+    """The benchmark's profile sorts kernels by category: the plugin kernels by name or namespace (prefill and
+    decode variants), cuBLAS and Triton GEMMs, inductor's fused glue; anything else is eager elementwise."""
+    from types import SimpleNamespace
+
+    from hymba_deploy.serving.bench import _by_category
+
+    names = {"void hymba::wap::prefillKernel<128, 128>(hymba::WindowedAttentionParams)": "attention (plugin kernel)",
+             "void hymba::wad::decodeKernel<float>(hymba::WindowedAttentionParams, int)": "attention (plugin kernel)",
+             "void hymba::sstp::timeParallelKernel<__nv_bfloat16>(hymba::SelectiveScanParams)": "scan (plugin kernel)",
+             "void hymba::ssch::channelKernel<__nv_bfloat16>(hymba::SelectiveScanParams)": "scan (plugin kernel)",
+             "void hymba::cck::causalConv1dKernel<float>(hymba::CausalConv1dParams, int)": "conv (plugin kernel)",
+             "nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT": "matmul",
+             "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0": "fused elementwise (triton)",
+             "void at::native::elementwise_kernel<128, 2>(int, at::native::gpu_kernel_impl)": "other elementwise"}
+    events = [SimpleNamespace(key=k, self_device_time_total=10.0 * (j + 1), count=2) for j, k in enumerate(names)]
+    out = _by_category(SimpleNamespace(key_averages=lambda: events), 2, "prefill")
+    want: dict = {}
+    for j, cat in enumerate(names.values()):
+        want[cat] = want.get(cat, 0.0) + 5.0 * (j + 1)
+    assert {c: e["us_per_prefill"] for c, e in out["by_category"].items()} == want
+    assert out["glue_us_per_prefill"] == want["fused elementwise (triton)"] + want["other elementwise"]
+    assert out["total_kernel_us_per_prefill"] == sum(want.values())

@@ -2,13 +2,16 @@
 
     PYTHONPATH=. python3 -m hymba_deploy.serving.bench --out bench.json
         [--model hymba-1.5b] [--dtype bfloat16] [--context 8192] [--batches 1,8,32,128]
-        [--prefill 1024,4096,8192] [--steps 32] [--no-reference] [--ref-steps 3]
+        [--prefill 1024,4096,8192] [--prefill-profile N,...] [--prefill-only] [--steps 32] [--no-reference]
+        [--ref-steps 3]
 
 Decode: `context` text tokens already in the cache (plus the 128 meta tokens), then `steps` decode steps
 of the serving engine with CUDA graphs (and a few eager steps for comparison). The cache is filled with
 random values of the right shapes instead of a real batch-128 × 8k prefill (`cache_contents` in the
 JSON says so). A batch that runs out of memory is halved until it fits (the paper's rule).
-Prefill: batch 1, the model's forward through the serving cache, at each length in `--prefill`.
+Prefill: batch 1 into the serving cache, at each length in `--prefill`: the engine's prefill body, and the
+model's own forward (eager glue, `prefill_impl="model"`) as the baseline; kernel time by category under the
+torch profiler for both at the longest length (or `--prefill-profile`). `--prefill-only`: nothing else.
 Floor: (weight bytes + cache bytes read per step) / measured copy bandwidth (read + write bytes / time).
 Reference backend (same run, same process): the model's own forward with the dynamic reference cache and
 the PyTorch ops, eager; plus the serving engine with CUDA graphs over the reference ops.
@@ -112,12 +115,38 @@ def decode_cuda(engine, batch: int, context: int, steps: int, eager_steps: int, 
         torch.cuda.empty_cache()
 
 
-_CATEGORIES = (("attention (plugin kernel)", ("windowedAttention", "wad::decodeKernel", "wam::decodeMmaKernel")),
-               ("scan (plugin kernel)", ("selectiveScan",)),
-               ("conv (plugin kernel)", ("causalConv1d",)),
+# Kernel name fragments by category (first match wins: the plugin kernels by name or by their namespace in
+# plugins/<op>/*.cuh); kernels matching none are "other elementwise" (eager PyTorch: copies, casts, norms).
+# Glue = the two elementwise categories.
+_CATEGORIES = (("attention (plugin kernel)", ("windowedAttention", "wak::", "wad::", "wam::", "wap::")),
+               ("scan (plugin kernel)", ("selectiveScan", "ssk::", "sstp::", "ssch::")),
+               ("conv (plugin kernel)", ("causalConv1d", "cck::")),
                ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitK", "Kernel2", "nvjet",
                            "_splitk_kernel", "_ssm_inputs_kernel")),
                ("fused elementwise (triton)", ("triton",)))
+_GLUE = ("fused elementwise (triton)", "other elementwise")
+
+
+def _by_category(prof, reps: int, per: str) -> dict:
+    """A torch.profiler run of `reps` repetitions of a `per` ("step", "prefill") -> device kernel time per
+    repetition by category (`_CATEGORIES`), the glue's sum, and the top kernels."""
+    us_key, n_key = f"us_per_{per}", f"kernels_per_{per}"
+    cats: dict = {}
+    kernels = []
+    for evt in prof.key_averages():
+        us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
+        if not us:
+            continue
+        name = evt.key
+        cat = next((c for c, keys in _CATEGORIES if any(k in name for k in keys)), "other elementwise")
+        entry = cats.setdefault(cat, {us_key: 0.0, n_key: 0.0})
+        entry[us_key] += us / reps
+        entry[n_key] += evt.count / reps
+        kernels.append((us / reps, evt.count / reps, name[:120]))
+    kernels.sort(reverse=True)
+    return {"by_category": cats, f"glue_{us_key}": sum(cats[c][us_key] for c in _GLUE if c in cats),
+            f"total_kernel_{us_key}": sum(c[us_key] for c in cats.values()),
+            "top_kernels": [{us_key: a, f"calls_per_{per}": b, "name": c} for a, b, c in kernels[:24]]}
 
 
 def profile_decode(engine, batch: int, context: int, steps: int = 3, graphs: bool = False) -> dict:
@@ -138,24 +167,28 @@ def profile_decode(engine, batch: int, context: int, steps: int = 3, graphs: boo
             for _ in range(steps):
                 step(cache, token)
             torch.cuda.synchronize()
-        cats: dict = {}
-        kernels = []
-        for evt in prof.key_averages():
-            us = getattr(evt, "self_device_time_total", None) or getattr(evt, "self_cuda_time_total", 0)
-            if not us:
-                continue
-            name = evt.key
-            cat = next((c for c, keys in _CATEGORIES if any(k in name for k in keys)), "other elementwise")
-            entry = cats.setdefault(cat, {"us_per_step": 0.0, "kernels_per_step": 0.0})
-            entry["us_per_step"] += us / steps
-            entry["kernels_per_step"] += evt.count / steps
-            kernels.append((us / steps, evt.count / steps, name[:120]))
-        kernels.sort(reverse=True)
-        return {"batch": batch, "context": context, "graphs": graphs, "by_category": cats,
-                "total_kernel_us_per_step": sum(c["us_per_step"] for c in cats.values()),
-                "top_kernels": [{"us_per_step": a, "calls_per_step": b, "name": c} for a, b, c in kernels[:24]]}
+        return {"batch": batch, "context": context, "graphs": graphs, **_by_category(prof, steps, "step")}
     finally:
         engine.release(batch)
+        torch.cuda.empty_cache()
+
+
+def profile_prefill(engine, n: int, reps: int = 2) -> dict:
+    """Kernel time per batch-1 prefill of n tokens by category under torch.profiler (after a warm-up)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cache = engine.cache(1)
+    ids = torch.randint(3, engine.config.vocab_size, (1, n), device="cuda")
+    try:
+        engine.prefill(ids, cache)
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                engine.prefill(ids, cache)
+            torch.cuda.synchronize()
+        return {"tokens": n, "prefill_impl": engine.prefill_impl, **_by_category(prof, reps, "prefill")}
+    finally:
+        engine.release(1)
         torch.cuda.empty_cache()
 
 
@@ -221,6 +254,7 @@ def decode_reference_compiled(model, batch: int, context: int, steps: int, warmu
 
 
 def prefill_ms(engine, n: int, reps: int) -> dict:
+    """Median of `reps` timed batch-1 prefills of n random tokens, after one warm-up."""
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     cache = engine.cache(1)
@@ -228,7 +262,7 @@ def prefill_ms(engine, n: int, reps: int) -> dict:
     try:
         engine.prefill(ids, cache)                                          # warm-up
         times = sorted(_events_ms(lambda: engine.prefill(ids, cache), 1) for _ in range(reps))
-        return {"tokens": n, "ms": times[len(times) // 2], "all_ms": times,
+        return {"tokens": n, "prefill_impl": engine.prefill_impl, "ms": times[len(times) // 2], "all_ms": times,
                 "peak_memory_bytes": torch.cuda.max_memory_allocated()}
     finally:
         engine.release(1)
@@ -240,7 +274,7 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         reference: bool = True, ref_steps: int = 3, ref_graph_batches=(1, 8), seed: int = 0,
         log=print, out: str | None = None, uncompiled_batches=(1, 128), profile_batches=(1, 128),
         no_overlap_batches=(1, 128), compile_reference_batches=(), gemm_ablation_batches=(1, 8, 32, 128),
-        gemm_configs: dict | None = None) -> dict:
+        gemm_configs: dict | None = None, prefill_profile=None, prefill_only: bool = False) -> dict:
     if not torch.cuda.is_available():
         raise HymbaDeployError("bench --backend cuda needs a CUDA GPU")
     from .. import cuda as backend
@@ -268,6 +302,9 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
                        "its key count on the device; attention on a side stream beside the SSM branch) + "
                        "torch.compile'd elementwise glue; plugin kernels for scan/conv/attention; Triton kernels "
                        "(serving/gemm.py) for x_proj + dt/B/C norms + dt_proj and split-K out_proj/down_proj",
+        "cuda_prefill": "prefill: the engine's prefill body (packed weights, torch.compile'd glue, plugin kernels over "
+                        "the whole prompt, attention on a side stream beside the SSM branch); prefill_model_forward: "
+                        "the model's own forward (eager glue) on the same kernels",
         "timing": "CUDA events; decode: mean over steps after warm-up; prefill: median",
     }
     import hashlib
@@ -291,17 +328,30 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
     engine = HymbaServingEngine(model, max_context=max_context, buckets=batches, gemm_configs=gemm_configs)
     res["decode_gemms"] = {"mode": engine.decode_gemms,
                            "configs": {k: c.as_dict() for k, c in engine.gemm_configs.items()}}
-    res["cuda"] = {"decode": [], "prefill": []}
+    res["cuda"] = {"decode": [], "prefill": [], "prefill_model_forward": []}
+    model_prefill = HymbaServingEngine(model, max_context=max_context, buckets=(1,), prefill_impl="model")
+    for n in prefill:
+        for key, eng in (("prefill", engine), ("prefill_model_forward", model_prefill)):
+            r = prefill_ms(eng, n, 3)
+            res["cuda"][key].append(r)
+            log(f"cuda {key}", json.dumps(r), flush=True)
+            dump()
+    res["cuda"]["profile_prefill"] = []
+    for n in (prefill_profile if prefill_profile is not None else [max(prefill)] if prefill else []):
+        for eng in (engine, model_prefill):
+            r = _or_error(1, lambda: profile_prefill(eng, n))
+            res["cuda"]["profile_prefill"].append(r)
+            log("cuda profile_prefill", json.dumps(r), flush=True)
+            dump()
+    del model_prefill
+    if prefill_only:
+        batches = uncompiled_batches = profile_batches = no_overlap_batches = gemm_ablation_batches = ()
+        ref_graph_batches = compile_reference_batches = ()
     for b in batches:
         got, r, ooms = _oom_halving(b, lambda bb: decode_cuda(engine, bb, context, steps, eager_steps, bw, wbytes))
         entry = {"requested_batch": b, "oom_batches": ooms, **(r or {})}
         res["cuda"]["decode"].append(entry)
         log("cuda decode", json.dumps(entry), flush=True)
-        dump()
-    for n in prefill:
-        r = prefill_ms(engine, n, 3)
-        res["cuda"]["prefill"].append(r)
-        log("cuda prefill", json.dumps(r), flush=True)
         dump()
     for key, graphs in (("profile_eager", False), ("profile_graphs", True)):
         res["cuda"][key] = []
@@ -338,7 +388,7 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
         model.backend = "reference"
         res["reference"] = {"decode_eager": [], "decode_engine_graphs": [], "prefill": []}
         ref_engine = HymbaServingEngine(model, max_context=max_context, buckets=batches, backend="reference",
-                                        ssm_state_dtype=torch_dtype, decode_gemms="cublas")
+                                        ssm_state_dtype=torch_dtype, decode_gemms="cublas", prefill_impl="model")
         for n in prefill:
             try:
                 r = prefill_ms(ref_engine, n, 1)
@@ -383,6 +433,10 @@ def main(argv=None) -> int:
     ap.add_argument("--context", type=int, default=8192)
     ap.add_argument("--batches", default="1,8,32,128")
     ap.add_argument("--prefill", default="1024,4096,8192")
+    ap.add_argument("--prefill-profile", default=None,
+                    help="profile the prefill (engine and model forward) by kernel category at these lengths "
+                         "(default: the longest --prefill length; empty: none)")
+    ap.add_argument("--prefill-only", action="store_true", help="measure the prefill only (no decode, no ablations)")
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--eager-steps", type=int, default=4)
     ap.add_argument("--ref-steps", type=int, default=3)
@@ -411,7 +465,9 @@ def main(argv=None) -> int:
                   profile_batches=ints(args.profile_batches), no_overlap_batches=ints(args.no_overlap_batches),
                   compile_reference_batches=ints(args.compile_reference_batches),
                   gemm_ablation_batches=ints(args.gemm_ablation_batches),
-                  gemm_configs=load_configs(args.gemm_configs) if args.gemm_configs else None)
+                  gemm_configs=load_configs(args.gemm_configs) if args.gemm_configs else None,
+                  prefill_profile=None if args.prefill_profile is None else ints(args.prefill_profile),
+                  prefill_only=args.prefill_only)
     except HymbaDeployError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -103,12 +103,14 @@ class HymbaServingCache:
             kb[:b, :T] = k
             vb[:b, :T] = v
             return
-        kb[:b, :self.meta] = k[:, :self.meta]
-        vb[:b, :self.meta] = v[:, :self.meta]
+        M = self.meta
         m = min(n, self.ring)                                               # newest m tokens go to the ring
-        idx = torch.tensor([self.slot(layer, t) for t in range(n - m, n)], device=k.device)
-        kb[:b].index_copy_(1, idx, k[:, T - m:])
-        vb[:b].index_copy_(1, idx, v[:, T - m:])
+        start = (n - m) % self.ring                                         # ring slot of the oldest of them
+        head = min(m, self.ring - start)                                    # up to the ring's end; rest wraps
+        for buf, src in ((kb, k), (vb, v)):
+            buf[:b, :M] = src[:, :M]
+            buf[:b, M + start:M + start + head] = src[:, T - m:T - m + head]
+            buf[:b, M:M + m - head] = src[:, T - m + head:]
 
     def slot_index(self, layer: int, pos: torch.Tensor) -> torch.Tensor:
         """Device slot index (1,) of the token at absolute position `pos` (1,) (graph-safe arithmetic)."""
@@ -158,8 +160,8 @@ class HymbaServingCache:
 
 
 class DynamicCacheView:
-    """Duck-typed `HybridMambaAttentionDynamicCache` over a serving cache, for the model's own forward
-    (prefill, and eager decode before the rings are full): the model code runs unchanged.
+    """Duck-typed `HybridMambaAttentionDynamicCache` over a serving cache, for the model's own forward (the
+    engine's `prefill_impl="model"`, the baseline of its prefill body): the model code runs unchanged.
 
     `update_kv` stores into the preallocated buffers and returns the keys this step attends over;
     `update_ssm` copies the new states in place. Rows [0, rows) of the serving cache are used.

@@ -1,9 +1,12 @@
 """HymbaServingEngine: batched generation over a `HymbaServingCache`, decode steps replayed as CUDA graphs.
 
-Prefill runs the model's own forward (`HymbaModel.forward`, unchanged) through `DynamicCacheView`, so it
-uses whatever kernels the backend registered for `torch.ops.hymba.*`. Decode runs `_decode_body`, the
-same layer math as `HymbaBlock.forward` (§2.3; each step numbered alike) at T = 1, with the cache updated
-in place: K/V written into their slot, conv state and (fp32) SSM state updated by the kernels themselves.
+Prefill runs `_prefill_body` and decode `_decode_body`: the layer math of `HymbaModel.forward` and
+`HymbaBlock.forward` (§2.3; each step numbered alike) over the whole prompt (meta tokens prepended) and at
+T = 1, with the decode weight layouts (`_pack`), the compiled elementwise glue (`self.fn`) and the plugin
+kernels. Prefill stores each producer's K/V (`HymbaServingCache.store_prefill`) and the final conv and SSM
+states; decode updates the cache in place: K/V written into their slot, conv state and (fp32) SSM state
+updated by the kernels themselves. `prefill_impl="model"` runs the model's own forward through
+`DynamicCacheView` instead (eager glue; kept as the A/B baseline of the benchmark).
 
 CUDA graphs: the decode step of each batch bucket is captured once and replayed. A captured kernel keeps
 the key count it was captured with, which is fixed for SWA layers once their rings are full, but grows
@@ -13,7 +16,7 @@ a generator, yields at every attention over a global producer's K/V: those few l
 for hymba-1.5b) run eagerly between graph segments with the current length, while everything else
 replays. Steps before the rings fill run eagerly.
 
-Streams: SWA-layer attention (and global-layer attention inside graphs) runs on a side stream, in
+Streams: attention (at decode: SWA layers', and global layers' inside graphs) runs on a side stream, in
 parallel with the layer's SSM branch (conv, x_proj, dt_proj, scan), and joins before the fusion; in
 captured graphs of large batches the SSM branch's stream has the higher priority (`ssm_priority`).
 
@@ -44,6 +47,7 @@ from .gemm import GemmConfig, SsmInputsConfig
 from .sampling import SamplingParams, make_generator, sample
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+PREFILL_IMPLS = ("engine", "model")     # _prefill_body, or the model's own forward (eager glue; A/B baseline)
 SOFTPLUS_THRESHOLD = 20.0
 
 
@@ -143,30 +147,35 @@ def _pad_cols_(w: torch.Tensor, multiple: int) -> torch.Tensor:
     return buf
 
 
-class DecodeKernels:
-    """The three ops at T = 1 with in-place state updates: the plugin kernels through the extension
-    (backend 'cuda', CUDA tensors), else `torch.ops.hymba.*` followed by a copy into the buffer."""
+class ServingKernels:
+    """The three ops for the engine, conv and scan writing their final state into a cache buffer in place:
+    the plugin kernels through the extension (backend 'cuda', CUDA tensors), else `torch.ops.hymba.*`
+    followed by a copy into the buffer. `fresh=True` (prefill): the state buffer is not read, the op starts
+    from zeros; otherwise (decode) it is the initial state."""
 
     def __init__(self, backend: str):
         self.ext = cuda_backend.extension() if backend == "cuda" else None
 
-    def conv_(self, x, weight, bias, state):
-        """x (B, 1, I) -> y (B, 1, I); state (B, I, K) updated in place."""
+    def conv_(self, x, weight, bias, state, fresh: bool = False):
+        """x (B, T, I) -> y (B, T, I); state (B, I, K) set to the last K inputs."""
+        init = None if fresh else state
         if self.ext is not None and x.is_cuda:
-            return self.ext.causal_conv1d(x, weight, bias, state, True, None, state)[0]
-        y, new_state = torch.ops.hymba.causal_conv1d(x, weight, bias, state, activation="silu")
+            return self.ext.causal_conv1d(x, weight, bias, init, True, None, state)[0]
+        y, new_state = torch.ops.hymba.causal_conv1d(x, weight, bias, init, activation="silu")
         state.copy_(new_state)
         return y
 
-    def scan_(self, x, dt, A, B, C, D, z, dt_bias, state):
-        """One recurrence step; state (B, I, N) updated in place (aliased by the kernel when fp32)."""
+    def scan_(self, x, dt, A, B, C, D, z, dt_bias, state, fresh: bool = False):
+        """The recurrence over T positions; state (B, I, N) set to the last one (written by the kernel itself
+        when fp32)."""
+        init = None if fresh else state
         if self.ext is not None and x.is_cuda:
             if state.dtype == torch.float32:
-                return self.ext.selective_scan(x, dt, A, B, C, D, z, dt_bias, state, SOFTPLUS_THRESHOLD, None, state)[0]
-            y, new_state = self.ext.selective_scan(x, dt, A, B, C, D, z, dt_bias, state, SOFTPLUS_THRESHOLD,
+                return self.ext.selective_scan(x, dt, A, B, C, D, z, dt_bias, init, SOFTPLUS_THRESHOLD, None, state)[0]
+            y, new_state = self.ext.selective_scan(x, dt, A, B, C, D, z, dt_bias, init, SOFTPLUS_THRESHOLD,
                                                    None, None)
         else:
-            y, new_state = torch.ops.hymba.selective_scan(x, dt, A, B, C, D, z, dt_bias, state)
+            y, new_state = torch.ops.hymba.selective_scan(x, dt, A, B, C, D, z, dt_bias, init)
         state.copy_(new_state)
         return y
 
@@ -237,11 +246,14 @@ class HymbaServingEngine:
                  eviction: str = "upstream", ssm_state_dtype: torch.dtype | None = None,
                  use_graphs: bool = True, backend: str | None = None, compile_elementwise: bool | None = None,
                  overlap_attention: bool = True, kv_layout: str = "head_major", prioritize_ssm: bool | None = None,
-                 decode_gemms: str | None = None, gemm_configs: dict | None = None):
+                 decode_gemms: str | None = None, gemm_configs: dict | None = None, prefill_impl: str = "engine"):
+        if prefill_impl not in PREFILL_IMPLS:
+            raise HymbaDeployError(f"prefill_impl {prefill_impl!r}: choose one of {', '.join(PREFILL_IMPLS)}")
+        self.prefill_impl = prefill_impl
         self.model = model
         self.config = model.config
         self.backend = backend or getattr(model, "backend", cuda_backend.get_backend())
-        self.kernels = DecodeKernels(self.backend)
+        self.kernels = ServingKernels(self.backend)
         self.device, self.dtype = model.device, model.dtype
         self.max_context, self.buckets, self.eviction = max_context, tuple(sorted(buckets)), eviction
         self.kv_layout, self.prioritize_ssm = kv_layout, prioritize_ssm
@@ -266,7 +278,7 @@ class HymbaServingEngine:
         self._dt_bias = [b.dt_proj[0].bias.float() for b in blocks]         # (I,)
         self._conv_w = [b.conv1d.weight.view(I, -1) for b in blocks]       # (I, K)
         self._pack_weights(model)
-        # Side stream for SWA-layer attention (see _decode_body); None: everything on the current stream.
+        # Side stream for attention (`_attention`); None: everything on the current stream.
         self._side_stream = (torch.cuda.Stream(device=self.device) if overlap_attention and self.device.type == "cuda"
                              else None)
         self.caches: dict[int, HymbaServingCache] = {}
@@ -379,9 +391,82 @@ class HymbaServingEngine:
         b, n = input_ids.shape
         if b > cache.batch_size:
             raise HymbaDeployError(f"{b} prompts exceed the cache's {cache.batch_size} rows")
+        if not 1 <= n <= cache.max_context:
+            raise HymbaDeployError(f"prompt of {n} tokens: the cache takes 1 to max_context {cache.max_context}")
         cache.reset()
-        h = self.model.model(input_ids, DynamicCacheView(cache, b))         # (b, n, H), model code unchanged
-        return self._logits(h[:, -1])
+        if self.prefill_impl == "model":
+            h = self.model.model(input_ids, DynamicCacheView(cache, b))     # (b, n, H), model code unchanged
+            return self._logits(h[:, -1])
+        logits = self._prefill_body(input_ids, cache)
+        cache.set_length(n)
+        return logits
+
+    def _prefill_body(self, input_ids: torch.Tensor, cache: HymbaServingCache) -> torch.Tensor:
+        """`HymbaModel.forward` from an empty cache for prompts (b, n) -> last-token logits (b, V) fp32, with
+        rows [0, b) of the cache holding each producer's K/V and every layer's final conv and SSM states.
+        The last layer runs past its states for the last token only: the logits need nothing else."""
+        cfg, m, kern, fn = self.config, self.model.model, self.kernels, self.fn
+        b, n = input_ids.shape
+        Hq, Hkv, d_qk, d_v, I = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim,
+                                 cfg.d_inner)
+        R, N, eps = cfg.mamba_dt_rank, cfg.mamba_d_state, cfg.rms_norm_eps
+        layers = m.layers
+        h = m.embed_tokens(input_ids)                                       # (b, n, H)
+        meta = m.memory_tokens.to(h.dtype)[None].expand(b, -1, -1)          # (b, M, H), prepended (§2.1)
+        h = torch.cat([meta, h], dim=1)                                     # (b, T, H), T = M + n
+        T = h.shape[1]
+        cos, sin = m.rotary_emb(torch.arange(T, device=h.device), h.dtype)  # (T, d_qk)
+        u = fn["rms_norm"](h, layers[0].input_layernorm.weight, eps)        # (b, T, H)
+        kv = {}                                                             # producer -> its (K, V), all T
+        for i, layer in enumerate(layers):
+            blk = layer.mamba
+            last = i == len(layers) - 1
+            # 1. Fused input projection, split in checkpoint row order.
+            q, k, v, x, z = blk.in_proj(u).split([blk.q_dim, *blk.kv_dims, I, I], dim=-1)
+            # 2. Attention heads: RoPE; a producer's K/V stored in the cache; attention over the prompt's K/V.
+            q = fn["rope"](q.view(b, T, Hq, d_qk), cos, sin)                # (b, T, Hq, d_qk)
+            if blk.producer == i:
+                kv[i] = (fn["rope"](k.view(b, T, Hkv, d_qk), cos, sin), v.view(b, T, Hkv, d_v))
+                cache.store_prefill(i, *kv[i])
+            attn, side = self._attention(q[:, -1:] if last else q, *kv[blk.producer], blk.window)
+            # 3. SSM heads over the whole prompt (beside the attention when it runs on a side stream); the
+            # final conv and SSM states go into the cache.
+            xc = kern.conv_(x, self._conv_w[i], blk.conv1d.bias, cache.conv[i][:b], fresh=True)  # (b, T, I)
+            dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, self._x_proj[i]), blk.dt_layernorm.weight,
+                                         blk.B_layernorm.weight, blk.C_layernorm.weight, R, N, eps,
+                                         self._dt_proj[i].shape[1])         # x_proj, dt_proj: padded copies
+            dt = F.linear(dt, self._dt_proj[i])                             # (b, T, I), bias joins in the scan
+            y = kern.scan_(xc, dt, self._A[i], Bm, Cm, self._D[i], z, self._dt_bias[i], cache.ssm[i][:b],
+                           fresh=True)                                      # (b, T, I)
+            if side is not None:
+                torch.cuda.current_stream().wait_stream(side)
+            if last:
+                y, h = y[:, -1:], h[:, -1:]
+            attn = attn.reshape(b, -1, Hq * d_v)                            # (b, T or 1, I)
+            # 4. Fusion, out_proj, residual; then the MLP and the next layer's input norm.
+            fused = fn["fuse_branches"](attn, blk.pre_avg_layernorm1.weight, y, blk.pre_avg_layernorm2.weight, eps)
+            mlp = layer.moe.experts[0]
+            next_w = m.final_layernorm.weight if last else layers[i + 1].input_layernorm.weight
+            h, v_ = fn["add_rms_norm"](h, F.linear(fused, blk.out_proj.weight), layer.pre_moe_layernorm.weight, eps)
+            gate, up = F.linear(v_, self._gate_up[i]).chunk(2, dim=-1)      # packed gate/up rows
+            # u: the next layer's input norm (or the final norm) of the new residual stream.
+            h, u = fn["add_rms_norm"](h, F.linear(fn["silu_mul"](gate, up), mlp.down_proj.weight), next_w, eps)
+        return self._logits(u[:, -1])                                       # (b, V)
+
+    def _attention(self, q, k, v, window: int, kv_len=None):
+        """Windowed attention of q over k, v (`ServingKernels.attn`) -> (out, side): with a side stream, out is
+        written there after the work queued so far, overlapping what follows on the current stream, and `side`
+        must be joined before out is read (the inputs stay referenced until then); else side is None."""
+        cfg = self.config
+        args = (q, k, v, window, cfg.num_memory_tokens, cfg.qk_head_dim ** -0.5)
+        side = self._side_stream
+        if side is None:
+            return self.kernels.attn(*args, kv_len=kv_len), None
+        out = torch.empty(*q.shape[:3], cfg.v_dim, dtype=q.dtype, device=q.device)
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            self.kernels.attn(*args, out, kv_len)
+        return out, side
 
     # ---- decode ---------------------------------------------------------------------------------------
     def _global_attention(self, cache, layer, producer, q, out=None):
@@ -407,7 +492,7 @@ class HymbaServingEngine:
         Hq, Hkv, d_qk, d_v, I = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim,
                                  cfg.d_inner)
         R, N, eps = cfg.mamba_dt_rank, cfg.mamba_d_state, cfg.rms_norm_eps
-        meta, scale = cfg.num_memory_tokens, d_qk ** -0.5
+        meta = cfg.num_memory_tokens
         layers = m.layers
         h = m.embed_tokens(tokens)                                          # (B, 1, H)
         pos = cache.pos                                                     # (1,) position of this token
@@ -428,28 +513,16 @@ class HymbaServingEngine:
                                      cos, sin, cache.key[i], cache.value[i], pos if cfg.is_global(i) else ring_slot)
             else:
                 q = fn["rope"](q.view(B, 1, Hq, d_qk), cos, sin)
+            # Attention (bandwidth-bound) on the side stream where there is one, overlapping the SSM branch
+            # below (latency-bound small kernels); joined before the fusion. Graph capture keeps the fork.
             p = blk.producer
-            side = None
             if cfg.is_global(p) and global_kv_len is None:
-                attn = yield (i, p, q)                                      # length grows: run outside graphs
+                attn, side = (yield (i, p, q)), None                        # length grows: run outside graphs
+            elif cfg.is_global(p):                                          # whole buffer, device key count
+                attn, side = self._attention(q, cache.key[p], cache.value[p], blk.window, global_kv_len)
             else:
-                if cfg.is_global(p):                                        # whole buffer, device key count
-                    kv = (q, cache.key[p], cache.value[p], blk.window, meta, scale)
-                    kv_len = global_kv_len
-                else:
-                    L = cache.kv_len(p, cache.text_len + 1)                 # fixed once the ring is full
-                    kv = (q, cache.key[p][:, :L], cache.value[p][:, :L], blk.window, meta, scale)
-                    kv_len = None
-                side = self._side_stream
-                if side is None:
-                    attn = kern.attn(*kv, kv_len=kv_len)
-                else:
-                    # Attention (bandwidth-bound) on a side stream, overlapping the SSM branch below
-                    # (latency-bound small kernels); joined before the fusion. Graph capture keeps the fork.
-                    attn = torch.empty(B, 1, Hq, d_v, dtype=q.dtype, device=q.device)
-                    side.wait_stream(torch.cuda.current_stream())
-                    with torch.cuda.stream(side):
-                        kern.attn(*kv, attn, kv_len)
+                L = cache.kv_len(p, cache.text_len + 1)                     # fixed once the ring is full
+                attn, side = self._attention(q, cache.key[p][:, :L], cache.value[p][:, :L], blk.window)
             # 3. SSM heads: conv and scan at T = 1, states updated in place.
             xc = kern.conv_(x, self._conv_w[i], blk.conv1d.bias, cache.conv[i])            # (B, 1, I)
             norms = (blk.dt_layernorm.weight, blk.B_layernorm.weight, blk.C_layernorm.weight)
