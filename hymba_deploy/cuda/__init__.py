@@ -37,7 +37,8 @@ _registered = False
 @contextlib.contextmanager
 def forced_decode_attention(path: str):
     """Inside the block, the plugin launcher serves decode attention with one kernel where it applies
-    (`HYMBA_ATTN_DECODE` = split | mma | flash | auto, read per launch); the previous setting comes back after."""
+    (`HYMBA_ATTN_DECODE` = split | mma | prefill | flash | auto, read per launch; `flash`: the general CUDA-core
+    kernel for every call); the previous setting comes back after."""
     old = os.environ.get(DECODE_ENV)
     os.environ[DECODE_ENV] = path
     try:

@@ -1,10 +1,12 @@
 /*
- * The templated SelectiveScan kernel and its launcher; per-dtype .cu files instantiate it.
+ * The sequential SelectiveScan kernel (prefill with many channels) and the decode-step kernel (T = 1); the
+ * time-parallel prefill kernel and the launcher that picks among them are in selective_scan_prefill.cuh,
+ * which the per-dtype .cu files instantiate.
  *
- * One thread owns one (batch, channel) pair and keeps its d_state values in registers, walking time in
- * chunks of kChunk steps: the block stages the chunk's B_t and C_t (shared by every channel) in shared
- * memory as fp32, each thread loads its chunk of x, dt, z first (kChunk independent loads in flight),
- * then runs the recurrence. Prefill (any T, optional initial state) and decode (T = 1) are the same kernel.
+ * Sequential: one thread owns one (batch, channel) pair and keeps its d_state values in registers, walking
+ * time in chunks of kChunk steps: the block stages the chunk's B_t and C_t (shared by every channel) in shared
+ * memory as fp32, each thread loads its chunk of x, dt, z first (kChunk independent loads in flight), then runs
+ * the recurrence.
  */
 #pragma once
 
@@ -284,26 +286,5 @@ cudaError_t launchStep(SelectiveScanParams const& p, cudaStream_t stream)
 }
 
 } // namespace ssk
-
-template <typename T>
-cudaError_t selectiveScanLaunchT(SelectiveScanParams const& p, cudaStream_t stream)
-{
-    if (p.batch == 0 || p.dim == 0)
-        return cudaSuccess;
-    // Exact d_state for Hymba (16) and its tiny preset (8): no per-state guards.
-    if (p.seqlen == 1)
-    {
-        if (p.dstate == 16)
-            return ssk::launchStep<T, 16, true>(p, stream);
-        if (p.dstate == 8)
-            return ssk::launchStep<T, 8, true>(p, stream);
-        return ssk::launchStep<T, 32, false>(p, stream);
-    }
-    if (p.dstate == 16)
-        return ssk::launchWithState<T, 16, true>(p, stream);
-    if (p.dstate == 8)
-        return ssk::launchWithState<T, 8, true>(p, stream);
-    return ssk::launchWithState<T, 32, false>(p, stream);
-}
 
 } // namespace hymba

@@ -1,5 +1,5 @@
 // Instantiation only: one dtype per file so the three compile in parallel.
-#include "selective_scan_kernel.cuh"
+#include "selective_scan_prefill.cuh"
 
 namespace hymba
 {

@@ -15,8 +15,11 @@ On a machine with a CUDA GPU, PyTorch and nvcc (no TensorRT needed):
    Outputs are filled with NaN first, so unwritten elements fail; any NaN fails.
    Tolerances: fp32 1e-5 (scan 1e-4 at T >= 4096), fp16/bf16 1e-2.
 3. Times each kernel (CUDA events, warm-up, median of >= 20) against the reference eager and under
-   torch.compile, attention also against scaled_dot_product_attention with an explicit boolean mask;
-   reports GB/s over the fewest bytes and the ratio to the measured device copy bandwidth.
+   torch.compile, attention also against scaled_dot_product_attention with an explicit boolean mask and,
+   for prefill, the anchors a user would pick (SDPA flash, causal; compiled FlexAttention with a block mask
+   of the Hymba mask) and the previous CUDA-core kernel (`kernel[flash]`); reports GB/s over the fewest
+   bytes and the ratio to the measured device copy bandwidth, attention TFLOP/s against this run's bf16
+   matmul rate, and each anchor's time over ours (`kernel_speedup`). `--only` limits checks and timings.
 4. Writes everything to JSON; exits 1 if any check failed.
 """
 
@@ -216,7 +219,20 @@ SCAN_CASES = [  # name, B, T, D, N, state dtype is T (else fp32), noncontig, opt
     ("decode_N12_noncontig_Tstate", 3, 1, 203, 12, True, True, False),
     ("decode_N8_no_optionals", 4, 1, 200, 8, False, False, True),
     ("decode_N32", 2, 1, 100, 32, False, False, False),
+    # Prefill (T > 1) also runs under each prefill kernel (SCAN_PREFILL_PATHS): T = 2, below, at and past the
+    # time-parallel kernel's 256-step tile, d_state 5 / 12 / 24 / 32, batch > 1, dim no multiple of a block's
+    # channels; "state": D, z and dt_bias absent but an initial state.
+    ("prefill_T2_b3", 3, 2, 203, 16, False, False, False),
+    ("prefill_T255_N12_Tstate", 2, 255, 300, 12, True, False, False),
+    ("prefill_T256_N32", 2, 256, 96, 32, False, False, False),
+    ("prefill_T1000_N24_noncontig_Tstate", 2, 1000, 333, 24, True, True, False),
+    ("prefill_T777_N5_no_optionals", 3, 777, 130, 5, False, False, True),
+    ("prefill_T300_no_Dzbias_with_state", 2, 300, 64, 16, False, False, "state"),
+    ("prefill_T3000_b4_N16", 4, 3000, 3200, 16, False, False, False),
 ]
+# HYMBA_SCAN_PREFILL values, each forced on every T > 1 case besides the launcher's own choice ("auto"): the
+# time-parallel prefill kernel and the sequential one (one thread per channel; also the timing anchor).
+SCAN_PREFILL_PATHS = ("time", "sequential")
 CONV_CASES = [  # name, B, T, D, K, activation, noncontig
     ("tiny", 2, 37, 128, 4, "silu", False),
     ("tiny_K2_noact", 2, 5, 64, 2, None, False),
@@ -248,10 +264,25 @@ ATTN_CASES = [  # name, B, Tq, Tk, Hq, Hkv, Dqk, Dv, window, num_meta, noncontig
     # >= 256 key chunks and >= 2 tiles per SM: 8 warps per block
     ("mma_8warps_global_b54", 54, 1, 4200, 25, 5, 64, 128, 0, 128, False),
     ("mma_8warps_swa_b60_g2", 60, 1, 5000, 10, 5, 64, 128, 1024, 64, False),
+    # Tensor-core prefill (fp16/bf16): sizes that are no multiple of a tile (64 keys, 128 rows), T below the
+    # window and below num_meta, chunked prefill (Tq < Tk) over window and meta edges, batch > 1, G = 1 and 5,
+    # every head-dim instantiation (Dqk 48 runs zero-padded to 64); Dqk 20 (unaligned rows) takes the general kernel.
+    ("prefill_T_lt_meta_b2", 2, 77, 77, 25, 5, 64, 128, 1024, 128, False),
+    ("prefill_swa_g1_b3", 3, 333, 333, 4, 4, 64, 128, 100, 20, False),
+    ("prefill_chunk_g5_b2", 2, 197, 1501, 25, 5, 64, 128, 1024, 128, False),
+    ("prefill_chunk_g1_window_edge", 1, 131, 1200, 3, 3, 64, 128, 200, 70, False),
+    ("prefill_global_g1_b2", 2, 1111, 1111, 3, 3, 64, 128, 0, 0, False),
+    ("prefill_global_g5_chunk", 1, 300, 2049, 10, 2, 64, 128, 0, 128, False),
+    ("prefill_d128_swa", 2, 700, 900, 8, 2, 128, 128, 256, 50, False),
+    ("prefill_d32_dv64_meta7", 2, 300, 300, 10, 2, 32, 64, 64, 7, False),
+    ("prefill_d48_dv32", 1, 150, 150, 4, 2, 48, 32, 40, 3, False),
+    ("prefill_d20_general", 2, 45, 45, 4, 2, 20, 32, 8, 4, False),
+    ("prefill_swa_T1025_b2", 2, 1025, 1025, 25, 5, 64, 128, 1024, 128, False),
 ]
-# Decode-shaped cases (Tq·G <= 32) also run with each decode kernel forced through HYMBA_ATTN_DECODE (the
-# launcher falls back to the general kernel where the forced one does not apply).
-ATTN_FORCED_PATHS = ("split", "mma", "flash")
+# Decode-shaped cases (Tq·G <= 32) also run with each kernel forced through HYMBA_ATTN_DECODE (the launcher
+# falls back to the general kernel where the forced one does not apply); prefill-shaped cases also run
+# under `flash`, the general CUDA-core kernel (the previous prefill kernel).
+ATTN_FORCED_PATHS = ("split", "mma", "prefill", "flash")
 
 
 def _slice_noncontig(t, dim=-1):
@@ -264,6 +295,24 @@ def _slice_noncontig(t, dim=-1):
     return view
 
 
+class forced_scan_prefill:
+    """Inside the block the library serves prefill scans (T > 1) with one kernel (HYMBA_SCAN_PREFILL =
+    sequential | time | auto, read per launch); the previous setting comes back after."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        self.old = os.environ.get("HYMBA_SCAN_PREFILL")
+        os.environ["HYMBA_SCAN_PREFILL"] = self.path
+
+    def __exit__(self, *exc):
+        if self.old is None:
+            os.environ.pop("HYMBA_SCAN_PREFILL", None)
+        else:
+            os.environ["HYMBA_SCAN_PREFILL"] = self.old
+
+
 def check_scan(K: Kernels, h, results, dtypes, gen):
     for name, Bt, T, D, N, state_T, noncontig, no_opt in SCAN_CASES:
         for dn in dtypes:
@@ -273,21 +322,26 @@ def check_scan(K: Kernels, h, results, dtypes, gen):
             try:
                 inp = scan_inputs(Bt, T, D, N, dt_, dt_ if state_T else torch.float32, gen)
                 if no_opt:
-                    for k in ("D", "z", "dt_bias", "initial_state"):
+                    for k in ("D", "z", "dt_bias") + (() if no_opt == "state" else ("initial_state",)):
                         inp[k] = None
                 y_ref, s_ref = SS.selective_scan_ref(**inp)
-                # a. kernel
+                # a. kernel, under the launcher's choice and (prefill) each forced prefill kernel
                 kin = dict(inp)
                 if noncontig:
                     kin["x"], kin["z"], kin["dt"] = (_slice_noncontig(inp["x"]), _slice_noncontig(inp["z"]),
                                                      _slice_noncontig(inp["dt"], 1))
-                y = torch.empty_like(inp["x"])
-                ls = torch.empty(Bt, D, N, device=DEV)
-                poison(y, ls)
-                K.selective_scan(**kin, y=y, last_state=ls)
-                torch.cuda.synchronize()
-                outs = {"y": rel_err(y, y_ref), "last_state": rel_err(ls, s_ref)}
-                results.append(_outcome(rec, "kernel", outs, tol, noncontig=noncontig))
+                    kin["B"], kin["C"] = _slice_noncontig(inp["B"]), _slice_noncontig(inp["C"], 1)
+                for path in ("auto",) + (SCAN_PREFILL_PATHS if T > 1 else ()):
+                    y = torch.empty_like(inp["x"])
+                    ls = torch.empty(Bt, D, N, device=DEV)
+                    poison(y, ls)
+                    with forced_scan_prefill(path):
+                        K.selective_scan(**kin, y=y, last_state=ls)
+                    torch.cuda.synchronize()
+                    outs = {"y": rel_err(y, y_ref), "last_state": rel_err(ls, s_ref)}
+                    results.append(_outcome(rec, "kernel" if path == "auto" else f"kernel[{path}]", outs, tol,
+                                            noncontig=noncontig))
+                    _print_last(results)
                 # b. plugin (all inputs required)
                 if not no_opt:
                     ins = [inp[k].contiguous() for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")]
@@ -295,10 +349,32 @@ def check_scan(K: Kernels, h, results, dtypes, gen):
                                                  [(Bt, T, D), (Bt, D, N)], [dt_, torch.float32])
                     outs = {"y": rel_err(y2, y_ref), "last_state": rel_err(s2, s_ref)}
                     results.append(_outcome(rec, "plugin", outs, tol, notes=notes))
+                    _print_last(results)
             except Exception as e:  # a failed case is recorded, the run goes on
                 results.append(_failure(rec, e))
-            _print_last(results)
+                _print_last(results)
             torch.cuda.empty_cache()
+    # In place, as a runtime calls it: last_state aliasing an fp32 initial_state and y aliasing x (same strides).
+    for T in (1, 2, 700):
+        for dn in dtypes:
+            dt_ = DTYPES[dn]
+            Bt, D, N = 2, 300, 16
+            rec = dict(op="SelectiveScan", case=f"inplace_state_and_y_T{T}", dtype=dn, shape=dict(B=Bt, T=T, D=D, N=N),
+                       tol=TOL[dn])
+            try:
+                inp = scan_inputs(Bt, T, D, N, dt_, torch.float32, gen)
+                y_ref, s_ref = SS.selective_scan_ref(**inp)
+                for path in ("auto",) + (SCAN_PREFILL_PATHS if T > 1 else ()):
+                    kin = dict(inp, x=inp["x"].clone(), initial_state=inp["initial_state"].clone())
+                    with forced_scan_prefill(path):
+                        K.selective_scan(**kin, y=kin["x"], last_state=kin["initial_state"])
+                    torch.cuda.synchronize()
+                    outs = {"y": rel_err(kin["x"], y_ref), "last_state": rel_err(kin["initial_state"], s_ref)}
+                    results.append(_outcome(rec, "kernel" if path == "auto" else f"kernel[{path}]", outs, TOL[dn]))
+                    _print_last(results)
+            except Exception as e:
+                results.append(_failure(rec, e))
+                _print_last(results)
 
 
 def check_conv(K: Kernels, h, results, dtypes, gen):
@@ -393,7 +469,7 @@ def check_attn(K: Kernels, h, results, dtypes, gen):
                     vv = qkv[:, :Tk, (Hq + Hkv) * Dqk:].unflatten(-1, (Hkv, Dv))
                     qv.copy_(inp["q"]), kv_.copy_(inp["k"]), vv.copy_(inp["v"])
                     kin = dict(q=qv, k=kv_, v=vv)
-                forced = ATTN_FORCED_PATHS if Tq * (Hq // Hkv) <= 32 else ()
+                forced = ATTN_FORCED_PATHS if Tq * (Hq // Hkv) <= 32 else ("flash",)
                 for path in ("auto",) + forced:
                     with H.forced_decode_attention(path):
                         out = torch.empty(Bt, Tq, Hq, Dv, device=DEV, dtype=dt_)
@@ -463,11 +539,23 @@ def copy_bandwidth():
     return 2 * n / (r["median_ms"] * 1e-3) / 1e9
 
 
+def exp2_limit():
+    """MUFU.EX2 throughput: 16 per clock per SM (sm_80 / sm_90) at the maximum SM clock nvidia-smi reports."""
+    try:
+        mhz = float(subprocess.run(["nvidia-smi", "--query-gpu=clocks.max.sm", "--format=csv,noheader,nounits",
+                                    "-i", str(torch.cuda.current_device())], stdout=subprocess.PIPE,
+                                   text=True, check=True).stdout.split()[0])
+    except Exception:
+        return None
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    return {"exps_per_s": 16 * sms * mhz * 1e6, "note": f"16/clk/SM x {sms} SMs x {mhz:.0f} MHz (max SM clock)"}
+
+
 def nbytes(*ts):
     return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
-def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records):
+def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records, only=("scan", "conv", "attn")):
     def add(op, case, dn, impl, r, bytes_=None, flops=None, extra=None):
         rec = dict(op=op, case=case, dtype=dn, impl=impl, **r)
         if bytes_:
@@ -499,36 +587,59 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records):
         return compiled[name]
 
     # --- SelectiveScan ---------------------------------------------------------------------------------
-    for dn in dtypes_time:
+    exp_limit = exp2_limit() if "scan" in only else None
+    if exp_limit:
+        records.append(dict(op="SelectiveScan", impl="exp2_limit", **exp_limit))
+        log(f"  exp2 limit: {exp_limit['exps_per_s']:.3e}/s ({exp_limit['note']})")
+    for dn in (dtypes_time if "scan" in only else ()):
         dt_ = DTYPES[dn]
 
-        def scan_big():
-            Bt, T, D, N = 128, 8320, 3200, 16
+        def scan_prefill(Bt, T, case, paths, reps):
+            # Each prefill kernel on the same inputs (HYMBA_SCAN_PREFILL): "kernel" is the launcher's choice,
+            # kernel[sequential] one thread per channel (the first kernel), kernel[time] the time-parallel one.
+            # Rates: bytes over this run's copy bandwidth, the B·T·D·N state exps over the MUFU.EX2 limit.
+            D, N = 3200, 16
             inp = scan_inputs(Bt, T, D, N, dt_)
             y = torch.empty_like(inp["x"])
             ls = torch.empty(Bt, D, N, device=DEV)
-            r = bench(lambda: K.selective_scan(**inp, y=y, last_state=ls), reps=20, warmup=2)
-            add("SelectiveScan", "hymba_B128_T8320", dn, "kernel", r,
-                nbytes(*[inp[k] for k in ("x", "dt", "B", "C", "z", "initial_state", "A", "D", "dt_bias")], y, ls))
+            b = nbytes(*[inp[k] for k in ("x", "dt", "B", "C", "z", "initial_state", "A", "D", "dt_bias")], y, ls)
+            exps = Bt * T * D * N
+            times = {}
+            for path in paths:  # "sequential" first: each later one records its speedup over it
+                with forced_scan_prefill(path):
+                    r = bench(lambda: K.selective_scan(**inp, y=y, last_state=ls), reps=reps, warmup=2)
+                times[path] = r["median_ms"]
+                rate = exps / (r["median_ms"] * 1e-3)
+                extra = {"exps": exps, "exps_per_s": rate}
+                if exp_limit:
+                    extra.update(ratio_to_exp_limit=rate / exp_limit["exps_per_s"],
+                                 exp_floor_ms=exps / exp_limit["exps_per_s"] * 1e3)
+                if path != "sequential" and "sequential" in times:
+                    extra["speedup_vs_sequential"] = times["sequential"] / r["median_ms"]
+                add("SelectiveScan", case, dn, "kernel" if path == "auto" else f"kernel[{path}]", r, b, extra=extra)
+            if "sequential" in times:
+                log(f"  SelectiveScan {case} {dn}: sequential / auto = {times['sequential'] / times['auto']:.1f}x")
             del inp, y, ls
             torch.cuda.empty_cache()
-        try_("SelectiveScan big", scan_big)
+            return b
+
+        all_paths = ("sequential", "auto", "time")
+        try_("SelectiveScan big", lambda: scan_prefill(128, 8320, "hymba_B128_T8320", all_paths, 10))
 
         def scan_b1():
-            Bt, T, D, N = 1, 8320, 3200, 16
-            inp = scan_inputs(Bt, T, D, N, dt_)
-            y = torch.empty_like(inp["x"])
-            ls = torch.empty(Bt, D, N, device=DEV)
-            b = nbytes(*[inp[k] for k in ("x", "dt", "B", "C", "z", "initial_state")], y, ls)
-            add("SelectiveScan", "hymba_B1_T8320", dn, "kernel",
-                bench(lambda: K.selective_scan(**inp, y=y, last_state=ls)), b)
+            Bt, T = 1, 8320
+            b = scan_prefill(Bt, T, "hymba_B1_T8320", all_paths, 20)
             if dn == "bfloat16":
+                inp = scan_inputs(Bt, T, 3200, 16, dt_)
                 add("SelectiveScan", "hymba_B1_T8320", dn, "chunked_eager",
                     bench(lambda: SS.selective_scan(**inp), reps=20, warmup=1), b)
                 add("SelectiveScan", "hymba_B1_T8320", dn, "ref_eager",
                     bench(lambda: SS.selective_scan_ref(**inp), reps=3, warmup=1), b,
                     extra={"note": "3 reps: the time-step loop takes seconds"})
         try_("SelectiveScan B1", scan_b1)
+        if dn == "bfloat16":  # where the launcher switches from the time- to the channel-parallel kernel
+            for Bt in (4, 16, 64):
+                try_(f"SelectiveScan B{Bt}", lambda: scan_prefill(Bt, 2048, f"prefill_B{Bt}_T2048", all_paths, 10))
 
         def scan_small(T):
             Bt, D, N = (128, 3200, 16)
@@ -561,7 +672,7 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records):
             try_("SelectiveScan T32", lambda: scan_small(32))
 
     # --- CausalConv1d ----------------------------------------------------------------------------------
-    for dn in dtypes_time:
+    for dn in (dtypes_time if "conv" in only else ()):
         dt_ = DTYPES[dn]
 
         def conv(Bt, T):
@@ -593,10 +704,21 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records):
         try_("CausalConv1d decode serving layout", conv_decode_serving)
 
     # --- WindowedAttention -----------------------------------------------------------------------------
-    for dn in dtypes_time:
+    # TFLOP/s count the unmasked products only (the useful work, whatever an implementation computes) and
+    # are set against this run's bf16 matmul rate; anchors carry kernel_speedup = anchor ms / kernel ms.
+    mma_peak = None
+    if "attn" in only:
+        def peak():
+            nonlocal mma_peak
+            mma_peak = matmul_tflops()
+            records.append(dict(op="matmul", case="bf16_8192^3", dtype="bfloat16", impl="torch.matmul",
+                                TFLOPs=mma_peak))
+            log(f"  bf16 matmul 8192^3: {mma_peak:.0f} TFLOP/s (tensor-core peak of this run)")
+        try_("matmul peak", peak)
+    for dn in (dtypes_time if "attn" in only else ()):
         dt_ = DTYPES[dn]
 
-        def attn(Bt, Tq, Tk, window, meta, case):
+        def attn(Bt, Tq, Tk, window, meta, case, anchors=False):
             Hq, Hkv, Dqk, Dv = 25, 5, 64, 128
             scale = 0.125
             inp = attn_inputs(Bt, Tq, Tk, Hq, Hkv, Dqk, Dv, dt_)
@@ -605,33 +727,107 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records):
             mask = WA.window_mask(Tq, Tk, window, meta, DEV)
             visible = int(mask.sum().item())
             flops = 2 * Bt * Hq * visible * (Dqk + Dv)  # only the unmasked products
-            add("WindowedAttention", case, dn, "kernel",
-                bench(lambda: K.windowed_attention(**inp, window=window, num_meta=meta, scale=scale, out=out)), b, flops)
-            for path in ATTN_FORCED_PATHS if Tq == 1 else ():  # same-GPU A/B of the decode kernels
+            kernel_ms = []
+            # Prefill: 10 back-to-back calls per event pair, so the host's per-call work (Python, ctypes,
+            # torch dispatch) overlaps the GPU's instead of adding to it; decode keeps one call per pair.
+            calls = 10 if Tq > 1 else 1
+
+            def timed(impl, fn, reps=20, warmup=3, note=None, n=None):
+                n = calls if n is None else n
+                r = bench(fn if n == 1 else (lambda: [fn() for _ in range(n)]), reps=reps, warmup=warmup)
+                r = dict(r, median_ms=r["median_ms"] / n, min_ms=r["min_ms"] / n, calls_per_timing=n)
+                extra = {"note": note} if note else {}
+                if mma_peak:
+                    extra["ratio_to_mma_peak"] = flops / (r["median_ms"] * 1e-3) / 1e12 / mma_peak
+                if impl == "kernel":
+                    kernel_ms.append(r["median_ms"])
+                elif kernel_ms:
+                    extra["kernel_speedup"] = r["median_ms"] / kernel_ms[0]
+                add("WindowedAttention", case, dn, impl, r, b, flops, extra=extra)
+
+            call = lambda: K.windowed_attention(**inp, window=window, num_meta=meta, scale=scale, out=out)  # noqa: E731
+            timed("kernel", call)
+            # Same-GPU A/B: each decode kernel forced for decode; `flash`, the previous (CUDA-core) prefill kernel.
+            for path in ATTN_FORCED_PATHS if Tq == 1 else ("flash",):
                 with H.forced_decode_attention(path):
-                    add("WindowedAttention", case, dn, f"kernel[{path}]",
-                        bench(lambda: K.windowed_attention(**inp, window=window, num_meta=meta, scale=scale,
-                                                           out=out)), b, flops)
-            add("WindowedAttention", case, dn, "ref_eager",
-                bench(lambda: WA.windowed_attention_ref(**inp, window=window, num_meta=meta, scale=scale)), b, flops)
+                    timed(f"kernel[{path}]", call)
+            timed("ref_eager", lambda: WA.windowed_attention_ref(**inp, window=window, num_meta=meta, scale=scale), n=1)
             qh = inp["q"].transpose(1, 2)
             kh = inp["k"].transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
             vh = inp["v"].transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)
-            add("WindowedAttention", case, dn, "sdpa_mask",
-                bench(lambda: F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale)), b, flops,
-                extra={"note": "SDPA in the input dtype with an explicit boolean mask; K/V pre-expanded to Hq heads"})
+            timed("sdpa_mask", lambda: F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, scale=scale),
+                  note="SDPA in the input dtype with an explicit boolean mask; K/V pre-expanded to Hq heads")
+            del kh, vh
             if do_compile and dn == "bfloat16":
                 f = comp(f"attn{case}{dn}", WA.windowed_attention_ref)
-                add("WindowedAttention", case, dn, "ref_compile",
-                    bench(lambda: f(**inp, window=window, num_meta=meta, scale=scale)), b, flops)
-            del inp, out, qh, kh, vh, mask
+                timed("ref_compile", lambda: f(**inp, window=window, num_meta=meta, scale=scale))
+            if anchors and dn == "bfloat16":  # the prefill anchors a user would pick instead
+                qc, kc, vc = (inp[n].transpose(1, 2).contiguous() for n in ("q", "k", "v"))  # (B, H, T, D)
+                def flash_anchor():
+                    fn, note = sdpa_flash_anchor(qc, kc, vc, scale)
+                    timed("sdpa_flash", fn, note=note)
+                try_(f"attn {case} sdpa_flash", flash_anchor)
+                try_(f"attn {case} flex", lambda: timed(
+                    "flex_compiled", flex_anchor(comp, qc, kc, vc, window, meta, scale),
+                    note="torch.compile(flex_attention) with a block mask of the same Hymba mask, enable_gqa"))
+                del qc, kc, vc
+            del inp, out, qh, mask
             torch.cuda.empty_cache()
-        try_("attn prefill", lambda: attn(1, 8320, 8320, 1024, 128, "prefill_swa_T8320"))
+        try_("attn prefill", lambda: attn(1, 8320, 8320, 1024, 128, "prefill_swa_T8320", anchors=True))
         try_("attn decode", lambda: attn(128, 1, 1152, 1024, 128, "decode_swa_B128_Tk1152"))
         if dn == "bfloat16":
             try_("attn decode B1", lambda: attn(1, 1, 1152, 1024, 128, "decode_swa_B1_Tk1152"))
             try_("attn decode global", lambda: attn(128, 1, 8320, 0, 128, "decode_global_B128_Tk8320"))
-            try_("attn prefill global", lambda: attn(1, 8320, 8320, 0, 128, "prefill_global_T8320"))
+            try_("attn prefill global", lambda: attn(1, 8320, 8320, 0, 128, "prefill_global_T8320", anchors=True))
+            try_("attn prefill swa B4", lambda: attn(4, 2100, 2100, 1024, 128, "prefill_swa_B4_T2100"))
+            try_("attn chunked prefill", lambda: attn(2, 512, 4608, 1024, 128, "chunked_prefill_swa_B2_Tq512_Tk4608"))
+
+
+def matmul_tflops(n=8192):
+    """bf16 n×n×n matmul rate (TFLOP/s) on random data: the tensor-core peak the attention kernels are set against."""
+    a = torch.randn(n, n, device=DEV).bfloat16()
+    b = torch.randn(n, n, device=DEV).bfloat16()
+    r = bench(lambda: a @ b, reps=20, warmup=3)
+    return 2 * n ** 3 / (r["median_ms"] * 1e-3) / 1e12
+
+
+def sdpa_flash_anchor(q, k, v, scale):
+    """SDPA's flash backend, plain causal (is_causal=True: the global layers' mask, a superset of the SWA
+    work), GQA through enable_gqa. Returns (fn, note). Flash needs one head dim for q, k and v: when the
+    backend refuses Dqk != Dv, q and k are zero-padded to Dv (same scores, the anchor's own extra work)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    def run(qq, kk):
+        with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+            return F.scaled_dot_product_attention(qq, kk, v, is_causal=True, scale=scale, enable_gqa=True)
+    note = "SDPA flash backend, is_causal=True, enable_gqa"
+    try:
+        run(q, k)
+        torch.cuda.synchronize()
+        return (lambda: run(q, k)), note
+    except RuntimeError:
+        pad = v.shape[-1] - q.shape[-1]
+        qp, kp = F.pad(q, (0, pad)), F.pad(k, (0, pad))
+        run(qp, kp)
+        torch.cuda.synchronize()
+        return (lambda: run(qp, kp)), note + f"; q/k zero-padded to head dim {v.shape[-1]} (flash needs Dqk = Dv)"
+
+
+def flex_anchor(comp, q, k, v, window, meta, scale):
+    """torch.compile'd FlexAttention with a block mask of the Hymba mask (causal, window, meta sinks)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+    Tq, Tk = q.shape[2], k.shape[2]
+    off = Tk - Tq
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        qq = q_idx + off
+        vis = kv_idx <= qq
+        if window > 0:
+            vis = vis & ((qq - kv_idx <= window) | (kv_idx < meta))
+        return vis
+    block_mask = create_block_mask(mask_mod, None, None, Tq, Tk, device=DEV)
+    f = comp("flex_attention", flex_attention)
+    return lambda: f(q, k, v, block_mask=block_mask, scale=scale, enable_gqa=True)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -729,7 +925,7 @@ def main(argv=None):
     if not args.no_timing:
         copy_gbps = copy_bandwidth()
         log(f"device copy bandwidth (read+write): {copy_gbps:.1f} GB/s")
-        timing(K, copy_gbps, args.time_dtypes.split(","), not args.no_compile, timings)
+        timing(K, copy_gbps, args.time_dtypes.split(","), not args.no_compile, timings, only)
 
     doc = dict(info, copy_bandwidth_GBps=copy_gbps, all_passed=n_pass == len(results), n_checks=len(results),
                n_passed=n_pass, tolerances={"float32": 1e-5, "float32_scan_T>=4096": 1e-4, "float16": 1e-2,

@@ -231,7 +231,8 @@ class Harness:
 @contextlib.contextmanager
 def forced_decode_attention(path: str):
     """Inside the block the library serves decode attention with one kernel where it applies
-    (HYMBA_ATTN_DECODE = split | mma | flash | auto, read per launch); the previous setting comes back after.
+    (HYMBA_ATTN_DECODE = split | mma | prefill | flash | auto, read per launch; `flash`: the general CUDA-core
+    kernel for every call); the previous setting comes back after.
     The package's twin is hymba_deploy.cuda.forced_decode_attention (these tools do not import the package)."""
     old = os.environ.get("HYMBA_ATTN_DECODE")
     os.environ["HYMBA_ATTN_DECODE"] = path

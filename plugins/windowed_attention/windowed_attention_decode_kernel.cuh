@@ -28,6 +28,7 @@
 #pragma once
 
 #include "../common/kernel_common.cuh"
+#include "../common/mma_sm80.cuh"
 #include "windowed_attention_kernel.h"
 
 #include <cstdint>
@@ -61,75 +62,6 @@ struct Shape
     static_assert(DQK % 16 == 0 && DQK >= 64 && DQK <= 128, "q/k head dim: 64..128, a multiple of 16");
     static_assert(DV % 16 == 0 && DV >= 64 && DV <= 128, "v head dim: 64..128, a multiple of 16");
 };
-
-template <typename T>
-struct MmaType;
-template <>
-struct MmaType<__half>
-{
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi)
-    {
-        __half2 const h = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t const*>(&h);
-    }
-    static __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1)
-    {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
-    }
-};
-template <>
-struct MmaType<__nv_bfloat16>
-{
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi)
-    {
-        __nv_bfloat162 const h = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t const*>(&h);
-    }
-    static __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a2, uint32_t b0, uint32_t b1)
-    {
-        asm volatile(
-            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a0), "r"(0u), "r"(a2), "r"(0u), "r"(b0), "r"(b1));
-    }
-};
-
-__device__ __forceinline__ void cpAsync16(uint32_t dst, void const* src)
-{
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
-}
-__device__ __forceinline__ void cpAsyncCommit()
-{
-    asm volatile("cp.async.commit_group;\n" ::);
-}
-template <int N>
-__device__ __forceinline__ void cpAsyncWait()
-{
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-__device__ __forceinline__ void ldmatrixX4(uint32_t (&r)[4], uint32_t addr)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrixX4Trans(uint32_t (&r)[4], uint32_t addr)
-{
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
-
-//! Byte offset of 16-byte chunk `ch` of shared row `row` (rows of `rowChunks` chunks), XOR-swizzled.
-__device__ __forceinline__ uint32_t swz(int row, int ch, int rowChunks)
-{
-    return uint32_t((row * rowChunks + (ch ^ (row & 7))) * 16);
-}
 
 //! kWarps warps per block (4 or 8), each streaming its own chunks through its own pipeline.
 template <typename T, int DQK, int DV, int kWarps>
@@ -209,14 +141,14 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
             {
                 int const row = j / KCH, ch = j % KCH;
                 int const key = min(key0 + row, Tk - 1);
-                cpAsync16(sK + swz(row, ch, KCH), kg + int64_t(key) * p.k_time_stride + ch * 8);
+                cpAsync16(sK + swizzle16<KCH>(row, ch), kg + int64_t(key) * p.k_time_stride + ch * 8);
             }
 #pragma unroll
             for (int j = lane; j < kKeys * VCH; j += 32)
             {
                 int const row = j / VCH, ch = j % VCH;
                 int const key = min(key0 + row, Tk - 1);
-                cpAsync16(sV + swz(row, ch, VCH), vg + int64_t(key) * p.v_time_stride + ch * 8);
+                cpAsync16(sV + swizzle16<VCH>(row, ch), vg + int64_t(key) * p.v_time_stride + ch * 8);
             }
         }
         cpAsyncCommit();
@@ -255,9 +187,9 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
             for (int kk = 0; kk < DQK / 16; kk += 2)
             {
                 uint32_t kb[4]; // b0, b1 of k-step kk, then of kk + 1
-                ldmatrixX4(kb, sK + swz(8 * j + (lane & 7), 2 * kk + (lane >> 3), KCH));
-                M::mma(s[j], qa[kk][0], qa[kk][1], kb[0], kb[1]);
-                M::mma(s[j], qa[kk + 1][0], qa[kk + 1][1], kb[2], kb[3]);
+                ldmatrixX4(kb, sK + swizzle16<KCH>(8 * j + (lane & 7), 2 * kk + (lane >> 3)));
+                M::mma(s[j], qa[kk][0], 0u, qa[kk][1], 0u, kb[0], kb[1]);
+                M::mma(s[j], qa[kk + 1][0], 0u, qa[kk + 1][1], 0u, kb[2], kb[3]);
             }
         }
 
@@ -296,13 +228,13 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
         for (int n = 0; n < DV / 8; n += 2)
         {
             uint32_t vb[4]; // b0, b1 of n-tile n, then of n + 1
-            ldmatrixX4Trans(vb, sV + swz((lane & 7) + ((lane >> 3) & 1) * 8, n + (lane >> 4), VCH));
+            ldmatrixX4Trans(vb, sV + swizzle16<VCH>((lane & 7) + ((lane >> 3) & 1) * 8, n + (lane >> 4)));
             acc[n][0] *= alpha;
             acc[n][1] *= alpha;
             acc[n + 1][0] *= alpha;
             acc[n + 1][1] *= alpha;
-            M::mma(acc[n], pa0, pa2, vb[0], vb[1]);
-            M::mma(acc[n + 1], pa0, pa2, vb[2], vb[3]);
+            M::mma(acc[n], pa0, 0u, pa2, 0u, vb[0], vb[1]);
+            M::mma(acc[n + 1], pa0, 0u, pa2, 0u, vb[2], vb[3]);
         }
     }
     cpAsyncWait<0>();
@@ -349,11 +281,12 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
             = fromFloat<T>(sumL > 0.f ? sumO / sumL : 0.f);
     }
 #else
-    __trap(); // mma.sync / ldmatrix / cp.async need sm_80; the launcher checks the binary first
+    __trap(); // mma.sync / ldmatrix / cp.async need sm_80; the launcher checks ptxVersion first
 #endif
 }
 
-//! Launches the kernel; returns false (nothing launched) when the binary was not built for sm_80+.
+//! Launches the kernel; returns false (nothing launched) when the kernel was not compiled for sm_80+
+//! (`ptxVersion`: the architecture it was compiled for, not the one the driver JIT-compiled it to).
 template <typename T, int DQK, int DV, int kWarps>
 bool launchW(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& status)
 {
@@ -362,7 +295,7 @@ bool launchW(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t&
     status = cudaFuncGetAttributes(&fa, kernel);
     if (status != cudaSuccess)
         return true; // report the error, launch nothing
-    if (fa.binaryVersion < 80)
+    if (fa.ptxVersion < 80)
         return false;
     int const smem = Shape<DQK, DV, kWarps>::kSmemBytes;
     status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);

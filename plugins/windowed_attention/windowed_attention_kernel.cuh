@@ -15,6 +15,7 @@
 
 #include "../common/kernel_common.cuh"
 #include "windowed_attention_decode_kernel.cuh"
+#include "windowed_attention_prefill_kernel.cuh"
 #include "windowed_attention_kernel.h"
 
 #include <algorithm>
@@ -43,6 +44,8 @@ enum VecFlags : int
     kVecQ = 1,
     kVecK = 2,
     kVecV = 4,
+    kVecOut = 8,
+    kVecAll = kVecQ | kVecK | kVecV | kVecOut,
 };
 
 //! Reads row[0..n) (n a multiple of VW when vec) as fp32 into dst[0..n) with stride dstStride.
@@ -297,6 +300,8 @@ int vecFlagsFor(WindowedAttentionParams const& p)
         f |= kVecK;
     if (ok(p.v, p.v_batch_stride, p.v_time_stride, p.v_head_stride, p.v_dim))
         f |= kVecV;
+    if (ok(p.out, p.out_batch_stride, p.out_time_stride, p.out_head_stride, p.v_dim))
+        f |= kVecOut;
     return f;
 }
 
@@ -633,7 +638,7 @@ __global__ void __launch_bounds__(kThreads) decodeKernel(WindowedAttentionParams
     }
 #else
     if (nSplit > 1)
-        __trap(); // the launcher splits only where the kernel was built for sm_90+
+        __trap(); // the launcher splits only where the kernel was compiled for sm_90+ (ptxVersion)
 #endif
 }
 
@@ -666,7 +671,10 @@ cudaError_t launch(WindowedAttentionParams const& p, cudaStream_t stream, int sm
     int const metaEnd = windowed ? std::min(p.num_meta, winLo) : 0;
     int const nVirt = metaEnd + (p.kv_len - winLo);
     int64_t const blocks = int64_t(tiles) * p.num_kv_heads * p.batch;
-    int nSplit = fa.binaryVersion >= 90 ? chooseSplits(blocks, nVirt, kWarps * S::KPW * kUnroll, sms) : 1;
+    // Clusters only where the kernel's cluster merge was compiled in: `ptxVersion` is the architecture the
+    // kernel was compiled for (its __CUDA_ARCH__), whereas `binaryVersion` is the one the driver JIT-compiled
+    // it to (90 on an H200 running an 80-virtual build, whose merge is compiled out and traps).
+    int nSplit = fa.ptxVersion >= 90 ? chooseSplits(blocks, nVirt, kWarps * S::KPW * kUnroll, sms) : 1;
 
     dim3 grid(unsigned(tiles * nSplit), unsigned(p.num_kv_heads), unsigned(p.batch));
     if (nSplit > 1)
@@ -746,29 +754,33 @@ bool tryLaunch(WindowedAttentionParams const& p, cudaStream_t stream, bool force
 } // namespace wad
 
 //! Which kernel serves a call. `HYMBA_ATTN_DECODE` (read per launch; for A/B runs and tests) narrows the
-//! choice: `split` or `mma` pick that decode kernel wherever it applies, `flash` keeps the general kernel;
-//! unset or `auto`: split-KV below one (batch, kv head) per SM, then the tensor-core decode kernel (fp16 /
-//! bf16, <= 8 rows), then the general kernel.
-enum class DecodePath
+//! choice: `split`, `mma` or `prefill` pick that kernel wherever it applies (else the general kernel),
+//! `flash` keeps the general CUDA-core kernel (the previous prefill kernel) for every call; unset or `auto`:
+//! split-KV below one (batch, kv head) per SM, then the tensor-core decode kernel (fp16 / bf16, <= 8 rows),
+//! then the tensor-core prefill kernel (fp16 / bf16, aligned rows), then the general kernel.
+enum class AttnPath
 {
     kAuto,
     kSplit,
     kMma,
+    kPrefill,
     kFlash,
 };
 
-inline DecodePath decodePathFromEnv()
+inline AttnPath attnPathFromEnv()
 {
     char const* v = std::getenv("HYMBA_ATTN_DECODE");
     if (v == nullptr)
-        return DecodePath::kAuto;
+        return AttnPath::kAuto;
     if (std::strcmp(v, "split") == 0)
-        return DecodePath::kSplit;
+        return AttnPath::kSplit;
     if (std::strcmp(v, "mma") == 0)
-        return DecodePath::kMma;
+        return AttnPath::kMma;
+    if (std::strcmp(v, "prefill") == 0)
+        return AttnPath::kPrefill;
     if (std::strcmp(v, "flash") == 0)
-        return DecodePath::kFlash;
-    return DecodePath::kAuto;
+        return AttnPath::kFlash;
+    return AttnPath::kAuto;
 }
 
 template <typename T>
@@ -776,14 +788,16 @@ cudaError_t windowedAttentionLaunchT(WindowedAttentionParams const& p, cudaStrea
 {
     if (p.batch == 0 || p.q_len == 0)
         return cudaSuccess;
-    DecodePath const path = decodePathFromEnv();
+    AttnPath const path = attnPathFromEnv();
+    auto allowed = [path](AttnPath k) { return path == AttnPath::kAuto || path == k; };
     cudaError_t status = cudaSuccess;
-    if ((path == DecodePath::kAuto || path == DecodePath::kSplit)
-        && wad::tryLaunch<T>(p, stream, path == DecodePath::kSplit, status))
+    if (allowed(AttnPath::kSplit) && wad::tryLaunch<T>(p, stream, path == AttnPath::kSplit, status))
         return status;
     int const vf = wak::vecFlagsFor<T>(p);
     bool const kvVec = (vf & wak::kVecK) != 0 && (vf & wak::kVecV) != 0;
-    if ((path == DecodePath::kAuto || path == DecodePath::kMma) && wam::tryLaunch<T>(p, stream, kvVec, status))
+    if (allowed(AttnPath::kMma) && wam::tryLaunch<T>(p, stream, kvVec, status))
+        return status;
+    if (allowed(AttnPath::kPrefill) && wap::tryLaunch<T>(p, stream, vf == wak::kVecAll, status))
         return status;
     int64_t const rows = int64_t(p.q_len) * (p.num_q_heads / p.num_kv_heads);
     return rows <= 8 ? wak::launchDv<T, 8, 32>(p, stream) : wak::launchDv<T, 64, 16>(p, stream);
