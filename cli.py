@@ -134,11 +134,14 @@ def build(src, out_dir, backend, target, plugin_library, profile, timing_cache, 
 @click.argument("engine", type=click.Path(exists=True))
 @click.option("--all-layers", is_flag=True, help="List every layer, not only our plugin layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
+              help="Plugin library the engine inspector may load, if its sha256 is the one recorded at build "
+                   "(default: the project's build; never the path the sidecar names).")
 @_user_errors
-def inspect(engine, all_layers, as_json):
+def inspect(engine, all_layers, as_json, plugin_library):
     """Layers (engine inspector), our plugin layers and I/O of ENGINE (a .engine file or a build directory)."""
     from hymba_deploy.engine.inspect import format_inspection, inspect_engine
-    result = inspect_engine(engine)
+    result = inspect_engine(engine, plugin_library)
     click.echo(json.dumps(result, indent=2) if as_json else format_inspection(result, all_layers))
 
 
