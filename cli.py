@@ -159,16 +159,23 @@ def inspect(engine, all_layers, as_json, plugin_library):
 @click.option("--max-prompt-len", default=48, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Device of the PyTorch reference.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the full report here.")
+@click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
+              help="Plugin library for the engines, if its sha256 is the one recorded at build (default: the "
+                   "project's build).")
+@click.option("--strict", is_flag=True, help="Exit 1 when any backend did not run (for CI jobs).")
 @_user_errors
-def check(model, onnx_dir, engine_dir, prompts, steps, dtype, seed, max_prompt_len, device, json_out):
-    """Parity of PyTorch, ONNX Runtime and engines over prefill and K decode steps; exit 1 on failure."""
+def check(model, onnx_dir, engine_dir, prompts, steps, dtype, seed, max_prompt_len, device, json_out,
+          plugin_library, strict):
+    """Parity of PyTorch, ONNX Runtime and engines over prefill and K decode steps; exit 1 on failure
+    (with --strict also when a backend did not run)."""
     from hymba_deploy.parity.check import check as run, format_report, write_report
     report = run(model, onnx_dir, engine_dir=engine_dir, prompts=prompts, steps=steps, dtype=dtype, seed=seed,
-                 max_prompt_len=max_prompt_len, device=device, progress=lambda msg: click.echo(f"... {msg}", err=True))
+                 max_prompt_len=max_prompt_len, device=device, plugin_library=plugin_library,
+                 progress=lambda msg: click.echo(f"... {msg}", err=True))
     click.echo(format_report(report))
     if json_out:
         write_report(report, json_out)
-    sys.exit(0 if report["ok"] else 1)
+    sys.exit(0 if report["ok"] and not (strict and report["not_run"]) else 1)
 
 
 @main.command()
