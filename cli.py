@@ -184,7 +184,8 @@ def check(model, onnx_dir, engine_dir, prompts, steps, dtype, seed, max_prompt_l
                    "defaults: hymba-1.5b, 8k context, batches 1,8,32,128, bf16), compared with the reference.")
 @click.option("--models", default=None, help="Comma-separated presets or checkpoint dirs [suite: tiny; cuda: hymba-1.5b].")
 @click.option("--backends", default="torch,onnxruntime", show_default=True, help="torch, onnxruntime, tensorrt.")
-@click.option("--out", "out_dir", default="bench/results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", default="bench/out", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder (the default is git-ignored; bench/results/ holds committed results).")
 @click.option("--device", default=None, help="torch device (default: cuda when available).")
 @click.option("--dtype", default=None, help="torch dtype (default: bfloat16 on GPU, float32 on CPU).")
 @click.option("--onnx-dtype", default="float32", show_default=True, help="dtype of on-the-fly ONNX exports.")
@@ -201,10 +202,13 @@ def check(model, onnx_dir, engine_dir, prompts, steps, dtype, seed, max_prompt_l
 @click.option("--ort-prefill-lengths", default=None, help="ONNX Runtime's prompt lengths (default: --prefill-lengths).")
 @click.option("--ort-decode-batches", default=None, help="ONNX Runtime's batches (default: --decode-batches).")
 @click.option("--ort-iters", type=int, default=None, help="ONNX Runtime's timed iterations and decode steps.")
+@click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
+              help="Plugin library for the engines, if its sha256 is the one recorded at build (default: the "
+                   "project's build).")
 @_user_errors
 def bench(backend, models, backends, out_dir, device, dtype, onnx_dtype, prefill_lengths, decode_batches, context,
           warmup, iters, decode_steps, paper, onnx, engine, time_budget, ort_prefill_lengths, ort_decode_batches,
-          ort_iters):
+          ort_iters, plugin_library):
     """Prefill latency and decode throughput per backend: bench.json, bench.md and bench.png in --out
     (with --backend cuda: serving_cuda.json)."""
     if backend == "cuda":
@@ -226,7 +230,7 @@ def bench(backend, models, backends, out_dir, device, dtype, onnx_dtype, prefill
                  context=context or 1024, warmup=warmup,
                  iters=iters, decode_steps=decode_steps, paper=paper, onnx_dirs=onnx, engine_dirs=engine,
                  onnx_dtype=onnx_dtype, time_budget_s=time_budget, ort_prefill_lengths=ort_prefill_lengths,
-                 ort_decode_batches=ort_decode_batches, ort_iters=ort_iters,
+                 ort_decode_batches=ort_decode_batches, ort_iters=ort_iters, plugin_library=plugin_library,
                  progress=lambda msg: click.echo(f"... {msg}", err=True))
     click.echo(to_markdown(report))
 
