@@ -84,6 +84,10 @@ def test_onnx_external_weights_outside_the_folder_are_refused(tmp_path):
     onnx.save(proto, str(path))
     with pytest.raises(HymbaDeployError, match=r"prefill\.onnx \(external weights of w\): names '\.\./\.\./etc/passwd'"):
         load_graph(path)
+    pytest.importorskip("onnxruntime")
+    from hymba_deploy.runtime import OnnxRuntimeRunner
+    with pytest.raises(HymbaDeployError, match="external weights of w"):
+        OnnxRuntimeRunner(path).activate()
 
 
 # ---- engines and sidecars: checked before use ------------------------------------------------------------
