@@ -157,3 +157,16 @@ def test_layer_names_and_first_divergence():
     rows = [{"output": "present.2.key", "ok": True}, {"output": "present.ssm_state.5", "ok": False, "rel_l2": 1.0},
             {"output": "layer.4.hidden", "ok": False, "rel_l2": 0.5}]
     assert first_divergent_layer(rows)["layer"] == 4
+
+
+@pytest.mark.skipif(rtx_available() is not None, reason=str(rtx_available()))
+def test_engine_profile_must_be_readable(tmp_path, tmp_path_factory):
+    from hymba_deploy.errors import HymbaDeployError
+    from hymba_deploy.parity.check import _profile_axes
+    engines = _only(tmp_path, built_rtx_engines(tmp_path_factory), "prefill")
+    assert _profile_axes(engines / "prefill.engine") == {"batch": [1, 2, 4], "seq": [1, 32, 128]}
+    sidecar = json.loads((engines / "prefill.engine.json").read_text())
+    sidecar["profiles"] = [{"axes": {"batch": [1, 2]}}]
+    (engines / "prefill.engine.json").write_text(json.dumps(sidecar))
+    with pytest.raises(HymbaDeployError, match=r"prefill\.engine\.json: no optimisation profile"):
+        _profile_axes(engines / "prefill.engine")

@@ -231,12 +231,12 @@ def _profile_axes(engine: Path) -> dict:
     sidecar = artifact.read_sidecar(engine)
     try:
         axes = sidecar["profiles"][0]["axes"]
-        for axis in ("batch", "seq"):
-            lo, opt, hi = (int(x) for x in axes[axis])
-        return axes
+        if all(len([int(x) for x in axes[axis]]) == 3 for axis in ("batch", "seq")):
+            return axes
     except (IndexError, KeyError, TypeError, ValueError):
-        raise HymbaDeployError(f"{artifact.sidecar_path(engine)}: no optimisation profile with batch and seq "
-                               f"axes (min, opt, max)") from None
+        pass
+    raise HymbaDeployError(f"{artifact.sidecar_path(engine)}: no optimisation profile with batch and seq "
+                           f"axes (min, opt, max)")
 
 
 def summary_line(report: dict) -> str:
