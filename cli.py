@@ -131,7 +131,7 @@ def build(src, out_dir, backend, target, plugin_library, profile, timing_cache, 
 
 
 @main.command()
-@click.argument("engine", type=click.Path(exists=True))
+@click.argument("engine", type=click.Path())
 @click.option("--all-layers", is_flag=True, help="List every layer, not only our plugin layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 @click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,

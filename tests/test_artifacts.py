@@ -123,6 +123,8 @@ def test_inspect_without_engines_or_on_another_file_is_an_error(tmp_path):
     onnx_file.write_bytes(b"\x08\x0a")
     result = _inspect(onnx_file)
     assert result.exit_code == 1 and f"{onnx_file}: not an engine" in result.output
+    result = _inspect(tmp_path / "gone.engine")
+    assert result.exit_code == 1 and f"error: {tmp_path / 'gone.engine'}: no such engine file" in result.output
 
 
 @needs_rtx

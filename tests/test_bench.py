@@ -117,3 +117,16 @@ def test_paper_setup_halves_the_batch_on_oom(monkeypatch):
 def test_percentiles():
     p = percentiles([0.001 * i for i in range(1, 101)])
     assert p["p50_ms"] == pytest.approx(50.5) and p["p99_ms"] == pytest.approx(99.01) and p["iters"] == 100
+
+
+def test_engine_of_another_model_is_refused(tmp_path_factory, monkeypatch):
+    from deploy_helpers import built_rtx_engines, rtx_available
+    if rtx_available():
+        pytest.skip(rtx_available())
+    from hymba_deploy.errors import HymbaDeployError
+    from hymba_deploy.runtime import tensorrt_runner
+    engines = built_rtx_engines(tmp_path_factory)                   # tiny's
+    monkeypatch.setattr(tensorrt_runner, "engine_unavailable", lambda engine, lib=None: None)   # as on an A100
+    with pytest.raises(HymbaDeployError, match="the decode engine's inputs are not those of hymba-1.5b"):
+        bench_mod._bench_tensorrt("hymba-1.5b", {"hymba-1.5b": str(engines)}, [8], [1], 16, 0, 1, 1,
+                                  float("inf"), lambda m: None)
