@@ -41,12 +41,14 @@ def test_torch_and_onnxruntime_agree_engine_not_run(onnx_dir, tmp_path, tmp_path
     outputs = {r["output"] for r in report["results"]}
     assert {"logits", "present.0.key", "present.1.value", "present.conv_state.7", "present.ssm_state.7"} <= outputs
     trt = report["backends"]["tensorrt"]
-    assert trt["status"] == "not run" and trt["reason"]            # a reason, never "passed"
-    if rtx_available() is None:
-        assert "GPU" in trt["reason"]
-    assert f"tensorrt     not run: {trt['reason']}" in result.output
-    assert report["not_run"] == ["tensorrt"]
-    assert result.output.rstrip().endswith("PASS (1 of 2 backends ran; 1 not run: tensorrt)")
+    if rtx_available() is None:                                     # valid engines that cannot run here
+        assert trt["status"] == "not run" and "GPU" in trt["reason"]  # a reason, never "passed"
+        assert f"tensorrt     not run: {trt['reason']}" in result.output
+        assert report["not_run"] == ["tensorrt"]
+        assert result.output.rstrip().endswith("PASS (1 of 2 backends ran; 1 not run: tensorrt)")
+    else:
+        assert trt["status"] == "not requested" and report["not_run"] == []
+        assert "tensorrt     not requested: no --engine DIR given" in result.output
     assert report["tolerances"][""] == TOLERANCES["float32"]
 
 
@@ -65,7 +67,8 @@ def test_summary_line_counts_backends_not_run():
     two = {"onnxruntime": {"status": "passed"}, "tensorrt": {"status": "not run"}}
     assert summary_line({"ok": True, "backends": two, "not_run": ["tensorrt"]}) == \
         "PASS (1 of 2 backends ran; 1 not run: tensorrt)"
-    assert summary_line({"ok": True, "backends": {"onnxruntime": {}}, "not_run": []}) == "PASS (1 of 1 backends ran)"
+    unasked = {"onnxruntime": {"status": "passed"}, "tensorrt": {"status": "not requested"}}
+    assert summary_line({"ok": True, "backends": unasked, "not_run": []}) == "PASS (1 of 1 backends ran)"
     assert summary_line({"ok": False, "backends": two, "not_run": ["onnxruntime", "tensorrt"]}) == \
         "FAIL: no backend ran (2 not run: onnxruntime, tensorrt)"
 

@@ -56,9 +56,9 @@ def read_sidecar(engine) -> dict:
         raise HymbaDeployError(f"{path}: not an engine sidecar (a JSON object expected, got {type(data).__name__})")
     wrong = [f"{k} ({t.__name__} expected)" for k, t in _REQUIRED.items() if not isinstance(data.get(k), t)]
     io = data.get("io")
-    if isinstance(io, dict) and not all(isinstance(io.get(k), list) and all(isinstance(t, dict) and "name" in t
-                                                                          for t in io[k]) for k in ("inputs", "outputs")):
-        wrong.append("io (inputs and outputs: lists of tensors with a name)")
+    if isinstance(io, dict) and not all(isinstance(io.get(k), list) and all(_is_tensor(t) for t in io[k])
+                                        for k in ("inputs", "outputs")):
+        wrong.append("io (inputs and outputs: lists of tensors with a name, dtype and shape)")
     for key in ("layers", "plugin_layers"):
         if isinstance(data.get(key), list) and not all(isinstance(x, dict) and isinstance(x.get("name"), str)
                                                        and isinstance(x.get("type"), str) for x in data[key]):
@@ -70,6 +70,11 @@ def read_sidecar(engine) -> dict:
         raise HymbaDeployError(f"{path}: not an engine sidecar of `hymba-deploy build`: missing or wrong "
                                f"{', '.join(wrong)}")
     return data
+
+
+def _is_tensor(t) -> bool:
+    return (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("dtype"), str)
+            and isinstance(t.get("shape"), list))
 
 
 _SHA_CACHE: dict[tuple, str] = {}

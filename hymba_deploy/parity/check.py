@@ -116,7 +116,7 @@ def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dt
     except ImportError:
         status["onnxruntime"] = {"status": "not run", "reason": "onnxruntime is not installed (pip install onnxruntime)"}
     if engine_dir is None:
-        status["tensorrt"] = {"status": "not run", "reason": "no --engine DIR given"}
+        status["tensorrt"] = {"status": "not requested", "reason": "no --engine DIR given"}
     else:
         reason = next((r for r in (engine_unavailable(p, plugin_library) for p in engines.values()) if r), None)
         if reason:
@@ -240,16 +240,17 @@ def _profile_axes(engine: Path) -> dict:
 
 
 def summary_line(report: dict) -> str:
-    """PASS or FAIL, with how many backends did not run (a backend that did not run never passes)."""
+    """PASS or FAIL, with how many of the requested backends did not run (one that did not run never
+    passes; the engines are requested by --engine)."""
     not_run = report.get("not_run", [])
     verdict = "PASS" if report["ok"] else "FAIL"
-    ran = len(report["backends"]) - len(not_run)
+    requested = sum(s.get("status") != "not requested" for s in report["backends"].values())
+    ran = requested - len(not_run)
     if ran == 0:
         return f"{verdict}: no backend ran ({len(not_run)} not run: {', '.join(not_run)})"
     if not not_run:
         return f"{verdict} ({ran} of {ran} backends ran)"
-    return (f"{verdict} ({ran} of {len(report['backends'])} backends ran; "
-            f"{len(not_run)} not run: {', '.join(not_run)})")
+    return f"{verdict} ({ran} of {requested} backends ran; {len(not_run)} not run: {', '.join(not_run)})"
 
 
 def _fmt(x, spec):
@@ -273,7 +274,7 @@ def format_report(report: dict) -> str:
                      f"{_fmt(worst.get('max_abs'), '9.2e')} {_fmt(worst.get('rel_l2'), '9.2e')} "
                      f"{_fmt(worst.get('cosine'), '10.7f')}  {'FAIL' if failed else 'pass'}")
     for name, s in report["backends"].items():
-        if s["status"] in ("not run", "error"):
+        if s["status"] in ("not run", "not requested", "error"):
             lines.append(f"{name:<12} {s['status']}: {s['reason']}")
         else:
             lines.append(f"{name:<12} {s['status']} ({s['compared']} comparisons, {s['failed']} failed)")
