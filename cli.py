@@ -131,14 +131,17 @@ def build(src, out_dir, backend, target, plugin_library, profile, timing_cache, 
 
 
 @main.command()
-@click.argument("engine", type=click.Path(exists=True))
+@click.argument("engine", type=click.Path())
 @click.option("--all-layers", is_flag=True, help="List every layer, not only our plugin layers.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+@click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
+              help="Plugin library the engine inspector may load, if its sha256 is the one recorded at build "
+                   "(default: the project's build; never the path the sidecar names).")
 @_user_errors
-def inspect(engine, all_layers, as_json):
+def inspect(engine, all_layers, as_json, plugin_library):
     """Layers (engine inspector), our plugin layers and I/O of ENGINE (a .engine file or a build directory)."""
     from hymba_deploy.engine.inspect import format_inspection, inspect_engine
-    result = inspect_engine(engine)
+    result = inspect_engine(engine, plugin_library)
     click.echo(json.dumps(result, indent=2) if as_json else format_inspection(result, all_layers))
 
 
@@ -156,16 +159,23 @@ def inspect(engine, all_layers, as_json):
 @click.option("--max-prompt-len", default=48, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="Device of the PyTorch reference.")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the full report here.")
+@click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
+              help="Plugin library for the engines, if its sha256 is the one recorded at build (default: the "
+                   "project's build).")
+@click.option("--strict", is_flag=True, help="Exit 1 when any backend did not run (for CI jobs).")
 @_user_errors
-def check(model, onnx_dir, engine_dir, prompts, steps, dtype, seed, max_prompt_len, device, json_out):
-    """Parity of PyTorch, ONNX Runtime and engines over prefill and K decode steps; exit 1 on failure."""
+def check(model, onnx_dir, engine_dir, prompts, steps, dtype, seed, max_prompt_len, device, json_out,
+          plugin_library, strict):
+    """Parity of PyTorch, ONNX Runtime and engines over prefill and K decode steps; exit 1 on failure
+    (with --strict also when a backend did not run)."""
     from hymba_deploy.parity.check import check as run, format_report, write_report
     report = run(model, onnx_dir, engine_dir=engine_dir, prompts=prompts, steps=steps, dtype=dtype, seed=seed,
-                 max_prompt_len=max_prompt_len, device=device, progress=lambda msg: click.echo(f"... {msg}", err=True))
+                 max_prompt_len=max_prompt_len, device=device, plugin_library=plugin_library,
+                 progress=lambda msg: click.echo(f"... {msg}", err=True))
     click.echo(format_report(report))
     if json_out:
         write_report(report, json_out)
-    sys.exit(0 if report["ok"] else 1)
+    sys.exit(0 if report["ok"] and not (strict and report["not_run"]) else 1)
 
 
 @main.command()
@@ -174,7 +184,8 @@ def check(model, onnx_dir, engine_dir, prompts, steps, dtype, seed, max_prompt_l
                    "defaults: hymba-1.5b, 8k context, batches 1,8,32,128, bf16), compared with the reference.")
 @click.option("--models", default=None, help="Comma-separated presets or checkpoint dirs [suite: tiny; cuda: hymba-1.5b].")
 @click.option("--backends", default="torch,onnxruntime", show_default=True, help="torch, onnxruntime, tensorrt.")
-@click.option("--out", "out_dir", default="bench/results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_dir", default="bench/out", show_default=True, type=click.Path(file_okay=False),
+              help="Output folder (the default is git-ignored; bench/results/ holds committed results).")
 @click.option("--device", default=None, help="torch device (default: cuda when available).")
 @click.option("--dtype", default=None, help="torch dtype (default: bfloat16 on GPU, float32 on CPU).")
 @click.option("--onnx-dtype", default="float32", show_default=True, help="dtype of on-the-fly ONNX exports.")
@@ -191,10 +202,13 @@ def check(model, onnx_dir, engine_dir, prompts, steps, dtype, seed, max_prompt_l
 @click.option("--ort-prefill-lengths", default=None, help="ONNX Runtime's prompt lengths (default: --prefill-lengths).")
 @click.option("--ort-decode-batches", default=None, help="ONNX Runtime's batches (default: --decode-batches).")
 @click.option("--ort-iters", type=int, default=None, help="ONNX Runtime's timed iterations and decode steps.")
+@click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
+              help="Plugin library for the engines, if its sha256 is the one recorded at build (default: the "
+                   "project's build).")
 @_user_errors
 def bench(backend, models, backends, out_dir, device, dtype, onnx_dtype, prefill_lengths, decode_batches, context,
           warmup, iters, decode_steps, paper, onnx, engine, time_budget, ort_prefill_lengths, ort_decode_batches,
-          ort_iters):
+          ort_iters, plugin_library):
     """Prefill latency and decode throughput per backend: bench.json, bench.md and bench.png in --out
     (with --backend cuda: serving_cuda.json)."""
     if backend == "cuda":
@@ -216,7 +230,7 @@ def bench(backend, models, backends, out_dir, device, dtype, onnx_dtype, prefill
                  context=context or 1024, warmup=warmup,
                  iters=iters, decode_steps=decode_steps, paper=paper, onnx_dirs=onnx, engine_dirs=engine,
                  onnx_dtype=onnx_dtype, time_budget_s=time_budget, ort_prefill_lengths=ort_prefill_lengths,
-                 ort_decode_batches=ort_decode_batches, ort_iters=ort_iters,
+                 ort_decode_batches=ort_decode_batches, ort_iters=ort_iters, plugin_library=plugin_library,
                  progress=lambda msg: click.echo(f"... {msg}", err=True))
     click.echo(to_markdown(report))
 

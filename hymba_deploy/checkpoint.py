@@ -15,7 +15,7 @@ import torch
 
 from .config import HymbaConfig
 from .errors import HymbaDeployError
-from .fileio import atomic_write, atomic_write_json
+from .fileio import atomic_write, atomic_write_json, resolve_inside
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -44,11 +44,12 @@ def _shard_files(root: Path) -> list[Path]:
             weight_map = json.loads((root / INDEX_FILE).read_text())["weight_map"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise HymbaDeployError(f"{root / INDEX_FILE}: not a safetensors index ({e})") from None
-        files = sorted(set(weight_map.values()))
-        missing = [f for f in files if not (root / f).is_file()]
+        files = sorted(set(map(str, weight_map.values())))
+        paths = [resolve_inside(root, f, root / INDEX_FILE) for f in files]
+        missing = [f for f, p in zip(files, paths) if not p.is_file()]
         if missing:
             raise HymbaDeployError(f"{root / INDEX_FILE} lists shards that do not exist: {', '.join(missing)}")
-        return [root / f for f in files]
+        return paths
     if any(root.glob("*.bin")) or any(root.glob("*.pt")):
         raise HymbaDeployError(f"{root}: only pickle weights (.bin/.pt) found; hymba-deploy loads safetensors only")
     raise HymbaDeployError(f"{root}: neither {SINGLE_FILE} nor {INDEX_FILE} found")

@@ -3,6 +3,10 @@
 `atomic_write(dest, write)` lets `write(tmp_path)` fill a temporary file beside `dest` (same file system),
 gives it the mode a plain `open()` would, then renames it over `dest`; on any failure the temporary
 file is removed and `dest` is untouched. `sha256_file` streams a file of any size.
+
+`resolve_inside(folder, name, what)` is how a file named by an artifact (a shard in a safetensors index,
+a file in an export manifest, an ONNX graph's external weights) is opened: artifacts get shared and
+downloaded, so a name that leads outside the artifact's folder is refused.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Callable
+
+from .errors import HymbaDeployError
 
 
 def atomic_write(dest, write: Callable[[str], None]) -> Path:
@@ -51,3 +57,25 @@ def sha256_file(path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def resolve_inside(folder, name, what) -> Path:
+    """`folder / name`, resolved, when it stays inside `folder`; else HymbaDeployError naming `what` (the
+    file that names it) and `name`.
+
+    Refused: an absolute name, an empty one, any `..` component, and a name whose symlinks (the file's or a
+    folder's on the way) lead out of `folder`. Whether the file exists is the caller's question."""
+    folder = Path(folder)
+    text = str(name) if isinstance(name, (str, os.PathLike)) else None
+    if not text or "\0" in text:
+        raise HymbaDeployError(f"{what}: names {name!r}, which is not a file name")
+    rel = Path(text)
+    if rel.is_absolute() or ".." in rel.parts:
+        raise HymbaDeployError(f"{what}: names {text!r}, outside its folder {folder} (absolute or '..' "
+                               f"paths are refused)")
+    root = folder.resolve()
+    target = (root / rel).resolve()
+    if not target.is_relative_to(root):
+        raise HymbaDeployError(f"{what}: names {text!r}, a symlink leading outside its folder {folder} "
+                               f"(to {target})")
+    return target

@@ -1,5 +1,6 @@
-"""`hymba-deploy bench` on CPU at toy sizes: every backend reported (ran / not run with a reason),
-JSON + Markdown + PNG written, and the paper setup's batch halving on out-of-memory."""
+"""`hymba-deploy bench` on CPU at toy sizes: every backend in every table (ran / not run with a reason),
+each backend's real settings, JSON + Markdown + PNG written (no plot without data), a git-ignored default
+output folder, and the paper setup's batch halving on out-of-memory."""
 
 from __future__ import annotations
 
@@ -42,9 +43,47 @@ def test_bench_tiny_cpu(onnx_dir, tmp_path):
     assert res["torch"]["decode"][1]["cache_mib"] == res["onnxruntime"]["decode"][1]["cache_mib"]
     assert res["tensorrt"]["status"] == "not run" and res["tensorrt"]["reason"]
     md = (tmp_path / "bench.md").read_text()
-    assert "Prefill latency" in md and "Decode throughput" in md and "tensorrt | not run" in md
+    assert "Prefill latency" in md and "Decode throughput" in md
+    # Every table has a row for every requested backend, "not run: reason" included.
+    for table in md.split("### ")[1:]:
+        for backend in ("torch", "onnxruntime", "tensorrt"):
+            assert f"| {backend} " in table, (backend, table)
+        assert "| tensorrt | not run: no engine given for tiny" in table
+    # Each backend's real settings: ONNX Runtime warms up once whatever --warmup says.
+    assert res["torch"]["settings"]["warmup"] == 1 and res["onnxruntime"]["settings"]["warmup"] == 1
+    assert res["torch"]["settings"]["threads"] == torch.get_num_threads()
+    assert f"| torch | 1 | 2 | 2 | {torch.get_num_threads()} | 8, 32 | 1, 2 |" in md
+    assert "| onnxruntime | 1 | 2 | 2 | onnxruntime default (one per physical core) | 8, 32 | 1, 2 |" in md
     if importlib.util.find_spec("matplotlib") is not None:          # the plot is optional, the tables are not
         assert (tmp_path / "bench.png").read_bytes()[:4] == b"\x89PNG"
+        assert report["plot"] == {"file": "bench.png"} and "- plot: bench.png" in md
+
+
+def test_bench_with_nothing_run_writes_no_plot(tmp_path):
+    (tmp_path / "bench.png").write_bytes(b"\x89PNG stale")                 # from an earlier run
+    result = CliRunner().invoke(main, ["bench", "--models", "tiny", "--backends", "tensorrt", "--out", str(tmp_path),
+                                       "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "bench.png").exists()
+    report = json.loads((tmp_path / "bench.json").read_text())
+    assert report["plot"]["file"] is None and "no backend produced a measurement" in report["plot"]["not_written"]
+    md = (tmp_path / "bench.md").read_text()
+    assert "- no plot: no backend produced a measurement" in md
+    assert md.count("| tensorrt | not run: no engine given for tiny") == 3        # settings, prefill, decode
+
+
+def test_default_out_is_not_the_committed_results():
+    import subprocess
+    from pathlib import Path
+
+    assert bench_mod.DEFAULT_OUT == "bench/out"
+    cli_default = next(p.default for p in main.commands["bench"].params if p.name == "out_dir")
+    assert cli_default == bench_mod.DEFAULT_OUT
+    root = Path(__file__).resolve().parents[1]
+    probe = subprocess.run(["git", "-C", str(root), "check-ignore", "-q", f"{bench_mod.DEFAULT_OUT}/bench.json"])
+    if probe.returncode == 128:
+        pytest.skip("not a git checkout")
+    assert probe.returncode == 0, f"{bench_mod.DEFAULT_OUT}/ is not in .gitignore"
 
 
 def test_synthetic_cache_matches_the_cache_size():
@@ -78,3 +117,16 @@ def test_paper_setup_halves_the_batch_on_oom(monkeypatch):
 def test_percentiles():
     p = percentiles([0.001 * i for i in range(1, 101)])
     assert p["p50_ms"] == pytest.approx(50.5) and p["p99_ms"] == pytest.approx(99.01) and p["iters"] == 100
+
+
+def test_engine_of_another_model_is_refused(tmp_path_factory, monkeypatch):
+    from deploy_helpers import built_rtx_engines, rtx_available
+    if rtx_available():
+        pytest.skip(rtx_available())
+    from hymba_deploy.errors import HymbaDeployError
+    from hymba_deploy.runtime import tensorrt_runner
+    engines = built_rtx_engines(tmp_path_factory)                   # tiny's
+    monkeypatch.setattr(tensorrt_runner, "engine_unavailable", lambda engine, lib=None: None)   # as on an A100
+    with pytest.raises(HymbaDeployError, match="the decode engine's inputs are not those of hymba-1.5b"):
+        bench_mod._bench_tensorrt("hymba-1.5b", {"hymba-1.5b": str(engines)}, [8], [1], 16, 0, 1, 1,
+                                  float("inf"), lambda m: None)

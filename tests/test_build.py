@@ -306,4 +306,5 @@ def test_engine_runnable_only_on_its_target(engines, monkeypatch):
         assert needle in engine_unavailable(engine)
     monkeypatch.setattr(backends, "current_compute_capability", lambda: (8, 0))
     assert engine_unavailable(engine) is None                     # an A100 runs it
-    assert "not found" in engine_unavailable(engines / "missing.engine")
+    with pytest.raises(HymbaDeployError, match="no such engine file"):   # missing: an error, not a reason
+        engine_unavailable(engines / "missing.engine")

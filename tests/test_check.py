@@ -4,6 +4,7 @@ engine reported "not run: <reason>" (never passed); a deliberately perturbed mod
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -26,9 +27,9 @@ def onnx_dir(tmp_path_factory):
 
 
 def test_torch_and_onnxruntime_agree_engine_not_run(onnx_dir, tmp_path, tmp_path_factory):
-    engine_dir = built_rtx_engines(tmp_path_factory) if rtx_available() is None else tmp_path / "none"
+    engine_args = ["--engine", str(built_rtx_engines(tmp_path_factory))] if rtx_available() is None else []
     report_path = tmp_path / "check.json"
-    result = CliRunner().invoke(main, ["check", "tiny", "--onnx", str(onnx_dir), "--engine", str(engine_dir),
+    result = CliRunner().invoke(main, ["check", "tiny", "--onnx", str(onnx_dir), *engine_args,
                                        "--prompts", "2", "--steps", "3", "--json-out", str(report_path)])
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
@@ -40,11 +41,72 @@ def test_torch_and_onnxruntime_agree_engine_not_run(onnx_dir, tmp_path, tmp_path
     outputs = {r["output"] for r in report["results"]}
     assert {"logits", "present.0.key", "present.1.value", "present.conv_state.7", "present.ssm_state.7"} <= outputs
     trt = report["backends"]["tensorrt"]
-    assert trt["status"] == "not run" and trt["reason"]            # a reason, never "passed"
-    if rtx_available() is None:
-        assert "GPU" in trt["reason"]
-    assert f"tensorrt     not run: {trt['reason']}" in result.output
+    if rtx_available() is None:                                     # valid engines that cannot run here
+        assert trt["status"] == "not run" and "GPU" in trt["reason"]  # a reason, never "passed"
+        assert f"tensorrt     not run: {trt['reason']}" in result.output
+        assert report["not_run"] == ["tensorrt"]
+        assert result.output.rstrip().endswith("PASS (1 of 2 backends ran; 1 not run: tensorrt)")
+    else:
+        assert trt["status"] == "not requested" and report["not_run"] == []
+        assert "tensorrt     not requested: no --engine DIR given" in result.output
     assert report["tolerances"][""] == TOLERANCES["float32"]
+
+
+@pytest.mark.skipif(rtx_available() is not None, reason=str(rtx_available()))
+def test_strict_makes_not_run_exit_1(onnx_dir, tmp_path_factory):
+    engines = built_rtx_engines(tmp_path_factory)         # valid engines that cannot execute here (no GPU)
+    args = ["check", "tiny", "--onnx", str(onnx_dir), "--engine", str(engines), "--prompts", "1", "--steps", "1"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0 and "tensorrt     not run: no CUDA GPU" in result.output, result.output
+    result = CliRunner().invoke(main, [*args, "--strict"])
+    assert result.exit_code == 1 and "1 not run: tensorrt" in result.output, result.output
+
+
+def test_summary_line_counts_backends_not_run():
+    from hymba_deploy.parity.check import summary_line
+    two = {"onnxruntime": {"status": "passed"}, "tensorrt": {"status": "not run"}}
+    assert summary_line({"ok": True, "backends": two, "not_run": ["tensorrt"]}) == \
+        "PASS (1 of 2 backends ran; 1 not run: tensorrt)"
+    unasked = {"onnxruntime": {"status": "passed"}, "tensorrt": {"status": "not requested"}}
+    assert summary_line({"ok": True, "backends": unasked, "not_run": []}) == "PASS (1 of 1 backends ran)"
+    assert summary_line({"ok": False, "backends": two, "not_run": ["onnxruntime", "tensorrt"]}) == \
+        "FAIL: no backend ran (2 not run: onnxruntime, tensorrt)"
+
+
+@pytest.mark.parametrize("make, needle", [
+    (lambda d, engines: d / "missing", "no such build folder"),
+    (lambda d, engines: d, "no .engine files in it"),
+    (lambda d, engines: _only(d, engines, "prefill"), "decode.engine not found"),
+    (lambda d, engines: _truncated(d, engines), "bytes, but its sidecar records"),
+    (lambda d, engines: _sidecar_text(d, engines, "{oops"), "not a readable engine sidecar"),
+])
+def test_bad_engine_folder_is_an_error_not_pass(onnx_dir, tmp_path, tmp_path_factory, make, needle):
+    engines = built_rtx_engines(tmp_path_factory) if rtx_available() is None else None
+    if engines is None and "folder" not in needle and "no .engine" not in needle:
+        pytest.skip(rtx_available())
+    bad = make(tmp_path, engines)
+    result = CliRunner().invoke(main, ["check", "tiny", "--onnx", str(onnx_dir), "--engine", str(bad)])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "error: " in result.output and needle in result.output and "PASS" not in result.output
+
+
+def _only(d, engines, graph):
+    for name in (f"{graph}.engine", f"{graph}.engine.json"):
+        shutil.copy(engines / name, d / name)
+    return d
+
+
+def _truncated(d, engines):
+    _only(_only(d, engines, "prefill"), engines, "decode")
+    data = (d / "decode.engine").read_bytes()
+    (d / "decode.engine").write_bytes(data[:-100])
+    return d
+
+
+def _sidecar_text(d, engines, text):
+    _only(_only(d, engines, "prefill"), engines, "decode")
+    (d / "prefill.engine.json").write_text(text)
+    return d
 
 
 def test_perturbed_layer_is_caught_and_localised(onnx_dir):
@@ -98,3 +160,16 @@ def test_layer_names_and_first_divergence():
     rows = [{"output": "present.2.key", "ok": True}, {"output": "present.ssm_state.5", "ok": False, "rel_l2": 1.0},
             {"output": "layer.4.hidden", "ok": False, "rel_l2": 0.5}]
     assert first_divergent_layer(rows)["layer"] == 4
+
+
+@pytest.mark.skipif(rtx_available() is not None, reason=str(rtx_available()))
+def test_engine_profile_must_be_readable(tmp_path, tmp_path_factory):
+    from hymba_deploy.errors import HymbaDeployError
+    from hymba_deploy.parity.check import _profile_axes
+    engines = _only(tmp_path, built_rtx_engines(tmp_path_factory), "prefill")
+    assert _profile_axes(engines / "prefill.engine") == {"batch": [1, 2, 4], "seq": [1, 32, 128]}
+    sidecar = json.loads((engines / "prefill.engine.json").read_text())
+    sidecar["profiles"] = [{"axes": {"batch": [1, 2]}}]
+    (engines / "prefill.engine.json").write_text(json.dumps(sidecar))
+    with pytest.raises(HymbaDeployError, match=r"prefill\.engine\.json: no optimisation profile"):
+        _profile_axes(engines / "prefill.engine")

@@ -6,14 +6,14 @@ import argparse
 import sys
 
 from ..errors import HymbaDeployError
-from .bench import bench
+from .bench import DEFAULT_OUT, bench
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m hymba_deploy.bench", description=__doc__)
     p.add_argument("--models", default="tiny")
     p.add_argument("--backends", default="torch,onnxruntime")
-    p.add_argument("--out", default="bench/results")
+    p.add_argument("--out", default=DEFAULT_OUT)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--onnx-dtype", default="float32")
@@ -31,6 +31,7 @@ def main(argv=None) -> int:
     p.add_argument("--ort-prefill-lengths", default=None, help="ONNX Runtime's prompt lengths (default: --prefill-lengths)")
     p.add_argument("--ort-decode-batches", default=None, help="ONNX Runtime's batches (default: --decode-batches)")
     p.add_argument("--ort-iters", type=int, default=None, help="ONNX Runtime's timed iterations and decode steps")
+    p.add_argument("--plugins", default=None, help="plugin library for the engines (default: the project's)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     try:
@@ -40,6 +41,7 @@ def main(argv=None) -> int:
               onnx_dirs=a.onnx, engine_dirs=a.engine, onnx_dtype=a.onnx_dtype,
               time_budget_s=a.time_budget, seed=a.seed, ort_threads=a.ort_threads,
               ort_prefill_lengths=a.ort_prefill_lengths, ort_decode_batches=a.ort_decode_batches, ort_iters=a.ort_iters,
+              plugin_library=a.plugins,
               progress=lambda m: print(m, file=sys.stderr, flush=True))
     except HymbaDeployError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -14,6 +14,10 @@ right shapes rather than by a prefill: a decode step's cost depends on shapes, n
 `paper=True` adds the Hymba paper's setup: decode throughput at 8k context with batch 128, halving the
 batch on out-of-memory until it fits. A time budget keeps the whole run bounded: a section that would
 start after it is recorded as skipped; results are written after every section.
+
+Every requested backend appears in the report: "ran" with the settings it really ran with (warm-up,
+timed iterations and decode steps, threads), or "not run"/"skipped" with the reason. The default
+output folder is `DEFAULT_OUT` (git-ignored), not the committed `bench/results/`.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from ..errors import HymbaDeployError
 from ..fileio import atomic_write_json
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+DEFAULT_OUT = "bench/out"
 PAPER = {"context": 8192, "batch": 128}
 
 
@@ -299,13 +304,14 @@ def write_json(report: dict, out_dir: Path) -> Path:
     return atomic_write_json(out_dir / "bench.json", report)
 
 
-def bench(models=("tiny",), backends=("torch", "onnxruntime"), out_dir="bench/results", device=None,
+def bench(models=("tiny",), backends=("torch", "onnxruntime"), out_dir=DEFAULT_OUT, device=None,
           dtype=None, prefill_lengths="128,512,2048", decode_batches="1,8,32", context=1024, warmup=2, iters=10,
           decode_steps=16, paper=False, onnx_dirs: dict | None = None, engine_dirs: dict | None = None,
           onnx_dtype="float32", time_budget_s: float = 600.0, seed=0, ort_threads: int | None = None,
-          ort_prefill_lengths=None, ort_decode_batches=None, ort_iters: int | None = None,
+          ort_prefill_lengths=None, ort_decode_batches=None, ort_iters: int | None = None, plugin_library=None,
           progress: Callable[[str], None] | None = None) -> dict:
-    """Run the benchmark; write bench.json, bench.md and bench.png into `out_dir`; return the report."""
+    """Run the benchmark; write bench.json, bench.md and (when there is something to plot) bench.png into
+    `out_dir`; return the report. `plugin_library`: `--plugins` for the engines (default: the project's)."""
     import torch
 
     from ..checkpoint import load_model
@@ -336,6 +342,12 @@ def bench(models=("tiny",), backends=("torch", "onnxruntime"), out_dir="bench/re
                                                       "iters": ort_iters, "decode_steps": min(decode_steps, ort_iters)},
         "timing": "torch: CUDA events (GPU) / perf_counter (CPU); ONNX Runtime: "
         "wall clock of session.run; TensorRT: Polygraphy TrtRunner inference_time"}, "results": {}}
+    ran_with = {  # what each backend really runs: (warm-up, timed prefill iterations, timed decode steps, threads)
+        "torch": (warmup, iters, decode_steps, torch.get_num_threads() if not device.startswith("cuda") else None,
+                  lengths, batches),
+        "onnxruntime": (min(warmup, 1), ort_iters, min(decode_steps, ort_iters),
+                        ort_threads or "onnxruntime default (one per physical core)", ort_lengths, ort_batches),
+        "tensorrt": (warmup, iters, decode_steps, None, lengths, batches)}
     for spec in models:
         res = report["results"].setdefault(spec, {})
         cfg = None
@@ -361,16 +373,21 @@ def bench(models=("tiny",), backends=("torch", "onnxruntime"), out_dir="bench/re
                                                       deadline, say, seed, ort_threads)
                 else:
                     res[backend] = _bench_tensorrt(spec, engine_dirs, lengths, batches, context, warmup, iters,
-                                                   decode_steps, deadline, say)
+                                                   decode_steps, deadline, say, plugin_library)
             except HymbaDeployError as e:
                 res[backend] = {"status": "not run", "reason": str(e)}
+            if res[backend]["status"] == "ran":
+                res[backend]["settings"] = dict(zip(("warmup", "iters", "decode_steps", "threads", "prefill_lengths",
+                                                     "decode_batches"), ran_with[backend]))
             res[backend]["seconds"] = round(time.monotonic() - t0, 1)
             write_json(report, out)
+    not_plotted = write_plot(report, out / "bench.png")
+    report["plot"] = {"file": None, "not_written": not_plotted} if not_plotted else {"file": "bench.png"}
     write_json(report, out)
     write_markdown(report, out / "bench.md")
-    if not write_plot(report, out / "bench.png"):
-        say("bench.png not written: matplotlib is not installed (pip install matplotlib)")
-    say(f"wrote bench.json, bench.md and bench.png to {out}")
+    if not_plotted:
+        say(f"bench.png not written: {not_plotted}")
+    say(f"wrote bench.json, bench.md{'' if not_plotted else ' and bench.png'} to {out}")
     return report
 
 
@@ -421,7 +438,8 @@ def _bench_onnxruntime(spec, onnx_dirs, onnx_dtype, lengths, batches, context, w
             "onnxruntime": onnxruntime.__version__, "export_seconds": export_s, **result}
 
 
-def _bench_tensorrt(spec, engine_dirs, lengths, batches, context, warmup, iters, decode_steps, deadline, say):
+def _bench_tensorrt(spec, engine_dirs, lengths, batches, context, warmup, iters, decode_steps, deadline, say,
+                    plugin_library=None):
     from ..runtime import TensorRTRunner
     from ..runtime.tensorrt_runner import engine_unavailable
     from ..engine.backends import backend_available
@@ -430,19 +448,25 @@ def _bench_tensorrt(spec, engine_dirs, lengths, batches, context, warmup, iters,
         missing = [r for r in (backend_available("tensorrt"), backend_available("tensorrt-rtx")) if r]
         why = "; ".join(missing) if len(missing) == 2 else f"build one with `hymba-deploy build` (--engine {spec}=DIR)"
         raise HymbaDeployError(f"no engine given for {spec}: {why}")
+    from ..engine import artifact
+    artifact.engine_files(src)
     for g in ("prefill", "decode"):
-        reason = engine_unavailable(Path(src) / f"{g}.engine")
+        reason = engine_unavailable(Path(src) / f"{g}.engine", plugin_library)
         if reason:
             raise HymbaDeployError(reason)
-    sidecar = json.loads((Path(src) / "prefill.engine.json").read_text())
-    from ..engine.onnx_inputs import load_graph, metadata
-    from ..config import HymbaConfig
-    meta = metadata(load_graph(Path(sidecar["source_onnx"]["path"])))
-    cfg = HymbaConfig.from_dict(json.loads(meta["config"]))
+    sidecar = artifact.read_sidecar(Path(src) / "prefill.engine")
+    cfg = _spec_config(spec)              # MODEL's, not a file the sidecar names: it must match the engine's I/O
+    from ..cache import HybridMambaAttentionDynamicCache as Cache
+    want = {"input_ids"} | {name for name, _, _ in Cache.state_names(cfg)}
+    got = {t["name"] for t in artifact.read_sidecar(Path(src) / "decode.engine")["io"]["inputs"]}
+    if got != want:
+        raise HymbaDeployError(f"--engine {spec}={src}: the decode engine's inputs are not those of {spec} "
+                               f"(differ in {', '.join(sorted(got ^ want)[:4])})")
     np_dtype = {"float32": np.float32, "float16": np.float16}.get(sidecar.get("model_dtype"), np.float32)
     seq_max = sidecar["profiles"][0]["axes"]["seq"][2]
     b_max = sidecar["profiles"][0]["axes"]["batch"][2]
-    result = _bench_runner(lambda g: TensorRTRunner(Path(src) / f"{g}.engine"), cfg, np_dtype,
+    result = _bench_runner(lambda g: TensorRTRunner(Path(src) / f"{g}.engine", user_library=plugin_library),
+                           cfg, np_dtype,
                            [L for L in lengths if L <= seq_max], [B for B in batches if B <= b_max],
                            min(context, seq_max - 1), warmup, iters, decode_steps, deadline, say, "tensorrt",
                            sidecar.get("eviction") or "upstream")

@@ -1,4 +1,9 @@
-"""bench.md (tables) and bench.png (prefill latency vs prompt length, decode throughput vs batch)."""
+"""bench.md (tables) and bench.png (prefill latency vs prompt length, decode throughput vs batch).
+
+Every table has a row for each requested backend: its results, or "not run"/"skipped" with the reason.
+Each backend's real settings (warm-up, timed iterations and steps, threads) are in a table of their own,
+since ONNX Runtime on the CPU may run fewer than the others. No plot is written without data to plot.
+"""
 
 from __future__ import annotations
 
@@ -19,16 +24,27 @@ def to_markdown(report: dict) -> str:
              f"- device: {env['device']}; GPU: {gpu}; CPU cores: {env.get('cpu_count')}",
              f"- torch {env['torch']}, onnxruntime {env.get('onnxruntime', '-')} "
              f"({', '.join(env.get('onnxruntime_providers', [])) or '-'})",
-             f"- torch dtype {s['dtype']}; ONNX dtype {s['onnx_dtype']}; warm-up {s['warmup']}, {s['iters']} timed "
-             f"prefill iterations, {s['decode_steps']} timed decode steps; random weights",
-             f"- timing: {s['timing']}", ""]
+             f"- torch dtype {s['dtype']}; ONNX dtype {s['onnx_dtype']}; decode context {s['context']} tokens; "
+             f"random weights",
+             f"- timing: {s['timing']}", *_plot_note(report), ""]
     for spec, backends in report["results"].items():
-        lines += [f"## {spec}", "", "### Prefill latency (batch 1)", "",
+        lines += [f"## {spec}", "", "### Settings per backend", "",
+                  "| backend | warm-up | timed prefill iterations | timed decode steps | threads | prompt lengths "
+                  "| decode batches |", "|---|---:|---:|---:|---|---|---|"]
+        for name, r in backends.items():
+            if r.get("status") != "ran":
+                lines.append(f"| {name} | {_not_run(r)} | | | | | |")
+                continue
+            st = r["settings"]
+            lines.append(f"| {name} | {st['warmup']} | {st['iters']} | {st['decode_steps']} | "
+                         f"{st['threads'] if st['threads'] is not None else '-'} | "
+                         f"{', '.join(map(str, st['prefill_lengths']))} | {', '.join(map(str, st['decode_batches']))} |")
+        lines += ["", "### Prefill latency (batch 1)", "",
                   "| backend | tokens | p50 ms | p90 ms | p99 ms | peak GPU MiB | host peak MiB |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         for name, r in backends.items():
             if r.get("status") != "ran":
-                lines.append(f"| {name} | {r.get('status')}: {r.get('reason', '')} | | | | | |")
+                lines.append(f"| {name} | {_not_run(r)} | | | | | |")
                 continue
             for row in r["prefill"]:
                 if "p50_ms" not in row:
@@ -43,6 +59,7 @@ def to_markdown(report: dict) -> str:
         notes = []
         for name, r in backends.items():
             if r.get("status") != "ran":
+                lines.append(f"| {name} | {_not_run(r)} | | | | | |")
                 continue
             rows = list(r["decode"]) + ([dict(r["paper"]["result"], paper=True)] if r.get("paper", {}).get("result") else [])
             for row in rows:
@@ -63,19 +80,46 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _not_run(r: dict) -> str:
+    """A backend that did not run, as a table cell: its status and reason (pipes escaped)."""
+    return f"{r.get('status')}: {r.get('reason', '')}".replace("|", "\\|").replace("\n", " ")
+
+
+def _plot_note(report: dict) -> list[str]:
+    plot = report.get("plot")
+    if not plot:
+        return []
+    return [f"- plot: {plot['file']}" if plot.get("file") else f"- no plot: {plot['not_written']}"]
+
+
 def write_markdown(report: dict, path) -> None:
     path = Path(path)
     atomic_write_text(path, to_markdown(report))
 
 
-def write_plot(report: dict, path) -> bool:
-    """Two panels per model; False (and no file) without matplotlib."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
+def _has_points(r: dict) -> bool:
+    return r.get("status") == "ran" and (any("p50_ms" in row for row in r["prefill"])
+                                         or any("tokens_per_s" in row for row in r["decode"]))
+
+
+def write_plot(report: dict, path) -> str | None:
+    """Two panels per model into `path` and None; or the reason no plot was written (nothing ran, no
+    matplotlib), with no file at `path` (a stale one from an earlier run is removed). A panel without
+    data says so instead of showing empty axes."""
+    path = Path(path)
+    reason = None
+    if not any(_has_points(r) for backends in report["results"].values() for r in backends.values()):
+        reason = "no backend produced a measurement (see the tables)"
+    else:
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            reason = "matplotlib is not installed (pip install matplotlib)"
+    if reason:
+        path.unlink(missing_ok=True)
+        return reason
     models = list(report["results"])
     fig, axes = plt.subplots(len(models), 2, figsize=(11, 3.6 * len(models)), squeeze=False)
     for i, spec in enumerate(models):
@@ -97,6 +141,9 @@ def write_plot(report: dict, path) -> bool:
             ax.grid(True, which="both", alpha=0.3)
             if ax.lines:
                 ax.legend(fontsize=8)
+            else:
+                ax.set(xscale="linear", yscale="linear", xticks=[], yticks=[])
+                ax.text(0.5, 0.5, "no measurement: see bench.md", ha="center", va="center", transform=ax.transAxes)
     env = report["environment"]
     fig.suptitle(f"hymba-deploy bench on {env.get('gpu') or 'CPU'}", fontsize=11)
     fig.tight_layout()
@@ -104,4 +151,4 @@ def write_plot(report: dict, path) -> bool:
         atomic_write(Path(path), lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     finally:
         plt.close(fig)
-    return True
+    return None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import platform
@@ -23,11 +24,10 @@ from typing import Callable
 from ..errors import HymbaDeployError
 from ..fileio import atomic_write_bytes, atomic_write_text
 from . import onnx_inputs, plugins
+from .artifact import ENGINE_SUFFIX, SIDECAR_SUFFIX
 from .backends import BACKENDS, resolve_target, select_backend, parse_target
 
 GRAPHS = ("prefill", "decode")
-ENGINE_SUFFIX = ".engine"
-SIDECAR_SUFFIX = ".engine.json"
 
 
 def find_graphs(src) -> dict[str, Path]:
@@ -210,6 +210,7 @@ def build(src, out_dir, backend: str = "tensorrt-rtx", target: str = "sm80", plu
             "graph": g,
             "engine": engine_path.name,
             "engine_bytes": len(data),
+            "engine_sha256": hashlib.sha256(data).hexdigest(),
             "backend": be.name,
             "backend_version": be.version,
             "target": target,

@@ -4,6 +4,11 @@ plugins, and its I/O tensors.
 The inspector needs a deserialised engine, hence a GPU the engine can run on. Elsewhere (CPU-only
 machines, TensorRT-RTX engines on an H100) the layers come from the build-time network recorded in the
 JSON sidecar, and the report says why the inspector did not run.
+
+Engines and sidecars may come from elsewhere: both are checked first (`artifact.read_engine`), and the
+plugin library the inspector needs is never the one the sidecar names but `artifact.plugin_library`'s
+(`--plugins`, or the project's own build, with the sha256 recorded at build time). The report names the
+recorded library and whether one was loaded.
 """
 
 from __future__ import annotations
@@ -12,22 +17,16 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from ..errors import HymbaDeployError
+from . import artifact
 from .backends import backend_available, current_compute_capability, select_backend
-from .build import ENGINE_SUFFIX, SIDECAR_SUFFIX
 
 OUR_PLUGINS = ("SelectiveScan", "CausalConv1d", "WindowedAttention")
 
 
-def _sidecar(engine: Path) -> dict:
-    path = engine.with_name(engine.name.removesuffix(ENGINE_SUFFIX) + SIDECAR_SUFFIX)
-    if not path.is_file():
-        raise HymbaDeployError(f"{engine}: its sidecar {path.name} is missing; rebuild with `hymba-deploy build`")
-    return json.loads(path.read_text())
-
-
-def _inspector_layers(engine: Path, sidecar: dict) -> tuple[list[dict] | None, str | None, list[dict] | None]:
-    """(layers, reason not run, io) from TensorRT's IEngineInspector, when this machine can run the engine."""
+def _inspector_layers(engine: Path, sidecar: dict, lib: Path | None, lib_reason: str | None
+                      ) -> tuple[list[dict] | None, str | None, list[dict] | None]:
+    """(layers, reason not run, io) from TensorRT's IEngineInspector, when this machine can run the engine
+    and `lib` is the plugin library it may load (`lib_reason`: why none may)."""
     reason = backend_available(sidecar["backend"])
     if reason:
         return None, reason, None
@@ -37,13 +36,12 @@ def _inspector_layers(engine: Path, sidecar: dict) -> tuple[list[dict] | None, s
     want = sidecar.get("compute_capability")
     if sidecar["backend"] == "tensorrt-rtx" and want and f"{cc[0]}.{cc[1]}" != want:
         return None, f"the engine targets compute capability {want}, this GPU is {cc[0]}.{cc[1]}", None
+    if lib_reason:
+        return None, lib_reason, None
     from . import plugins
     be = select_backend(sidecar["backend"])
-    lib = (sidecar.get("plugin_library") or {}).get("path")
-    if lib:
-        if not Path(lib).is_file():
-            return None, f"its plugin library {lib} is gone", None
-        plugins.load_library(be.trt, Path(lib))
+    if lib is not None:
+        plugins.load_library(be.trt, lib)
     trt = be.trt
     runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
     eng = runtime.deserialize_cuda_engine(engine.read_bytes())
@@ -77,14 +75,14 @@ def _our_plugin(layer: dict, plugin_names: set[str]) -> str | None:
     return None
 
 
-def inspect_engine(engine) -> dict:
+def inspect_engine(engine, user_library=None) -> dict:
+    """The report of one engine, or {"engines": [...]} of a build folder's; `user_library`: `--plugins`."""
     engine = Path(engine)
     if engine.is_dir():
-        return {"engines": [inspect_engine(p) for p in sorted(engine.glob("*" + ENGINE_SUFFIX))]}
-    if not engine.is_file():
-        raise HymbaDeployError(f"{engine}: no such engine file")
-    sidecar = _sidecar(engine)
-    layers, reason, io = _inspector_layers(engine, sidecar)
+        return {"engines": [inspect_engine(p, user_library) for p in artifact.engine_files(engine)]}
+    sidecar = artifact.read_engine(engine)
+    lib, lib_reason = artifact.plugin_library(sidecar, user_library)
+    layers, reason, io = _inspector_layers(engine, sidecar, lib, lib_reason)
     source = "engine inspector"
     if layers is None:
         layers, source = sidecar.get("layers", []), f"build-time network (sidecar); engine inspector not run: {reason}"
@@ -96,17 +94,29 @@ def inspect_engine(engine) -> dict:
         io = ([{**t, "mode": "input"} for t in sidecar["io"]["inputs"]]
               + [{**t, "mode": "output"} for t in sidecar["io"]["outputs"]])
     return {"engine": str(engine), "backend": sidecar["backend"], "backend_version": sidecar["backend_version"],
-            "target": sidecar["target"], "layers_source": source, "num_layers": len(layers),
+            "target": sidecar["target"], "plugin_library": _library_report(sidecar, lib, lib_reason),
+            "layers_source": source, "num_layers": len(layers),
             "layer_types": dict(Counter(layer["type"] for layer in layers).most_common()),
             "plugin_layers": [{"name": layer["name"], "plugin": layer["our_plugin"]} for layer in ours],
             "plugin_counts": dict(Counter(layer["our_plugin"] for layer in ours)),
             "layers": layers, "io": io}
 
 
+def _library_report(sidecar: dict, lib: Path | None, reason: str | None) -> dict | None:
+    """The library recorded at build time (as the sidecar says: not trusted, only reported) and the one that
+    may be loaded here, or why none may."""
+    recorded = sidecar.get("plugin_library")
+    if not recorded:
+        return None
+    return {"recorded": {k: recorded.get(k) for k in ("path", "sha256", "tensorrt_headers")},
+            "verified": str(lib) if lib else None, "not_verified": reason}
+
+
 def format_inspection(result: dict, all_layers: bool = False) -> str:
     if "engines" in result:
         return "\n\n".join(format_inspection(r, all_layers) for r in result["engines"])
     lines = [f"{result['engine']}: {result['backend']} {result['backend_version']}, target {result['target']}",
+             *_format_library(result["plugin_library"]),
              f"layers ({result['num_layers']}, from the {result['layers_source']}):",
              "  " + ", ".join(f"{t} x{n}" for t, n in result["layer_types"].items())]
     lines.append(f"our plugin layers ({len(result['plugin_layers'])}): "
@@ -120,3 +130,14 @@ def format_inspection(result: dict, all_layers: bool = False) -> str:
     for t in result["io"]:
         lines.append(f"  {t['mode']:<6} {t['name']:<28} {t['dtype']:<8} {t['shape']}")
     return "\n".join(lines)
+
+
+def _format_library(lib: dict | None) -> list[str]:
+    if lib is None:
+        return ["plugin library: none (no plugin layers)"]
+    rec = lib["recorded"]
+    lines = [f"plugin library at build time: {rec['path']} (sha256 {rec['sha256']}, TensorRT headers "
+             f"{rec.get('tensorrt_headers') or 'unknown'})"]
+    lines.append(f"  verified here: {lib['verified']} (same sha256)" if lib["verified"]
+                 else f"  none verified here: {lib['not_verified']}")
+    return lines

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from ..errors import HymbaDeployError
+from ..fileio import resolve_inside
 
 HYMBA_DOMAIN = "hymba"
 META = "hymba."
@@ -22,11 +23,17 @@ DEFAULT_PROFILE = "batch=1:1:16,seq=1:128:MAX"
 
 
 def load_graph(path: Path):
+    """The graph without its external weights, whose files must lie in the graph's folder (`resolve_inside`)."""
     import onnx
     try:
-        return onnx.load(str(path), load_external_data=False)
+        proto = onnx.load(str(path), load_external_data=False)
     except Exception as e:                                   # protobuf raises a bare DecodeError
         raise HymbaDeployError(f"{path}: not a readable ONNX model ({e})") from None
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                resolve_inside(Path(path).parent, e.value, f"{path} (external weights of {t.name})")
+    return proto
 
 
 def metadata(proto) -> dict:

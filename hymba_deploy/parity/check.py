@@ -6,7 +6,8 @@ Multi-step and stateful: every backend feeds its own `present.*` outputs back as
 greedy choice), so errors that accumulate in the cache show up step by step. Every output is compared:
 logits and each cache tensor (max abs, rel L2, cosine; NaN/Inf separately) against the tolerance of
 the lower of the two precisions. On a failure, the first failing step is re-run with per-layer outputs
-marked and the first divergent layer is named. Backends that cannot run here are "not run: <reason>".
+marked and the first divergent layer is named. Backends that cannot run here are "not run: <reason>";
+an engine folder that is missing, empty or unreadable is an error, never "not run".
 """
 
 from __future__ import annotations
@@ -69,9 +70,12 @@ def _next_feed(outputs: dict, token: np.ndarray, cache_io) -> dict:
 
 def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dtype: str | None = None,
           seed: int = 0, max_prompt_len: int = 48, batch_size: int = 1, device: str = "cpu",
-          tolerances: dict | None = None, progress: Callable[[str], None] | None = None) -> dict:
+          tolerances: dict | None = None, plugin_library=None, progress: Callable[[str], None] | None = None) -> dict:
     """Compare torch, ONNX Runtime and engines; returns the report (report["ok"]: every backend that ran
-    passed, and at least one ran)."""
+    passed, and at least one ran; report["not_run"]: the backends that did not run).
+
+    `engine_dir`'s engines are checked before any work (HymbaDeployError when missing or unreadable);
+    `plugin_library` (`--plugins`) is the plugin library they may load (default: the project's build)."""
     from ..checkpoint import parse_dtype
     from ..runtime import OnnxRuntimeRunner, TensorRTRunner, TorchRunner
     from ..runtime.tensorrt_runner import engine_unavailable
@@ -86,6 +90,7 @@ def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dt
     missing = [str(graphs[g]) for g in needed if not graphs[g].is_file()]
     if missing:
         raise HymbaDeployError(f"--onnx {onnx_dir}: {', '.join(missing)} not found; run `hymba-deploy export` first")
+    engines = _engines(engine_dir, needed) if engine_dir is not None else None
     meta = _metadata(graphs["prefill"])
     if "config" not in meta:
         raise HymbaDeployError(f"{graphs['prefill']}: no hymba.config metadata; export it with `hymba-deploy export`")
@@ -111,17 +116,17 @@ def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dt
     except ImportError:
         status["onnxruntime"] = {"status": "not run", "reason": "onnxruntime is not installed (pip install onnxruntime)"}
     if engine_dir is None:
-        status["tensorrt"] = {"status": "not run", "reason": "no --engine DIR given"}
+        status["tensorrt"] = {"status": "not requested", "reason": "no --engine DIR given"}
     else:
-        engines = {g: Path(engine_dir) / f"{g}.engine" for g in needed}
-        reason = next((r for r in (engine_unavailable(p) for p in engines.values()) if r), None)
+        reason = next((r for r in (engine_unavailable(p, plugin_library) for p in engines.values()) if r), None)
         if reason:
             status["tensorrt"] = {"status": "not run", "reason": reason}
         else:
-            factories["tensorrt"] = {g: (lambda cap, p=engines[g]: TensorRTRunner(p)) for g in needed}
+            factories["tensorrt"] = {g: (lambda cap, p=engines[g]: TensorRTRunner(p, user_library=plugin_library))
+                                     for g in needed}
             status["tensorrt"] = {"status": "pending", "detail": str(engine_dir)}
             # Prompts and decode steps must stay inside the engines' optimisation profile.
-            axes = json.loads(engines["prefill"].with_name("prefill.engine.json").read_text())["profiles"][0]["axes"]
+            axes = _profile_axes(engines["prefill"])
             max_prompt_len = min(max_prompt_len, axes["seq"][2] - steps)
             if batch_size > axes["batch"][2] or max_prompt_len < 1:
                 raise HymbaDeployError(f"the engines' profile (batch <= {axes['batch'][2]}, seq <= {axes['seq'][2]}) "
@@ -195,12 +200,57 @@ def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dt
             status[name]["localization"] = loc
     ran = [n for n, s in status.items() if s["status"] in ("passed", "failed", "error")]
     ok = bool(ran) and all(status[n]["status"] == "passed" for n in ran)
-    return {"ok": ok, "model": model if isinstance(model, str) else type(model).__name__, "onnx": str(onnx_dir),
+    return {"ok": ok, "not_run": [n for n, s in status.items() if s["status"] == "not run"], "model": model if isinstance(model, str) else type(model).__name__, "onnx": str(onnx_dir),
             "engine": str(engine_dir) if engine_dir else None, "reference": {"backend": REFERENCE, "dtype": ref_dtype,
                                                                               "device": device},
             "onnx_dtype": onnx_dtype, "eviction": eviction, "tolerances": tols, "seed": seed,
             "prompts": [{"batch": batch_size, "tokens": n} for n in lengths], "steps": steps,
             "backends": status, "results": rows, "seconds": round(time.perf_counter() - t_start, 2)}
+
+
+def _engines(engine_dir, needed: list[str]) -> dict[str, Path]:
+    """{graph: engine path} of `--engine DIR` for the graphs the check needs, each engine and sidecar checked
+    (`artifact.read_engine`): a missing DIR, one without engines, or a missing or unreadable engine is an error."""
+    from ..engine import artifact
+    folder = Path(engine_dir)
+    artifact.engine_files(folder)
+    engines = {}
+    for g in needed:
+        path = folder / f"{g}{artifact.ENGINE_SUFFIX}"
+        if not path.is_file():
+            raise HymbaDeployError(f"--engine {folder}: {path.name} not found (the check runs "
+                                   f"{' and '.join(needed)}); build it with `hymba-deploy build`")
+        artifact.read_engine(path)
+        engines[g] = path
+    return engines
+
+
+def _profile_axes(engine: Path) -> dict:
+    """{"batch": [min, opt, max], "seq": [...]} of the engine's optimisation profile (from its sidecar)."""
+    from ..engine import artifact
+    sidecar = artifact.read_sidecar(engine)
+    try:
+        axes = sidecar["profiles"][0]["axes"]
+        if all(len([int(x) for x in axes[axis]]) == 3 for axis in ("batch", "seq")):
+            return axes
+    except (IndexError, KeyError, TypeError, ValueError):
+        pass
+    raise HymbaDeployError(f"{artifact.sidecar_path(engine)}: no optimisation profile with batch and seq "
+                           f"axes (min, opt, max)")
+
+
+def summary_line(report: dict) -> str:
+    """PASS or FAIL, with how many of the requested backends did not run (one that did not run never
+    passes; the engines are requested by --engine)."""
+    not_run = report.get("not_run", [])
+    verdict = "PASS" if report["ok"] else "FAIL"
+    requested = sum(s.get("status") != "not requested" for s in report["backends"].values())
+    ran = requested - len(not_run)
+    if ran == 0:
+        return f"{verdict}: no backend ran ({len(not_run)} not run: {', '.join(not_run)})"
+    if not not_run:
+        return f"{verdict} ({ran} of {ran} backends ran)"
+    return f"{verdict} ({ran} of {requested} backends ran; {len(not_run)} not run: {', '.join(not_run)})"
 
 
 def _fmt(x, spec):
@@ -224,7 +274,7 @@ def format_report(report: dict) -> str:
                      f"{_fmt(worst.get('max_abs'), '9.2e')} {_fmt(worst.get('rel_l2'), '9.2e')} "
                      f"{_fmt(worst.get('cosine'), '10.7f')}  {'FAIL' if failed else 'pass'}")
     for name, s in report["backends"].items():
-        if s["status"] in ("not run", "error"):
+        if s["status"] in ("not run", "not requested", "error"):
             lines.append(f"{name:<12} {s['status']}: {s['reason']}")
         else:
             lines.append(f"{name:<12} {s['status']} ({s['compared']} comparisons, {s['failed']} failed)")
@@ -237,7 +287,7 @@ def format_report(report: dict) -> str:
                                    "final norm or lm_head)")
             lines.append(f"{'':<12} first failure at prompt {ff['prompt'] + 1}, {ff['step']}: {', '.join(ff['outputs'][:4])}; "
                          f"{where}; by {loc['method']}")
-    lines.append("PASS" if report["ok"] else "FAIL")
+    lines.append(summary_line(report))
     return "\n".join(lines)
 
 

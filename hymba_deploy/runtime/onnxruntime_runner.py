@@ -62,6 +62,8 @@ class OnnxRuntimeRunner(Runner):
             import onnxruntime as ort
         except ImportError:
             raise HymbaDeployError("ONNX Runtime is not installed: pip install onnxruntime") from None
+        from ..engine.onnx_inputs import load_graph
+        load_graph(self.path)                                  # readable, external weights inside its folder
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if self.threads:

@@ -1,23 +1,24 @@
-"""A built engine (TensorRT or TensorRT-RTX) through Polygraphy's `TrtRunner`, after loading the plugin
-library recorded in the engine's sidecar. Needs a GPU the engine was built for."""
+"""A built engine (TensorRT or TensorRT-RTX) through Polygraphy's `TrtRunner`. The engine and its sidecar
+are checked first, and the plugin library loaded is `engine.artifact.plugin_library`'s (`--plugins` or the
+project's own build, with the sha256 recorded at build time), never the path the sidecar names. Needs a
+GPU the engine was built for."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ..errors import HymbaDeployError
 from .base import Runner
 
 
-def engine_unavailable(engine) -> str | None:
-    """None when this machine can run `engine` (a path to a .engine file), else the reason."""
+def engine_unavailable(engine, user_library=None) -> str | None:
+    """None when this machine can run `engine` (a path to a .engine file), else the reason. An engine or
+    sidecar that is missing or unreadable, or a `user_library` that is not the engine's, is an error
+    (HymbaDeployError), not a reason."""
+    from ..engine import artifact
     from ..engine.backends import backend_available, current_compute_capability
-    engine = Path(engine)
-    sidecar = engine.with_name(engine.name.removesuffix(".engine") + ".engine.json")
-    if not engine.is_file() or not sidecar.is_file():
-        return f"{engine} (and its .engine.json sidecar) not found; build it with `hymba-deploy build`"
-    info = json.loads(sidecar.read_text())
+    info = artifact.read_engine(engine)
+    lib, lib_reason = artifact.plugin_library(info, user_library)
     reason = backend_available(info["backend"])
     if reason:
         return reason
@@ -28,26 +29,27 @@ def engine_unavailable(engine) -> str | None:
         return "TensorRT-RTX engines do not run on compute capability 9.0 (H100/H200)"
     if info.get("compute_capability") and info["compute_capability"] != f"{cc[0]}.{cc[1]}":
         return f"the engine targets compute capability {info['compute_capability']}, this GPU is {cc[0]}.{cc[1]}"
-    return None
+    return lib_reason
 
 
 class TensorRTRunner(Runner):
-    def __init__(self, engine, name: str | None = None):
+    def __init__(self, engine, name: str | None = None, user_library=None):
         self.engine = Path(engine)
         super().__init__(name or f"tensorrt-{self.engine.stem}")
+        self.user_library = user_library
         self._runner = None
 
     def activate_impl(self):
-        reason = engine_unavailable(self.engine)
+        from ..engine import artifact, plugins
+        from ..engine.backends import select_backend
+        reason = engine_unavailable(self.engine, self.user_library)
         if reason:
             raise HymbaDeployError(f"cannot run {self.engine}: {reason}")
-        from ..engine import plugins
-        from ..engine.backends import select_backend
-        info = json.loads(self.engine.with_name(self.engine.name.removesuffix(".engine") + ".engine.json").read_text())
+        info = artifact.read_engine(self.engine)
+        lib, _ = artifact.plugin_library(info, self.user_library)
         be = select_backend(info["backend"])
-        lib = (info.get("plugin_library") or {}).get("path")
-        if lib:
-            plugins.load_library(be.trt, Path(lib))
+        if lib is not None:
+            plugins.load_library(be.trt, lib)
         from polygraphy.backend.trt import EngineFromBytes, TrtRunner
         self._inputs = [t["name"] for t in info["io"]["inputs"]]
         self._runner = TrtRunner(EngineFromBytes(self.engine.read_bytes()))
