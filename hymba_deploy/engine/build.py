@@ -30,6 +30,50 @@ ENGINE_SUFFIX = ".engine"
 SIDECAR_SUFFIX = ".engine.json"
 
 
+def read_sidecar(engine) -> dict:
+    """The JSON sidecar `<graph>.engine.json` of `engine` (a .engine path), its fields that `inspect` and the
+    runners read checked; a HymbaDeployError naming the file when it is missing or not one `build` wrote."""
+    engine = Path(engine)
+    path = engine.with_name(engine.name.removesuffix(ENGINE_SUFFIX) + SIDECAR_SUFFIX)
+    if not path.is_file():
+        raise HymbaDeployError(f"{engine}: its sidecar {path.name} is missing; rebuild with `hymba-deploy build`")
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise HymbaDeployError(f"{path}: not a readable JSON file ({e}); rebuild with `hymba-deploy build`") from None
+
+    def named(rows, *keys):
+        return isinstance(rows, list) and all(isinstance(r, dict) and all(isinstance(r.get(k), str) for k in keys)
+                                              for r in rows)
+    io = sidecar.get("io") if isinstance(sidecar, dict) else None
+    profiles = sidecar.get("profiles") if isinstance(sidecar, dict) else None
+    checks = {
+        "backend": lambda: sidecar.get("backend") in BACKENDS,
+        "backend_version": lambda: isinstance(sidecar.get("backend_version"), str),
+        "target": lambda: isinstance(sidecar.get("target"), str),
+        "compute_capability": lambda: isinstance(sidecar.get("compute_capability", ""), (str, type(None))),
+        "plugin_library": lambda: (sidecar.get("plugin_library") is None
+                                   or (isinstance(sidecar["plugin_library"], dict)
+                                       and isinstance(sidecar["plugin_library"].get("path", ""), str))),
+        "layers": lambda: named(sidecar.get("layers", []), "name", "type"),
+        "plugin_layers": lambda: named(sidecar.get("plugin_layers", []), "name"),
+        "io": lambda: isinstance(io, dict) and all(
+            named(io.get(k), "name", "dtype") and all(isinstance(t.get("shape"), list) for t in io[k])
+            for k in ("inputs", "outputs")),
+        "profiles": lambda: isinstance(profiles, list) and bool(profiles) and all(
+            isinstance(p, dict) and isinstance(p.get("axes"), dict) and all(
+                isinstance(v, list) and len(v) == 3 and all(type(n) is int for n in v)
+                for v in p["axes"].values()) for p in profiles),
+    }
+    if not isinstance(sidecar, dict):
+        raise HymbaDeployError(f"{path}: not a JSON object; rebuild with `hymba-deploy build`")
+    bad = [k for k, ok in checks.items() if not ok()]
+    if bad:
+        raise HymbaDeployError(f"{path}: not a sidecar written by `hymba-deploy build` (field(s) {', '.join(bad)} "
+                               f"missing or malformed); rebuild with `hymba-deploy build`")
+    return sidecar
+
+
 def find_graphs(src, progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     """An export DIR (the graphs its manifest.json lists, every file verified against it) or one .onnx
     file (verified against the manifest beside it, if there is one) -> {graph name: path}."""

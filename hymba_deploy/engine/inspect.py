@@ -14,16 +14,13 @@ from pathlib import Path
 
 from ..errors import HymbaDeployError
 from .backends import backend_available, current_compute_capability, select_backend
-from .build import ENGINE_SUFFIX, SIDECAR_SUFFIX
+from .build import ENGINE_SUFFIX, read_sidecar
 
 OUR_PLUGINS = ("SelectiveScan", "CausalConv1d", "WindowedAttention")
 
 
 def _sidecar(engine: Path) -> dict:
-    path = engine.with_name(engine.name.removesuffix(ENGINE_SUFFIX) + SIDECAR_SUFFIX)
-    if not path.is_file():
-        raise HymbaDeployError(f"{engine}: its sidecar {path.name} is missing; rebuild with `hymba-deploy build`")
-    return json.loads(path.read_text())
+    return read_sidecar(engine)
 
 
 def _inspector_layers(engine: Path, sidecar: dict) -> tuple[list[dict] | None, str | None, list[dict] | None]:

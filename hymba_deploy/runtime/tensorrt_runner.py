@@ -17,7 +17,8 @@ def engine_unavailable(engine) -> str | None:
     sidecar = engine.with_name(engine.name.removesuffix(".engine") + ".engine.json")
     if not engine.is_file() or not sidecar.is_file():
         return f"{engine} (and its .engine.json sidecar) not found; build it with `hymba-deploy build`"
-    info = json.loads(sidecar.read_text())
+    from ..engine.build import read_sidecar
+    info = read_sidecar(engine)
     reason = backend_available(info["backend"])
     if reason:
         return reason
