@@ -191,8 +191,7 @@ class HymbaConfig:
                 raise HymbaDeployError(f"config field 'layer_type' = {value!r}: every layer must be 'h' (hybrid)")
         if "conv_dim" in self.extra:
             value = self.extra["conv_dim"]
-            want = {str(i) for i in range(L)}
-            if not isinstance(value, dict) or set(value) != want:
+            if not isinstance(value, dict) or len(value) != L or set(value) != {str(i) for i in range(L)}:
                 raise HymbaDeployError(f"config field 'conv_dim': must be an object with one entry per layer, keys "
                                        f"\"0\" to \"{L - 1}\" (num_hidden_layers = {L}), not {_summary(value)}")
             wrong = {k: v for k, v in value.items() if v != self.d_inner or isinstance(v, bool)}
