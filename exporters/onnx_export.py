@@ -31,14 +31,13 @@ from hymba_deploy.errors import HymbaDeployError
 from hymba_deploy.fileio import sha256_file
 
 from . import onnx_ops
+from .manifest import GRAPHS, MANIFEST
 from .graphs import DecodeGraph, PrefillGraph, position_layer
 
-GRAPHS = ("prefill", "decode")
 PREFILL_LOGITS = {"all": 0, "last": 1}     # -> HymbaForCausalLM.forward(logits_to_keep=...)
 DEFAULT_OPSET = 18
 MAX_IR_VERSION = 13                 # onnxruntime(-gpu) 1.30 reads IR ≤ 13
 EXTERNAL_DATA_THRESHOLD = 2 ** 31 - 2 ** 24   # protobuf's 2 GiB limit, with room for the graph
-MANIFEST = "manifest.json"
 META = "hymba."                     # prefix of every metadata_props key
 
 _ONNX_DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
@@ -313,6 +312,18 @@ def _prepare_out_dir(out: Path) -> tuple[Path, list[Path]]:
     return tmp, created
 
 
+def _remove_earlier_export(out: Path, keep: list[str], say) -> None:
+    """Remove what an earlier export left in `out` that this one does not replace, manifest first: at no
+    moment does a manifest sit beside graph files it does not describe (a crash leaves no manifest,
+    which `build` and `check` refuse)."""
+    (out / MANIFEST).unlink(missing_ok=True)
+    for graph in GRAPHS:
+        for name in (f"{graph}.onnx", f"{graph}.onnx.data"):
+            if name not in keep and (out / name).exists():
+                (out / name).unlink()
+                say(f"removed {out / name} of an earlier export (not part of this one)")
+
+
 def export(spec: str, out_dir, graphs="prefill,decode", dtype=None, opset: int = DEFAULT_OPSET,
            max_seq_len: int | None = None, eviction: str = "upstream", seed: int = 0,
            prefill_logits: str = "all", progress: Callable[[str], None] | None = None) -> dict:
@@ -337,7 +348,7 @@ def export(spec: str, out_dir, graphs="prefill,decode", dtype=None, opset: int =
         model = load_model(spec, dtype=dtype, seed=seed)
         if "decode" in graphs:
             position_layer(model.config)
-        manifest = {"model": spec, "dtype": str(model.dtype).replace("torch.", ""), "eviction": eviction,
+        manifest = {"model": spec, "seed": seed, "dtype": str(model.dtype).replace("torch.", ""), "eviction": eviction,
                     "prefill_logits": prefill_logits,
                     "opset": opset, "max_seq_len": max_seq_len or model.config.seq_length,
                     "parameters": model.num_parameters(), "op_versions": op_versions(),
@@ -353,12 +364,9 @@ def export(spec: str, out_dir, graphs="prefill,decode", dtype=None, opset: int =
         # Everything written and checked: rename into place, weights first, manifest last.
         names = [f for g in manifest["graphs"].values() for f in g["files"] if not f.endswith(".onnx")]
         names += [f"{g}.onnx" for g in graphs] + [MANIFEST]
+        _remove_earlier_export(out, keep=names, say=say)
         for name in names:
             os.replace(tmp / name, out / name)
-        for graph in graphs:                # weights of an earlier, larger export of the same graph
-            stale = out / f"{graph}.onnx.data"
-            if stale.name not in names and stale.exists():
-                stale.unlink()
         say(f"wrote {', '.join(names)} to {out}")
         return manifest
     except BaseException:

@@ -4,8 +4,8 @@ function bodies in standard ONNX (so stock ONNX Runtime runs the graph without a
 The node interface is the one the TensorRT plugins implement (`exporters/README.md`). The bodies
 compute in fp32 and cast back, like the reference ops: `SelectiveScan` is a `Scan` over time,
 `CausalConv1d` a gather of the K taps, `WindowedAttention` a masked softmax with grouped K/V. A
-function body reads only the attributes the plugin reads; `plugin_version`/`plugin_namespace` are
-declared by the schema and ignored by the body.
+function body reads only the attributes the computation needs; `layout_version`, `plugin_version` and
+`plugin_namespace` are declared by the schema and ignored by the body.
 """
 
 from __future__ import annotations
@@ -21,11 +21,15 @@ PLUGIN_VERSION = "1"                # the TensorRT plugin version string on ever
 PLUGIN_NAMESPACE = "hymba"
 OP_TYPES = ("SelectiveScan", "CausalConv1d", "WindowedAttention")
 
-# Typed attributes each op's plugin reads (name -> default), besides plugin_version/plugin_namespace.
+# The plugins' serialization guard, a field of every creator (plugins/common/plugin_common.h kLAYOUT_VERSION).
+LAYOUT_VERSION = 1
+
+# Typed attributes each op's plugin reads (name -> default): its creator's declared fields, exactly
+# (tests/test_plugins_cpu.py compares them), besides plugin_version/plugin_namespace.
 ATTRIBUTES = {
-    "SelectiveScan": {"softplus_threshold": 20.0},
-    "CausalConv1d": {"activation": 1},
-    "WindowedAttention": {"window": 0, "num_meta": 0, "scale": 1.0},
+    "SelectiveScan": {"softplus_threshold": 20.0, "layout_version": LAYOUT_VERSION},
+    "CausalConv1d": {"activation": 1, "layout_version": LAYOUT_VERSION},
+    "WindowedAttention": {"window": 0, "num_meta": 0, "scale": 1.0, "layout_version": LAYOUT_VERSION},
 }
 PLUGIN_ATTRIBUTES = ("plugin_version", "plugin_namespace")
 

@@ -1,8 +1,9 @@
 """onnxscript translations of the `torch.ops.hymba.*` custom ops: one `hymba` node each.
 
 Every node carries the agreed TensorRT plugin interface: all inputs present (zeros where the model
-has no state yet), typed attributes, and `plugin_version` / `plugin_namespace`. Node I/O order and
-attributes are the contract in `exporters/README.md`; `schemas.py` declares the same to ONNX.
+has no state yet), typed attributes (the plugin's fields, `layout_version` included), and
+`plugin_version` / `plugin_namespace`. Node I/O order and attributes are the contract in
+`exporters/README.md`; `onnx_ops.py` declares the same to ONNX.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from onnxscript import FLOAT
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
-from .onnx_ops import DOMAIN, OP_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION, register_schemas
+from .onnx_ops import DOMAIN, LAYOUT_VERSION, OP_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION, register_schemas
 
 register_schemas()                  # onnxscript resolves `hymba.<Op>` through the registered schema
 hymba = Opset(DOMAIN, OP_VERSION)
@@ -39,7 +40,7 @@ def selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=N
     y, last_state = hymba.SelectiveScan(
         x, dt, A, B, C, D, z, dt_bias, initial_state,
         softplus_threshold=float(softplus_threshold),
-        plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE, _outputs=2)
+        layout_version=LAYOUT_VERSION, plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE, _outputs=2)
     return y, last_state
 
 
@@ -51,14 +52,14 @@ def causal_conv1d(x, weight, bias=None, conv_state=None, activation: str | None 
         conv_state = op.CastLike(_zeros_like_shape(op.Shape(x, start=0, end=1), op.Shape(weight)), x)
     y, new_state = hymba.CausalConv1d(
         x, weight, bias, conv_state, activation=ACTIVATION_CODES[activation],
-        plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE, _outputs=2)
+        layout_version=LAYOUT_VERSION, plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE, _outputs=2)
     return y, new_state
 
 
 def windowed_attention(q, k, v, window: int, num_meta: int, scale: float):
     return hymba.WindowedAttention(
         q, k, v, window=int(window), num_meta=int(num_meta), scale=float(scale),
-        plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
+        layout_version=LAYOUT_VERSION, plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
 
 
 def translation_table() -> dict:

@@ -1,14 +1,17 @@
 """Checkpoint I/O in the Hugging Face layout: `config.json` + `model.safetensors` (or shards listed in
 `model.safetensors.index.json`). safetensors and JSON only: nothing is unpickled.
 
-Loading is strict. Missing, unexpected and mis-shaped tensors are all collected and reported in one
-`HymbaDeployError`, by name and shape. `lm_head.weight` is tied to `model.embed_tokens.weight`: it is
+Loading is strict. The safetensors headers are checked against the config before any tensor data is
+read (`weight_headers` + `check_weights`, which `info` uses too): missing, unexpected, mis-shaped and
+non-float tensors are all collected and reported in one `HymbaDeployError`, by name, shape and file; a
+sharded index must agree with its shards. NaN or Inf in the loaded weights is an error naming the tensors. `lm_head.weight` is tied to `model.embed_tokens.weight`: it is
 accepted when absent, and when present it must equal the embedding.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -20,6 +23,8 @@ from .fileio import atomic_write, atomic_write_json, resolve_inside
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 TIED = "lm_head.weight"
+FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}    # safetensors dtype names where weights belong
+MAX_HEADER_BYTES = 100 << 20                     # safetensors' own limit
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
            "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -36,54 +41,153 @@ def parse_dtype(dtype: torch.dtype | str | None, default: str = "float32") -> to
     return _DTYPES[name]
 
 
-def _shard_files(root: Path) -> list[Path]:
+def _header_error(path: Path, why: str) -> HymbaDeployError:
+    return HymbaDeployError(f"{path}: not a readable safetensors file ({why})")
+
+
+def read_header(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """name -> (safetensors dtype, shape) from the JSON header of one safetensors file; no tensor data
+    is read. Raises HymbaDeployError naming the file when the header is not one safetensors writes."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            if len(prefix) < 8:
+                raise _header_error(path, f"{size} bytes, shorter than the 8-byte header length")
+            n = int.from_bytes(prefix, "little")
+            if n > min(size - 8, MAX_HEADER_BYTES):
+                raise _header_error(path, f"header length {n} does not fit the {size}-byte file")
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise _header_error(path, e.strerror or str(e)) from None
+    except (UnicodeDecodeError, ValueError):
+        raise _header_error(path, "the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise _header_error(path, "the header is not a JSON object")
+    data_bytes = size - 8 - n
+    out = {}
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        ok = (isinstance(entry, dict) and isinstance(entry.get("dtype"), str)
+              and isinstance(entry.get("shape"), list) and isinstance(entry.get("data_offsets"), list)
+              and all(type(d) is int and d >= 0 for d in entry["shape"])
+              and len(entry["data_offsets"]) == 2 and all(type(o) is int for o in entry["data_offsets"])
+              and 0 <= entry["data_offsets"][0] <= entry["data_offsets"][1] <= data_bytes)
+        if not ok:
+            raise _header_error(path, f"tensor {name!r} has no valid dtype, shape and data_offsets")
+        out[name] = (entry["dtype"], tuple(entry["shape"]))
+    return out
+
+
+def _read_index(root: Path) -> dict[str, str]:
+    """The weight_map of model.safetensors.index.json: tensor name -> shard file name."""
+    index = root / INDEX_FILE
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        raise HymbaDeployError(f"{index}: not a safetensors index ({type(e).__name__}: {e})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) and v for v in weight_map.values()):
+        raise HymbaDeployError(f"{index}: 'weight_map' must map tensor names to shard file names")
+    return weight_map
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):                                  # e.g. a NUL byte in the name
+        return False
+
+
+def weight_headers(root: Path) -> dict[str, tuple[str, tuple[int, ...], Path]]:
+    """name -> (dtype, shape, file) of every tensor of the checkpoint in `root`, from the safetensors
+    headers alone. A sharded checkpoint's index must agree with its shards: every tensor it maps to a
+    shard is in that shard, every tensor of a shard is mapped to it, no tensor is in two shards."""
+    root = Path(root)
     if (root / SINGLE_FILE).is_file():
-        return [root / SINGLE_FILE]
-    if (root / INDEX_FILE).is_file():
-        try:
-            weight_map = json.loads((root / INDEX_FILE).read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise HymbaDeployError(f"{root / INDEX_FILE}: not a safetensors index ({e})") from None
-        files = sorted(set(map(str, weight_map.values())))
-        paths = [resolve_inside(root, f, root / INDEX_FILE) for f in files]
-        missing = [f for f, p in zip(files, paths) if not p.is_file()]
-        if missing:
-            raise HymbaDeployError(f"{root / INDEX_FILE} lists shards that do not exist: {', '.join(missing)}")
-        return paths
-    if any(root.glob("*.bin")) or any(root.glob("*.pt")):
-        raise HymbaDeployError(f"{root}: only pickle weights (.bin/.pt) found; hymba-deploy loads safetensors only")
-    raise HymbaDeployError(f"{root}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
+        return {k: (*v, root / SINGLE_FILE) for k, v in read_header(root / SINGLE_FILE).items()}
+    if not (root / INDEX_FILE).is_file():
+        if any(root.glob("*.bin")) or any(root.glob("*.pt")):
+            raise HymbaDeployError(f"{root}: only pickle weights (.bin/.pt) found; hymba-deploy loads safetensors only")
+        raise HymbaDeployError(f"{root}: neither {SINGLE_FILE} nor {INDEX_FILE} found")
+    index = root / INDEX_FILE
+    weight_map = _read_index(root)
+    shards = sorted(set(weight_map.values()))
+    paths = {f: resolve_inside(root, f, index) for f in shards}
+    missing = [f for f in shards if not _is_file(paths[f])]
+    if missing:
+        raise HymbaDeployError(f"{index} lists shards that do not exist: {', '.join(map(repr, missing))}")
+    out: dict[str, tuple[str, tuple[int, ...], Path]] = {}
+    problems = []
+    for shard in shards:
+        header = read_header(paths[shard])
+        for name in sorted(header.keys() & out.keys()):
+            problems.append(f"  {name} is in both {out[name][2].name} and {shard}")
+        for name in sorted(header.keys() - out.keys()):
+            if weight_map.get(name) != shard:
+                where = f"maps it to {weight_map[name]}" if name in weight_map else "does not list it"
+                problems.append(f"  {name} is in {shard}, but the index {where}")
+        for name in sorted(k for k, v in weight_map.items() if v == shard and k not in header):
+            problems.append(f"  {name} is not in {shard}, where the index puts it")
+        out.update({k: (*v, paths[shard]) for k, v in header.items() if k not in out})
+    if problems:
+        raise HymbaDeployError(f"{index} does not agree with its shards:\n" + "\n".join(problems[:20])
+                               + (f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else ""))
+    return out
 
 
-def read_state_dict(root: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def expected_shapes(config: HymbaConfig) -> dict[str, tuple[int, ...]]:
+    """name -> shape of every tensor a checkpoint of `config` holds (computed on the meta device)."""
+    from .model import HymbaForCausalLM
 
-    tensors: dict[str, torch.Tensor] = {}
-    for f in _shard_files(root):
-        try:
-            shard = load_file(str(f))
-        except (SafetensorError, OSError) as e:
-            raise HymbaDeployError(f"{f}: not a readable safetensors file ({e})") from None
-        dup = tensors.keys() & shard.keys()
-        if dup:
-            raise HymbaDeployError(f"{f}: tensors repeated across shards: {', '.join(sorted(dup)[:5])}")
-        tensors.update(shard)
-    return tensors
+    with torch.device("meta"):
+        model = HymbaForCausalLM(config)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
 
-def check_state_dict(expected: dict[str, tuple], found: dict[str, torch.Tensor]) -> None:
-    """Compare names and shapes; raise one error listing every problem."""
+def check_weights(expected: dict[str, tuple], found: dict[str, tuple[str, tuple[int, ...], Path]]) -> None:
+    """Compare the checkpoint's names, shapes and dtypes with the config's; raise one error listing every
+    problem (each with the file it is in)."""
     problems = []
     for name in sorted(expected.keys() - found.keys() - {TIED}):
         problems.append(f"  missing     {name} {list(expected[name])}")
     for name in sorted(found.keys() - expected.keys()):
-        problems.append(f"  unexpected  {name} {list(found[name].shape)}")
+        problems.append(f"  unexpected  {name} {list(found[name][1])} in {found[name][2].name}")
     for name in sorted(expected.keys() & found.keys()):
-        if tuple(found[name].shape) != tuple(expected[name]):
-            problems.append(f"  wrong shape {name}: file {list(found[name].shape)}, expected {list(expected[name])}")
+        dtype, shape, file = found[name]
+        if shape != tuple(expected[name]):
+            problems.append(f"  wrong shape {name}: {file.name} has {list(shape)}, expected {list(expected[name])}")
+        if dtype not in FLOAT_DTYPES:
+            problems.append(f"  wrong dtype {name}: {file.name} has {dtype}, expected a float type "
+                            f"({', '.join(sorted(FLOAT_DTYPES))})")
     if problems:
         raise HymbaDeployError("checkpoint does not match the config:\n" + "\n".join(problems))
+
+
+def has_weights(root: Path) -> bool:
+    return (Path(root) / SINGLE_FILE).is_file() or (Path(root) / INDEX_FILE).is_file()
+
+
+def read_state_dict(root: Path, headers: dict[str, tuple[str, tuple[int, ...], Path]]) -> dict[str, torch.Tensor]:
+    """The tensors of the files `headers` names. NaN or Inf anywhere is an error naming the tensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    bad = []
+    for f in sorted({file for _, _, file in headers.values()}):
+        try:
+            shard = load_file(str(f))
+        except (SafetensorError, OSError, ValueError) as e:
+            raise HymbaDeployError(f"{f}: not a readable safetensors file ({e})") from None
+        bad += [f"{name} ({f.name})" for name, t in shard.items()
+                if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+        tensors.update(shard)
+    if bad:
+        raise HymbaDeployError(f"{root}: NaN or Inf in {len(bad)} tensor(s): {', '.join(bad[:10])}"
+                               + (" ..." if len(bad) > 10 else ""))
+    return tensors
 
 
 def load_pretrained(cls, path, dtype=None, device="cpu"):
@@ -92,11 +196,11 @@ def load_pretrained(cls, path, dtype=None, device="cpu"):
         raise HymbaDeployError(f"{root}: not a checkpoint directory")
     config = HymbaConfig.from_json_file(root / "config.json")
     dtype = parse_dtype(dtype, default=config.torch_dtype)
+    headers = weight_headers(root)
+    check_weights(expected_shapes(config), headers)
+    tensors = read_state_dict(root, headers)
     with torch.device("meta"):
         model = cls(config)
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    tensors = read_state_dict(root)
-    check_state_dict(expected, tensors)
     if TIED in tensors and not torch.equal(tensors[TIED], tensors["model.embed_tokens.weight"]):
         raise HymbaDeployError(f"{TIED} differs from model.embed_tokens.weight, but the config ties them")
     tensors[TIED] = tensors["model.embed_tokens.weight"]

@@ -8,6 +8,7 @@ checkpoint and one built from a preset answer the same questions the same way.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -174,7 +175,29 @@ class HymbaConfig:
                 bad("kv_reuse_group", f"group {group} must be in increasing order (producer first)")
             if len({self.is_global(i) for i in group}) != 1:
                 bad("kv_reuse_group", f"group {group} mixes global and sliding-window layers")
+        self._validate_per_layer_fields()
         return self
+
+    def _validate_per_layer_fields(self) -> None:
+        """Upstream's per-layer fields, kept in `extra`, must have one entry per layer: `layer_type` a
+        list of "h" (hybrid), `conv_dim` a {"0": d_inner, ...} object (hymba-architecture.md §1)."""
+        L = self.num_hidden_layers
+        if "layer_type" in self.extra:
+            value = self.extra["layer_type"]
+            if not isinstance(value, list) or len(value) != L:
+                raise HymbaDeployError(f"config field 'layer_type': must be a list of {L} entries, one per layer "
+                                       f"(num_hidden_layers = {L}), not {_summary(value)}")
+            if any(t != "h" for t in value):
+                raise HymbaDeployError(f"config field 'layer_type' = {value!r}: every layer must be 'h' (hybrid)")
+        if "conv_dim" in self.extra:
+            value = self.extra["conv_dim"]
+            if not isinstance(value, dict) or len(value) != L or set(value) != {str(i) for i in range(L)}:
+                raise HymbaDeployError(f"config field 'conv_dim': must be an object with one entry per layer, keys "
+                                       f"\"0\" to \"{L - 1}\" (num_hidden_layers = {L}), not {_summary(value)}")
+            wrong = {k: v for k, v in value.items() if v != self.d_inner or isinstance(v, bool)}
+            if wrong:
+                raise HymbaDeployError(f"config field 'conv_dim': layers {', '.join(sorted(wrong, key=int))} "
+                                       f"differ from d_inner = mamba_expand·hidden_size = {self.d_inner}")
 
     # ---- I/O ---------------------------------------------------------------------------------
     @classmethod
@@ -193,8 +216,8 @@ class HymbaConfig:
             if isinstance(default, bool) and not isinstance(value, bool):
                 raise HymbaDeployError(f"config field {f.name!r} = {value!r}: must be true or false")
             if isinstance(default, (int, float)) and not isinstance(default, bool):
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise HymbaDeployError(f"config field {f.name!r} = {value!r}: must be a number")
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
+                    raise HymbaDeployError(f"config field {f.name!r} = {value!r}: must be a finite number")
                 if isinstance(default, float):
                     setattr(cfg, f.name, float(value))
                 elif value != int(value):
@@ -229,6 +252,20 @@ class HymbaConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _summary(value) -> str:
+    """`value` for a message: a list or object by its length and type, anything else as repr."""
+    if isinstance(value, (list, dict)):
+        return f"a {'list' if isinstance(value, list) else 'object'} of {len(value)} entries"
+    return repr(value)
+
+
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:                   # an int beyond float range
+        return False
 
 
 def _tiny() -> HymbaConfig:

@@ -31,18 +31,34 @@ def load_tokenizer(spec: str):
     return Tokenizer.from_file(str(path))
 
 
-def generate(spec: str, ids: list[int] | None = None, prompt: str | None = None, max_new_tokens: int = 16,
-             dtype: str | None = None, eviction: str = "upstream", seed: int = 0) -> dict:
-    if (ids is None) == (prompt is None):
-        raise HymbaDeployError("give exactly one of --ids and --prompt")
-    tokenizer = load_tokenizer(spec) if prompt is not None else None
-    if tokenizer is not None:
-        ids = tokenizer.encode(prompt).ids
-    model = load_model(spec, dtype=dtype, seed=seed)
-    vocab = model.config.vocab_size
+def check_request(config, ids: list[int], max_new_tokens: int) -> None:
+    """Refuse, before any weights are loaded, a request the model cannot serve: token ids outside the
+    vocabulary, or a prompt plus new tokens beyond `seq_length`, the context the model holds."""
+    vocab = config.vocab_size
     bad = [i for i in ids if not 0 <= i < vocab]
     if bad:
         raise HymbaDeployError(f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})")
+    if max_new_tokens < 0:
+        raise HymbaDeployError(f"--max-new-tokens {max_new_tokens}: must be ≥ 0")
+    if len(ids) + max_new_tokens > config.seq_length:
+        raise HymbaDeployError(
+            f"--max-new-tokens {max_new_tokens}: the {len(ids)}-token prompt plus {max_new_tokens} new tokens exceed "
+            f"the {config.seq_length} tokens the model holds (config field 'seq_length'); give at most "
+            f"{max(0, config.seq_length - len(ids))}")
+
+
+def generate(spec: str, ids: list[int] | None = None, prompt: str | None = None, max_new_tokens: int = 16,
+             dtype: str | None = None, eviction: str = "upstream", seed: int = 0) -> dict:
+    from .info import resolve_config
+
+    if (ids is None) == (prompt is None):
+        raise HymbaDeployError("give exactly one of --ids and --prompt")
+    config = resolve_config(spec)
+    tokenizer = load_tokenizer(spec) if prompt is not None else None
+    if tokenizer is not None:
+        ids = tokenizer.encode(prompt).ids
+    check_request(config, ids, max_new_tokens)
+    model = load_model(spec, dtype=dtype, seed=seed)
     out = model.generate(torch.tensor([ids]), max_new_tokens, eviction=eviction)[0].tolist()
     result = {"prompt_ids": ids, "new_ids": out[len(ids):]}
     if tokenizer is not None:

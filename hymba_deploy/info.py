@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from .cache import HybridMambaAttentionDynamicCache
-from .checkpoint import parse_dtype
+from .checkpoint import check_weights, expected_shapes, has_weights, parse_dtype, weight_headers
 from .config import PRESETS, HymbaConfig, preset
 from .errors import HymbaDeployError
 
@@ -21,6 +21,17 @@ def resolve_config(spec: str) -> HymbaConfig:
     raise HymbaDeployError(f"MODEL {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
 
 
+def check_checkpoint_headers(root: Path, config: HymbaConfig) -> dict | None:
+    """When `root` holds weights, check their names, shapes and dtypes (and a sharded index against its
+    shards) against `config` from the safetensors headers alone; no tensor data is read."""
+    if not has_weights(root):
+        return None
+    headers = weight_headers(root)
+    check_weights(expected_shapes(config), headers)
+    return {"files": sorted({f.name for _, _, f in headers.values()}), "tensors": len(headers),
+            "checked": "names, shapes and dtypes against config.json (safetensors headers)"}
+
+
 def model_info(spec: str, context: int = 8192, dtype: str = "float16", batch_size: int = 1) -> dict:
     from .model import HymbaForCausalLM
 
@@ -28,6 +39,7 @@ def model_info(spec: str, context: int = 8192, dtype: str = "float16", batch_siz
         raise HymbaDeployError(f"context must be ≥ 0 and batch ≥ 1 (got {context}, {batch_size})")
     config = resolve_config(spec)
     torch_dtype = parse_dtype(dtype)
+    weights = check_checkpoint_headers(Path(spec), config) if spec not in PRESETS else None
     with torch.device("meta"):
         n_params = HymbaForCausalLM(config).num_parameters()
     layers = []
@@ -45,6 +57,7 @@ def model_info(spec: str, context: int = 8192, dtype: str = "float16", batch_siz
         "hidden_size": config.hidden_size,
         "meta_tokens": config.num_memory_tokens,
         "layers": layers,
+        "weights": weights,
         "cache": {"context": context, "dtype": str(torch_dtype).replace("torch.", ""),
                   "batch_size": batch_size, "bytes": cache_bytes, "mib": cache_bytes / 2**20},
     }
@@ -57,6 +70,9 @@ def format_info(info: dict) -> str:
              "layers:"]
     for layer in info["layers"]:
         lines.append(f"  {layer['layer']:>3}  {layer['attention']:<10} {layer['kv']}")
+    if info.get("weights"):
+        w = info["weights"]
+        lines.append(f"weights     {w['tensors']} tensors in {', '.join(w['files'])}: {w['checked']}")
     c = info["cache"]
     lines.append(f"cache       {c['mib']:.1f} MiB at {c['context']} tokens, {c['dtype']}, batch {c['batch_size']}")
     return "\n".join(lines)

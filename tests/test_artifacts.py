@@ -54,15 +54,15 @@ def _checkpoint_with_index(tmp_path, weight_map) -> Path:
 
 
 def test_sharded_index_naming_a_file_outside_is_refused(tmp_path):
-    from hymba_deploy.checkpoint import read_state_dict
+    from hymba_deploy.checkpoint import weight_headers
     root = _checkpoint_with_index(tmp_path, {"model.embed_tokens.weight": "model-00001-of-00001.safetensors"})
-    assert "model.embed_tokens.weight" in read_state_dict(root)         # the honest index loads
+    assert "model.embed_tokens.weight" in weight_headers(root)          # the honest index reads
     shutil.copy(root / "model-00001-of-00001.safetensors", tmp_path / "elsewhere.safetensors")
     os.symlink(tmp_path / "elsewhere.safetensors", root / "link.safetensors")
     for shard in ["../elsewhere.safetensors", str(tmp_path / "elsewhere.safetensors"), "link.safetensors"]:
         (root / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": shard}}))
         with pytest.raises(HymbaDeployError, match=r"model\.safetensors\.index\.json: names .*outside its folder"):
-            read_state_dict(root)
+            weight_headers(root)
 
 
 def test_onnx_external_weights_outside_the_folder_are_refused(tmp_path):

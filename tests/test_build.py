@@ -136,7 +136,8 @@ def test_node_without_plugin_is_named(onnx_dir, tmp_path):
     onnx.save(proto, str(bad / "decode.onnx"))
     with pytest.raises(HymbaDeployError, match=rf"no plugin in .* for 1 hymba node\(s\): {node.name} "
                                                r"\(CausalConv1d version 7"):
-        build(bad, tmp_path / "out", backend="tensorrt-rtx", target="sm80", plugin_library=plugin_library())
+        build(bad / "decode.onnx", tmp_path / "out", backend="tensorrt-rtx", target="sm80",
+              plugin_library=plugin_library())
     assert not (tmp_path / "out" / "decode.engine").exists()
 
 
@@ -291,8 +292,8 @@ def test_graph_with_external_weights_builds(onnx_dir, tmp_path):
     onnx.save(proto, str(src / "decode.onnx"), save_as_external_data=True, location="decode.onnx.data",
               size_threshold=1024)
     assert (src / "decode.onnx.data").stat().st_size > 1_000_000
-    results = build(src, tmp_path / "out", backend="tensorrt-rtx", target="sm86", plugin_library=plugin_library(),
-                    profile="batch=1:1:2,seq=1:8:32")
+    results = build(src / "decode.onnx", tmp_path / "out", backend="tensorrt-rtx", target="sm86",
+                    plugin_library=plugin_library(), profile="batch=1:1:2,seq=1:8:32")
     assert results["decode"]["compute_capability"] == "8.6" and len(results["decode"]["plugin_layers"]) == 24
     assert sorted(p.name for p in src.iterdir()) == ["decode.onnx", "decode.onnx.data"]
 

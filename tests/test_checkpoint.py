@@ -66,8 +66,8 @@ def test_every_tensor_problem_is_reported_at_once(tiny, tmp_path):
         HymbaForCausalLM.from_pretrained(tmp_path)
     msg = str(info.value)
     assert "missing     model.layers.3.mamba.D.0 [128]" in msg
-    assert "unexpected  model.layers.9.mamba.extra [2]" in msg
-    assert "wrong shape model.layers.2.mamba.in_proj.weight: file [416, 64], expected [320, 64]" in msg
+    assert "unexpected  model.layers.9.mamba.extra [2] in model.safetensors" in msg
+    assert "wrong shape model.layers.2.mamba.in_proj.weight: model.safetensors has [416, 64], expected [320, 64]" in msg
 
 
 def test_missing_or_unsafe_files_are_named(tiny, tmp_path):
@@ -84,7 +84,7 @@ def test_missing_or_unsafe_files_are_named(tiny, tmp_path):
         HymbaForCausalLM.from_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "shard.safetensors"}}))
-    with pytest.raises(HymbaDeployError, match="shards that do not exist: shard.safetensors"):
+    with pytest.raises(HymbaDeployError, match="shards that do not exist: 'shard.safetensors'"):
         HymbaForCausalLM.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(HymbaDeployError, match="not a readable JSON file"):
@@ -106,7 +106,7 @@ def test_public_config_json_reads_with_upstream_meanings():
 
 @pytest.mark.parametrize("field,value,message", [
     ("hidden_size", 0, "'hidden_size' = 0: must be a positive integer"),
-    ("hidden_size", "1600", "'hidden_size' = '1600': must be a number"),
+    ("hidden_size", "1600", "'hidden_size' = '1600': must be a finite number"),
     ("num_key_value_heads", 7, "'num_key_value_heads' = 7: must divide"),
     ("num_attention_heads", 24, "'num_attention_heads' = 24: must divide the attention width"),
     ("global_attn_idx", [0, 40], "'global_attn_idx'"),
@@ -133,3 +133,78 @@ def test_unknown_preset_and_model_spec():
         load_model("no/such/dir")
     with pytest.raises(HymbaDeployError, match="dtype 'float8'"):
         load_model("tiny", dtype="float8")
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("layer_type", ["h"] * 31, "'layer_type': must be a list of 32 entries, one per layer (num_hidden_layers = 32), "
+                               "not a list of 31 entries"),
+    ("layer_type", ["h"] * 31 + ["a"], "'layer_type'"),
+    ("conv_dim", {str(i): 3200 for i in range(33)}, "'conv_dim': must be an object with one entry per layer"),
+    ("conv_dim", [3200] * 32, "'conv_dim': must be an object"),
+    ("conv_dim", {**{str(i): 3200 for i in range(32)}, "7": 1600}, "'conv_dim': layers 7 differ from d_inner"),
+])
+def test_per_layer_config_fields_have_one_entry_per_layer(field, value, message):
+    data = preset("hymba-1.5b").to_dict()
+    data[field] = value
+    with pytest.raises(HymbaDeployError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        HymbaConfig.from_dict(data)
+
+
+def test_integer_tensors_and_non_finite_weights_are_named(tiny, tmp_path):
+    tiny.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    good = dict(tensors)
+    tensors["model.layers.0.mamba.D.0"] = tensors["model.layers.0.mamba.D.0"].to(torch.int32)
+    tensors["model.final_layernorm.weight"] = tensors["model.final_layernorm.weight"].bool()
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(HymbaDeployError) as info:
+        HymbaForCausalLM.from_pretrained(tmp_path)
+    assert "wrong dtype model.final_layernorm.weight: model.safetensors has BOOL" in str(info.value)
+    assert "wrong dtype model.layers.0.mamba.D.0: model.safetensors has I32" in str(info.value)
+    tensors = dict(good)
+    tensors["model.layers.1.mamba.D.0"] = tensors["model.layers.1.mamba.D.0"].clone()
+    tensors["model.layers.1.mamba.D.0"][3] = float("nan")
+    tensors["model.embed_tokens.weight"] = tensors["model.embed_tokens.weight"].clone()
+    tensors["model.embed_tokens.weight"][0, 0] = float("-inf")
+    save_file(tensors, tmp_path / "model.safetensors")
+    with pytest.raises(HymbaDeployError, match=r"NaN or Inf in 2 tensor\(s\): model.embed_tokens.weight "
+                                               r"\(model.safetensors\), model.layers.1.mamba.D.0 \(model.safetensors\)"):
+        HymbaForCausalLM.from_pretrained(tmp_path)
+
+
+def _shard(tiny, tmp_path):
+    """Save `tiny` as two shards with an index; return (tensors, weight_map)."""
+    tiny.save_pretrained(tmp_path)
+    tensors = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    names = sorted(tensors)
+    weight_map = {}
+    for fname, keys in {"a.safetensors": names[::2], "b.safetensors": names[1::2]}.items():
+        save_file({k: tensors[k] for k in keys}, tmp_path / fname)
+        weight_map.update({k: fname for k in keys})
+    return tensors, weight_map
+
+
+def test_sharded_index_must_agree_with_its_shards(tiny, tmp_path):
+    tensors, weight_map = _shard(tiny, tmp_path)
+    index = tmp_path / "model.safetensors.index.json"
+    names = sorted(tensors)
+    wrong = dict(weight_map)
+    wrong[names[0]] = "b.safetensors"                       # in a.safetensors, mapped to b
+    del wrong[names[1]]                                     # in b.safetensors, not listed
+    index.write_text(json.dumps({"weight_map": wrong}))
+    with pytest.raises(HymbaDeployError) as info:
+        HymbaForCausalLM.from_pretrained(tmp_path)
+    msg = str(info.value)
+    assert f"{index} does not agree with its shards" in msg
+    assert f"{names[0]} is in a.safetensors, but the index maps it to b.safetensors" in msg
+    assert f"{names[0]} is not in b.safetensors, where the index puts it" in msg
+    assert f"{names[1]} is in b.safetensors, but the index does not list it" in msg
+    in_b = {k: tensors[k] for k, f in weight_map.items() if f == "b.safetensors"}
+    save_file({**in_b, names[0]: tensors[names[0]]}, tmp_path / "b.safetensors")   # in both shards
+    index.write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(HymbaDeployError, match=f"{names[0]} is in both a.safetensors and b.safetensors"):
+        HymbaForCausalLM.from_pretrained(tmp_path)
+    index.write_text(json.dumps({"weight_map": {"a": 3}}))
+    with pytest.raises(HymbaDeployError, match="'weight_map' must map tensor names to shard file names"):
+        HymbaForCausalLM.from_pretrained(tmp_path)

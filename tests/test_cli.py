@@ -75,3 +75,31 @@ def test_user_errors_exit_1_with_a_message(args, message):
 def test_bench_cuda_backend_needs_a_gpu():
     result = run("bench", "--backend", "cuda", "--models", "tiny")
     assert result.exit_code == 1 and "needs a CUDA GPU" in result.output
+
+
+def test_info_checks_the_weights_against_the_config_from_the_headers(tmp_path, monkeypatch):
+    load_model("tiny").save_pretrained(tmp_path)
+    result = run("info", tmp_path)
+    assert "weights     " in result.output and "model.safetensors: names, shapes and dtypes" in result.output
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["intermediate_size"] = 128                              # the weights are for 96
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    import safetensors.torch
+    monkeypatch.setattr(safetensors.torch, "load_file", None)   # no tensor data may be read
+    result = run("info", tmp_path)
+    assert result.exit_code == 1
+    assert "wrong shape model.layers.0.moe.experts.0.up_proj.weight: model.safetensors has [96, 64], expected [128, 64]" in result.output
+
+
+def test_max_new_tokens_beyond_the_context_is_refused_before_loading(monkeypatch):
+    import hymba_deploy.generation as generation
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+    monkeypatch.setattr(generation, "load_model", no_load)
+    result = run("generate", "tiny", "--ids", "1,2,3", "--max-new-tokens", "510")   # tiny holds 512 tokens
+    assert result.exit_code == 1
+    assert "--max-new-tokens 510: the 3-token prompt plus 510 new tokens exceed the 512 tokens the model holds " \
+           "(config field 'seq_length'); give at most 509" in result.output
+    result = run("generate", "tiny", "--ids", "1", "--max-new-tokens", "-1")
+    assert result.exit_code == 1 and "--max-new-tokens -1: must be ≥ 0" in result.output

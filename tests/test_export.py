@@ -25,7 +25,8 @@ from polygraphy.comparator import Comparator, IterationResult, RunResults, Simpl
 
 from hymba_deploy import cli  # noqa: E402
 from hymba_deploy.exporters import onnx_export, strip_function_bodies  # noqa: E402
-from hymba_deploy.exporters.onnx_ops import ATTRIBUTES, DOMAIN, OP_TYPES, PLUGIN_ATTRIBUTES, register_schemas  # noqa: E402
+from hymba_deploy.exporters.onnx_ops import (ATTRIBUTES, DOMAIN, LAYOUT_VERSION, OP_TYPES, PLUGIN_ATTRIBUTES,  # noqa: E402
+                                             register_schemas)
 from hymba_deploy import HymbaDeployError, load_model  # noqa: E402
 from hymba_deploy.cache import HybridMambaAttentionDynamicCache as Cache  # noqa: E402
 
@@ -157,6 +158,7 @@ def test_one_hymba_node_per_op_per_layer(tiny_fp32, graph):
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert set(attrs) == set(ATTRIBUTES[node.op_type]) | set(PLUGIN_ATTRIBUTES), node.name  # no `_outputs`
         assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"hymba"
+        assert attrs["layout_version"] == LAYOUT_VERSION            # a field every plugin declares
         assert len(node.input) == {"SelectiveScan": 9, "CausalConv1d": 4, "WindowedAttention": 3}[node.op_type]
         assert all(node.input), f"{node.name}: every plugin input is required"
         if node.op_type == "WindowedAttention":

@@ -91,6 +91,18 @@ def test_field_names_match_serialized_fields(hc, name):
     assert all(length == 1 for _, _, length in ser.values())
 
 
+@pytest.mark.parametrize("name", OPS)
+def test_exported_nodes_carry_every_declared_field(h, name):
+    """The exporter writes each field a creator declares (the parser warns about a missing one, and
+    `layout_version` has no default at build time otherwise), with the plugins' layout version."""
+    from hymba_deploy.exporters.onnx_ops import ATTRIBUTES, LAYOUT_VERSION
+    creator = next(c for c in h.creators() if c["name"] == name and c["namespace"] == "hymba")
+    assert set(ATTRIBUTES[name]) == set(creator["fields"])
+    assert ATTRIBUTES[name]["layout_version"] == LAYOUT_VERSION
+    ok = h.create(name, {**_all(name)[0], "layout_version": LAYOUT_VERSION})
+    assert ok is not None, h.log
+
+
 # ---------------------------------------------------------------------------------------------- fields
 
 @pytest.mark.parametrize("name", OPS)

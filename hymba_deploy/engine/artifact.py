@@ -18,6 +18,7 @@ from pathlib import Path
 from ..errors import HymbaDeployError
 from ..fileio import sha256_file
 from . import plugins
+from .backends import BACKENDS
 
 ENGINE_SUFFIX = ".engine"
 SIDECAR_SUFFIX = ".engine.json"
@@ -63,6 +64,14 @@ def read_sidecar(engine) -> dict:
         if isinstance(data.get(key), list) and not all(isinstance(x, dict) and isinstance(x.get("name"), str)
                                                        and isinstance(x.get("type"), str) for x in data[key]):
             wrong.append(f"{key} (a list of layers with a name and a type)")
+    if isinstance(data.get("backend"), str) and data["backend"] not in BACKENDS:
+        wrong.append(f"backend (one of {', '.join(BACKENDS)})")
+    profiles = data.get("profiles")
+    if isinstance(profiles, list) and not (profiles and all(
+            isinstance(pr, dict) and isinstance(pr.get("axes"), dict) and all(
+                isinstance(v, list) and len(v) == 3 and all(type(n) is int for n in v) for v in pr["axes"].values())
+            for pr in profiles)):
+        wrong.append("profiles (a non-empty list of {axes: {name: [min, opt, max]}})")
     lib = data.get("plugin_library")
     if lib is not None and not (isinstance(lib, dict) and isinstance(lib.get("sha256"), str)):
         wrong.append("plugin_library (null, or an object with the library's sha256)")

@@ -30,15 +30,19 @@ from .backends import BACKENDS, resolve_target, select_backend, parse_target
 GRAPHS = ("prefill", "decode")
 
 
-def find_graphs(src) -> dict[str, Path]:
-    """DIR (its prefill.onnx/decode.onnx) or one .onnx file -> {graph name: path}."""
+def find_graphs(src, progress: Callable[[str], None] | None = None) -> dict[str, Path]:
+    """An export DIR (the graphs its manifest.json lists, every file verified against it) or one .onnx
+    file (verified against the manifest beside it, if there is one) -> {graph name: path}."""
+    from ..exporters.manifest import GRAPHS as EXPORTED, MANIFEST, verify_export
+
     src = Path(src)
     if src.is_dir():
-        found = {g: src / f"{g}.onnx" for g in GRAPHS if (src / f"{g}.onnx").is_file()}
-        if not found:
+        if not any((src / f"{g}.onnx").is_file() for g in GRAPHS):
             raise HymbaDeployError(f"{src}: neither prefill.onnx nor decode.onnx found; run `hymba-deploy export` first")
-        return found
+        return verify_export(src, progress=progress)
     if src.suffix == ".onnx" and src.is_file():
+        if (src.parent / MANIFEST).is_file() and src.stem in EXPORTED:
+            verify_export(src.parent, [src.stem], progress=progress)
         return {src.stem: src}
     raise HymbaDeployError(f"{src}: expected an export directory or an .onnx file")
 
@@ -128,10 +132,10 @@ def build(src, out_dir, backend: str = "tensorrt-rtx", target: str = "sm80", plu
     parse_target(target)                                   # a bad name fails before any import
     if workspace_mib is not None and workspace_mib <= 0:
         raise HymbaDeployError(f"--workspace {workspace_mib}: give a positive number of MiB")
-    found = find_graphs(src)
+    found = find_graphs(src, progress=say)
     if graphs:
         found = {g: p for g, p in found.items() if g in graphs}
-    protos = {g: onnx_inputs.load_graph(p) for g, p in found.items()}
+    protos = {g: onnx_inputs.load_ours(p) for g, p in found.items()}
     nodes = {g: onnx_inputs.hymba_nodes(p) for g, p in protos.items()}
     for g, proto in protos.items():                        # profiles validated before the slow parts
         meta = onnx_inputs.metadata(proto)

@@ -12,8 +12,10 @@ Dynamic axes of the exported graphs (exporters/onnx_export.py) and how the profi
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
+from ..config import HymbaConfig
 from ..errors import HymbaDeployError
 from ..fileio import resolve_inside
 
@@ -33,6 +35,35 @@ def load_graph(path: Path):
         for e in t.external_data:
             if e.key == "location":
                 resolve_inside(Path(path).parent, e.value, f"{path} (external weights of {t.name})")
+    return proto
+
+
+# Metadata every graph `hymba-deploy export` writes and the build reads (exporters/README.md).
+REQUIRED_METADATA = ("config", "graph", "dtype", "eviction", "max_seq_len")
+
+
+def load_ours(path: Path):
+    """`load_graph`, refusing an ONNX that `hymba-deploy export` did not write: the message names the
+    file and the metadata it lacks."""
+    proto = load_graph(path)
+    meta = metadata(proto)
+    missing = [META + k for k in REQUIRED_METADATA if k not in meta]
+    if missing:
+        raise HymbaDeployError(f"{path}: not an ONNX exported by hymba-deploy (metadata {', '.join(missing)} "
+                               f"missing); export the model with `hymba-deploy export`")
+    graphs = ("prefill", "decode")
+    if meta["graph"] not in graphs or (Path(path).stem in graphs and Path(path).stem != meta["graph"]):
+        raise HymbaDeployError(f"{path}: metadata {META}graph = {meta['graph']!r} does not match the file "
+                               f"(expected {Path(path).stem if Path(path).stem in graphs else 'prefill or decode'})")
+    if not re.fullmatch(r"[0-9]{1,9}", meta["max_seq_len"]) or int(meta["max_seq_len"]) < 1:
+        raise HymbaDeployError(f"{path}: metadata {META}max_seq_len = {meta['max_seq_len']!r} is not a positive "
+                               f"integer")
+    try:
+        HymbaConfig.from_dict(json.loads(meta["config"]))
+    except ValueError as e:
+        raise HymbaDeployError(f"{path}: metadata {META}config is not JSON ({e})") from None
+    except HymbaDeployError as e:
+        raise HymbaDeployError(f"{path}: metadata {META}config: {e}") from None
     return proto
 
 
@@ -100,7 +131,6 @@ def _config_and_keep(meta: dict):
     import torch
 
     from ..cache import HybridMambaAttentionDynamicCache
-    from ..config import HymbaConfig
     if "config" not in meta:
         raise HymbaDeployError("the ONNX has no hymba.config metadata: export it with `hymba-deploy export`")
     cfg = HymbaConfig.from_dict(json.loads(meta["config"]))

@@ -20,6 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import HymbaDeployError
+from ..exporters.manifest import verify_export
 from .compare import TOLERANCES, compare_outputs
 from .localize import localize
 
@@ -90,6 +91,7 @@ def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dt
     missing = [str(graphs[g]) for g in needed if not graphs[g].is_file()]
     if missing:
         raise HymbaDeployError(f"--onnx {onnx_dir}: {', '.join(missing)} not found; run `hymba-deploy export` first")
+    verify_export(onnx_dir, needed, progress=say)
     engines = _engines(engine_dir, needed) if engine_dir is not None else None
     meta = _metadata(graphs["prefill"])
     if "config" not in meta:
