@@ -2,7 +2,8 @@
 
 `atomic_write(dest, write)` lets `write(tmp_path)` fill a temporary file beside `dest` (same file system),
 gives it the mode a plain `open()` would, then renames it over `dest`; on any failure the temporary
-file is removed and `dest` is untouched. `sha256_file` streams a file of any size.
+file is removed and `dest` is untouched. `sha256_file` streams a file of any size. `user_cache_dir()` is
+the per-user folder for what hymba-deploy downloads or builds once (TensorRT headers, the plugin library).
 """
 
 from __future__ import annotations
@@ -51,3 +52,8 @@ def sha256_file(path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def user_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/hymba-deploy`, else `~/.cache/hymba-deploy` (not created here)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hymba-deploy"
