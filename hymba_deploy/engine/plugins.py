@@ -1,5 +1,6 @@
-"""The plugin library `libhymba_plugins.so`: where it is, building it on demand, which TensorRT it was
-compiled for, loading it into a TensorRT registry and matching every `hymba` node to a creator.
+"""The plugin library `libhymba_plugins.so`: where its sources are, building it on first use into the per-user
+cache (one build per sources, TensorRT headers version and CUDA archs), which TensorRT it was compiled for,
+loading it into a TensorRT registry and matching every `hymba` node to a creator.
 
 The library exports `getCreators`/`setLoggerFinder` and registers nothing statically, so it is loaded
 with `get_plugin_registry().load_library(path)`; a plain dlopen (Polygraphy's `LoadPlugins`) is not
