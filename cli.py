@@ -109,7 +109,8 @@ def _reexec_with_library_path(directory) -> None:
 @click.option("--target", type=click.Choice(["sm80", "sm86", "sm89", "sm90", "sm120", "current"]), default="current",
               show_default=True, help="GPU to build for (TensorRT-RTX cross-builds; TensorRT builds for this GPU).")
 @click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
-              help="Plugin library (default: the project's libhymba_plugins.so, built on demand).")
+              help="Plugin library (default: $HYMBA_PLUGIN_LIB, else the project's libhymba_plugins.so, "
+                   "built on first use into ~/.cache/hymba-deploy).")
 @click.option("--profile", default=None,
               help="Optimisation profile, e.g. batch=1:8:32,seq=1:512:8192 (MAX = export limit).")
 @click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,

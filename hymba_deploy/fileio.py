@@ -2,7 +2,8 @@
 
 `atomic_write(dest, write)` lets `write(tmp_path)` fill a temporary file beside `dest` (same file system),
 gives it the mode a plain `open()` would, then renames it over `dest`; on any failure the temporary
-file is removed and `dest` is untouched. `sha256_file` streams a file of any size.
+file is removed and `dest` is untouched. `sha256_file` streams a file of any size. `user_cache_dir()` is
+the per-user folder for what hymba-deploy downloads or builds once (TensorRT headers, the plugin library).
 
 `resolve_inside(folder, name, what)` is how a file named by an artifact (a shard in a safetensors index,
 a file in an export manifest, an ONNX graph's external weights) is opened: artifacts get shared and
@@ -79,3 +80,8 @@ def resolve_inside(folder, name, what) -> Path:
         raise HymbaDeployError(f"{what}: names {text!r}, a symlink leading outside its folder {folder} "
                                f"(to {target})")
     return target
+
+
+def user_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/hymba-deploy`, else `~/.cache/hymba-deploy` (not created here)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "hymba-deploy"

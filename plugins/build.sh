@@ -3,25 +3,18 @@
 #
 #   plugins/build.sh [BUILD_DIR] [extra cmake -D options...]
 #
-# Environment: TensorRT_ROOT (default: the repo's .trt/ copy, else ../shared/third_party/tensorrt),
-# CUDA_ARCHS (default "80;86;89;90"; CI: "80"), HYMBA_WERROR (ON in CI), JOBS.
+# Environment: TensorRT_ROOT or TENSORRT_DIR (a TensorRT folder holding include/; else CMakeLists.txt looks
+# in the usual system folders), CUDA_ARCHS (default "80;86;89;90"; CI: "80"), HYMBA_WERROR (ON in CI), JOBS.
 # Prints the library path last.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(dirname "$here")"
 build="${1:-$repo/build/plugins}"
 shift || true
-trt="${TensorRT_ROOT:-}"
-if [[ -z "$trt" ]]; then
-  for c in "$repo/.trt" "$repo/../shared/third_party/tensorrt"; do
-    if [[ -f "$c/include/NvInferRuntime.h" ]]; then trt="$c"; break; fi
-  done
-fi
 gen=()
 command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
 if [[ -f "$build/CMakeCache.txt" ]]; then gen=(); fi
 cmake -S "$here" -B "$build" "${gen[@]}" \
-  -DTensorRT_ROOT="$trt" \
   -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCHS:-80;86;89;90}" \
   -DHYMBA_WERROR="${HYMBA_WERROR:-OFF}" "$@" >&2
 cmake --build "$build" -j "${JOBS:-$(nproc)}" >&2

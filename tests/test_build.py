@@ -258,11 +258,11 @@ def test_full_tensorrt_build_and_inspect(onnx_dir, tmp_path):
     import subprocess
     import sys
     out = tmp_path / "trt"
-    proc = subprocess.run([sys.executable, "-m", "cli", "build", str(onnx_dir), "--out", str(out), "--backend",
-                           "tensorrt", "--target", "current", "--profile", "batch=1:1:2,seq=1:16:64"],
+    proc = subprocess.run([sys.executable, "-m", "hymba_deploy.cli", "build", str(onnx_dir), "--out", str(out),
+                           "--backend", "tensorrt", "--target", "current", "--profile", "batch=1:1:2,seq=1:16:64"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "cli", "inspect", str(out / "decode.engine"), "--json"],
+    proc = subprocess.run([sys.executable, "-m", "hymba_deploy.cli", "inspect", str(out / "decode.engine"), "--json"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
@@ -277,7 +277,7 @@ def test_full_tensorrt_target_must_be_this_gpu(onnx_dir, tmp_path):
     import sys
     cc = backends.current_compute_capability()
     other = "sm86" if cc != (8, 6) else "sm80"
-    proc = subprocess.run([sys.executable, "-m", "cli", "build", str(onnx_dir), "--out", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "hymba_deploy.cli", "build", str(onnx_dir), "--out", str(tmp_path),
                            "--backend", "tensorrt", "--target", other], capture_output=True, text=True)
     assert proc.returncode == 1 and "builds for the GPU it runs on" in proc.stderr
 

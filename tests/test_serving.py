@@ -311,7 +311,9 @@ def test_serving_states_are_channel_fastest_views():
 
 def test_cuda_backend_builds_from_the_plugin_sources():
     files = cuda_backend.kernel_sources()
-    assert all(f.parent.parent.name == "plugins" for f in files) and len(files) == 12
+    assert all(f.parent.parent == cuda_backend.PLUGINS_DIR and f.is_file() for f in files) and len(files) == 12
+    from hymba_deploy.engine import plugins
+    assert cuda_backend.PLUGINS_DIR == plugins.PLUGIN_SOURCES     # one lookup: the package's _plugins
     assert cuda_backend.CSRC.is_file()
 
 

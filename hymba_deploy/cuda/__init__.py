@@ -1,7 +1,7 @@
 """The `cuda` kernel backend: the plugin kernels behind `torch.ops.hymba.*` (one implementation, two doors).
 
 The CUDA kernels live in `plugins/<op>/<op>_kernel.{h,cu}` (plain launchers: params struct + stream ->
-cudaError_t), shared with the TensorRT plugins. `load_extension()` JIT-compiles those very sources plus
+cudaError_t; installed as `hymba_deploy/_plugins`), shared with the TensorRT plugins. `load_extension()` JIT-compiles those very sources plus
 the small binding `csrc/hymba_torch.cpp` with `torch.utils.cpp_extension.load`; `set_backend("cuda")`
 registers CUDA kernels for `hymba::selective_scan`, `hymba::causal_conv1d` and
 `hymba::windowed_attention` that call it on the current stream.
@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
+from ..engine.plugins import PLUGIN_SOURCES as PLUGINS_DIR
 from ..errors import HymbaDeployError
 
 BACKENDS = ("reference", "cuda")
 OPS = ("selective_scan", "causal_conv1d", "windowed_attention")
 DECODE_ENV = "HYMBA_ATTN_DECODE"   # windowedAttentionLaunchT's kernel override (plugins/windowed_attention)
-PLUGINS_DIR = Path(__file__).resolve().parents[2] / "plugins"
 CSRC = Path(__file__).resolve().parent / "csrc" / "hymba_torch.cpp"
 
 _ext = None
@@ -58,7 +58,7 @@ def kernel_sources(plugins_dir: Path = PLUGINS_DIR) -> list[Path]:
             files.append(plugins_dir / op / f"{op}_kernel{suffix}.cu")
     missing = [str(f) for f in files if not f.is_file()]
     if missing:
-        raise HymbaDeployError(f"plugin kernel sources missing: {', '.join(missing)} (check out plugins/)")
+        raise HymbaDeployError(f"plugin kernel sources missing: {', '.join(missing)} (reinstall hymba-deploy)")
     return files
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import HymbaDeployError
+from ..fileio import user_cache_dir
 
 BACKENDS = ("tensorrt", "tensorrt-rtx")
 TARGETS = ("sm80", "sm86", "sm89", "sm90", "sm120", "current")
@@ -108,7 +109,7 @@ def fix_rtx_library() -> Path | None:
         return None
     except OSError:
         pass
-    private = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "hymba-deploy" / "tensorrt_rtx_libs"
+    private = user_cache_dir() / "tensorrt_rtx_libs"
     private.mkdir(parents=True, exist_ok=True)
     plink = private / RTX_LIBRARY
     if not plink.exists():

@@ -1,5 +1,6 @@
-"""The plugin library `libhymba_plugins.so`: where it is, building it on demand, which TensorRT it was
-compiled for, loading it into a TensorRT registry and matching every `hymba` node to a creator.
+"""The plugin library `libhymba_plugins.so`: where its sources are, building it on first use into the per-user
+cache (one build per sources, TensorRT headers version and CUDA archs), which TensorRT it was compiled for,
+loading it into a TensorRT registry and matching every `hymba` node to a creator.
 
 The library exports `getCreators`/`setLoggerFinder` and registers nothing statically, so it is loaded
 with `get_plugin_registry().load_library(path)`; a plain dlopen (Polygraphy's `LoadPlugins`) is not
@@ -8,36 +9,67 @@ enough (tensorrt-notes.md).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Callable
 
 from ..errors import HymbaDeployError
+from ..fileio import atomic_write_json, user_cache_dir
 from ..fileio import sha256_file as sha256  # noqa: F401  (build.py, tests)
+from .tensorrt_headers import TensorRTHeaders, find_headers, header_version
 
 LIBRARY_NAME = "libhymba_plugins.so"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PLUGIN_SOURCES = REPO_ROOT / "plugins"
-DEFAULT_BUILD_DIR = REPO_ROOT / "build" / "plugins"
+# The plugin sources ship inside the package (`hymba_deploy/_plugins`, a link to the repository's plugins/ that a
+# wheel stores as a folder), so a checkout, an editable and a wheel install all find them here.
+PLUGIN_SOURCES = (Path(__file__).resolve().parents[1] / "_plugins").resolve()
+SOURCE_SUFFIXES = (".cu", ".cuh", ".h", ".cpp")
+# Ninja's "[3/17] Building CUDA object ..." and Make's "[ 17%] Building CUDA object ...".
+COMPILER_STEP = re.compile(r"^\[\s*(\d+/\d+|\d+%)\]\s+(.*)$")
 
 
-def default_library() -> Path:
-    return DEFAULT_BUILD_DIR / LIBRARY_NAME
+def plugin_source_files(sources: Path | None = None) -> list[Path]:
+    """Every file the library's build reads, sorted: CMakeLists.txt, build.sh and the C++/CUDA files of
+    `common/` and each plugin folder (the test harness in `tests/` is not part of the library)."""
+    sources = Path(sources or PLUGIN_SOURCES)
+    files = [sources / "CMakeLists.txt", sources / "build.sh"]
+    files += [f for f in sources.glob("*/*") if f.suffix in SOURCE_SUFFIXES and f.parent.name != "tests"]
+    missing = [f.name for f in files[:2] if not f.is_file()] + ([] if files[2:] else ["the C++/CUDA files"])
+    if missing:
+        raise HymbaDeployError(f"the plugin sources are not in {sources} ({', '.join(missing)} missing): reinstall "
+                               f"hymba-deploy, or pass --plugins PATH to a {LIBRARY_NAME} built elsewhere")
+    return sorted(files)
 
 
-def build_library(build_dir: Path = DEFAULT_BUILD_DIR, cuda_archs: str | None = None,
-                  progress: Callable[[str], None] | None = None) -> Path:
-    """Compile `plugins/` with the plugin owners' script `plugins/build.sh` (CMake; TensorRT headers only,
-    no TensorRT library), for `cuda_archs` (e.g. "80"; default: the script's)."""
+def library_key(tensorrt_version: str, cuda_archs: str | None, sources: Path | None = None) -> str:
+    """What a built library depends on, as a cache key: the sha256 of the plugin sources (relative names and
+    bytes), the TensorRT headers' version and the CUDA architectures."""
+    sources = Path(sources or PLUGIN_SOURCES)
+    h = hashlib.sha256()
+    for f in plugin_source_files(sources):
+        h.update(f.relative_to(sources).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    h.update(f"tensorrt={tensorrt_version};archs={cuda_archs or 'default'}".encode())
+    return h.hexdigest()[:20]
+
+
+def library_cache() -> Path:
+    """The per-user folder of built libraries, one sub-folder per `library_key`."""
+    return user_cache_dir() / "plugins"
+
+
+def build_library(build_dir: Path, headers: TensorRTHeaders, cuda_archs: str | None = None,
+                  sources: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
+    """Compile `sources` (default: the shipped plugin sources) into `build_dir` with their own `build.sh`
+    (CMake; TensorRT headers only, no TensorRT library; no test harness), for `cuda_archs` (e.g. "80";
+    default: CMake's list). Each compiler step is reported through `progress`."""
     say = progress or (lambda msg: None)
-    script = PLUGIN_SOURCES / "build.sh"
-    if not script.is_file():
-        raise HymbaDeployError(f"the plugin sources ({PLUGIN_SOURCES}) are not here (an installed, not "
-                               f"editable, package?): build {LIBRARY_NAME} yourself and pass --plugins PATH")
+    sources = Path(sources or PLUGIN_SOURCES)
+    plugin_source_files(sources)
     missing = [tool for tool in ("cmake", "nvcc") if shutil.which(tool) is None]
     if missing:
         raise HymbaDeployError(f"building {LIBRARY_NAME} needs {' and '.join(missing)} on PATH (CUDA toolkit, "
@@ -45,22 +77,33 @@ def build_library(build_dir: Path = DEFAULT_BUILD_DIR, cuda_archs: str | None = 
     env = dict(os.environ)
     if cuda_archs:
         env["CUDA_ARCHS"] = cuda_archs
-    say(f"{LIBRARY_NAME} not found: building it with plugins/build.sh in {build_dir} "
-        f"(CUDA archs {env.get('CUDA_ARCHS', 'default')}; a few minutes)")
-    proc = subprocess.run(["bash", str(script), str(build_dir)], capture_output=True, text=True, env=env)
+    cmd = ["bash", str(sources / "build.sh"), str(build_dir), f"-DTensorRT_INCLUDE_DIR={headers.include_dir}",
+           "-DHYMBA_BUILD_HARNESS=OFF"]
+    tail: list[str] = []
+    with subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env) as proc:
+        for line in proc.stderr:
+            line = line.rstrip()
+            tail = (tail + [line])[-15:]
+            step = COMPILER_STEP.match(line)
+            if step:
+                say(f"  [{step.group(1)}] {step.group(2)}")
     if proc.returncode != 0:
-        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
-        raise HymbaDeployError(f"building {LIBRARY_NAME} failed (plugins/build.sh):\n{tail}")
-    lib = build_dir / LIBRARY_NAME
+        raise HymbaDeployError(f"building {LIBRARY_NAME} failed ({sources / 'build.sh'}):\n" + "\n".join(tail))
+    lib = Path(build_dir) / LIBRARY_NAME
     if not lib.is_file():
-        raise HymbaDeployError(f"plugins/build.sh finished without producing {lib}")
-    say(f"built {lib}")
+        raise HymbaDeployError(f"{sources / 'build.sh'} finished without producing {lib}")
     return lib
 
 
 def ensure_library(path: str | Path | None = None, cuda_archs: str | None = None,
                    progress: Callable[[str], None] | None = None) -> Path:
-    """`path` when given (it must exist); else $HYMBA_PLUGIN_LIB; else build/plugins/, built on demand."""
+    """`path` when given (it must exist); else $HYMBA_PLUGIN_LIB; else the per-user cache's library for the
+    shipped sources, the TensorRT headers `find_headers` gives and `cuda_archs`, built there on first use.
+
+    The build runs in a temporary folder inside `library_cache()` and its result is renamed into place whole
+    (the library and `<library>.json`: TensorRT version, headers, archs), so concurrent first uses each
+    build and the first rename wins.
+    """
     if path is None and os.environ.get("HYMBA_PLUGIN_LIB"):
         path = os.environ["HYMBA_PLUGIN_LIB"]
     if path is not None:
@@ -68,29 +111,39 @@ def ensure_library(path: str | Path | None = None, cuda_archs: str | None = None
         if not lib.is_file():
             raise HymbaDeployError(f"--plugins {lib}: no such file (omit --plugins to build the project's library)")
         return lib.resolve()
-    lib = default_library()
+    say = progress or (lambda msg: None)
+    plugin_source_files()                                   # absent sources: that error before any search
+    headers = find_headers(say)
+    entry = library_cache() / library_key(headers.version, cuda_archs)
+    lib = entry / LIBRARY_NAME
     if lib.is_file():
+        say(f"plugin library {lib} (built before for these sources, headers and archs)")
         return lib
-    return build_library(progress=progress, cuda_archs=cuda_archs)
+    say(f"building {LIBRARY_NAME} for CUDA archs {cuda_archs or 'default'} against the TensorRT "
+        f"{headers.version} headers ({headers.source}) into {entry}: a few minutes, once")
+    library_cache().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=library_cache(), prefix=f".build-{entry.name}-"))
+    try:
+        built = build_library(work / "build", headers, cuda_archs, progress=say)
+        ready = work / "entry"
+        ready.mkdir()
+        shutil.copy2(built, ready / LIBRARY_NAME)
+        atomic_write_json(ready / f"{LIBRARY_NAME}.json", {
+            "tensorrt_version": headers.version, "tensorrt_headers": str(headers.include_dir),
+            "headers_source": headers.source, "cuda_archs": cuda_archs or "default",
+            "sources": str(PLUGIN_SOURCES)})
+        try:
+            os.rename(ready, entry)
+        except OSError:
+            if not lib.is_file():                           # not another process's finished build
+                raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    say(f"built {lib}")
+    return lib
 
 
 # ---- which TensorRT the library was compiled against -------------------------------------------------
-
-def _header_version(include_dir: Path) -> str | None:
-    header = include_dir / "NvInferVersion.h"
-    if not header.is_file():
-        return None
-    text = header.read_text(errors="replace")
-    parts = []
-    for field in ("MAJOR", "MINOR", "PATCH"):
-        # TensorRT 11 defines NV_TENSORRT_MAJOR as TRT_MAJOR_ENTERPRISE; older headers give the number.
-        m = (re.search(rf"#define\s+TRT_{field}_ENTERPRISE\s+(\d+)", text)
-             or re.search(rf"#define\s+NV_TENSORRT_{field}\s+(\d+)", text))
-        if not m:
-            return None
-        parts.append(m.group(1))
-    return ".".join(parts)
-
 
 BUILD_INFO = re.compile(rb"hymba-plugins tensorrt=(\d+)\.(\d+)\.(\d+);")
 
@@ -117,7 +170,7 @@ def library_tensorrt_version(lib: Path) -> tuple[str | None, str]:
     if cache.is_file():
         m = re.search(r"^TensorRT_INCLUDE_DIR:PATH=(.*)$", cache.read_text(errors="replace"), re.M)
         if m:
-            version = _header_version(Path(m.group(1).strip()))
+            version = header_version(Path(m.group(1).strip()))
             if version:
                 return version, f"{cache} (TensorRT_INCLUDE_DIR={m.group(1).strip()})"
     return None, f"no embedded build info, no {info.name} and no CMakeCache.txt beside the library"
@@ -131,7 +184,7 @@ def check_library_version(lib: Path, backend) -> dict:
         raise HymbaDeployError(
             f"--plugins {lib} was compiled against TensorRT {version} headers (from {source}), but "
             f"{backend.name} {backend.version} loads plugins built for TensorRT {want}.x: rebuild it with "
-            f"those headers (cmake -S plugins -B build/plugins -DTensorRT_ROOT=...)")
+            f"those headers (TensorRT_ROOT=<TensorRT folder>; omit --plugins to build it)")
     return {"tensorrt_headers": version, "version_source": source}
 
 

@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -843,6 +844,12 @@ def _sources_digest():
     return h.hexdigest()
 
 
+def _headers_version(lib: Path) -> str:
+    """The TensorRT headers version the library embeds (plugins/common/hymba_plugins.cpp's build info)."""
+    m = re.search(rb"hymba-plugins tensorrt=(\d+\.\d+\.\d+);", lib.read_bytes())
+    return m.group(1).decode() if m else "not embedded"
+
+
 def _nvcc_version():
     try:
         out = subprocess.run(["nvcc", "--version"], stdout=subprocess.PIPE, text=True).stdout
@@ -896,8 +903,7 @@ def main(argv=None):
         "date_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "build_archs": args.archs,
         "build_seconds": round(build_s, 1),
-        "tensorrt_headers": (REPO / ".trt" / "VERSION").read_text().strip() if (REPO / ".trt" / "VERSION").exists()
-        else "see TensorRT_ROOT",
+        "tensorrt_headers": _headers_version(lib),
         "sources_sha256": _sources_digest(),
         "creators": [f"{c.get('namespace')}::{c.get('name')} v{c.get('version')}" for c in h.creators()],
     }
