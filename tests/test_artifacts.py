@@ -199,7 +199,7 @@ def test_sidecar_pointing_at_another_library_is_never_loaded(copy, tmp_path, mon
     info = json.loads(result.output)
     assert info["plugin_library"]["recorded"]["path"] == str(evil)     # reported, not loaded
     assert info["plugin_library"]["verified"] is None
-    assert "is not the plugin library the engine was built with" in info["layers_source"]
+    assert "holds no library with that sha256" in info["layers_source"]
     assert not loaded
     # The library is loaded only when the user names it (and its sha256 is the recorded one) ...
     lib, why = artifact.plugin_library(sidecar, evil)
@@ -216,16 +216,16 @@ def test_the_projects_library_is_used_when_its_sha256_matches(engines, tmp_path,
     project = tmp_path / "project" / plugins.LIBRARY_NAME
     project.parent.mkdir()
     shutil.copy(plugin_library(), project)
-    monkeypatch.setattr(plugins, "default_library", lambda: project)
+    monkeypatch.setattr(plugins, "cached_libraries", lambda: [project] if project.is_file() else [])
     sidecar["plugin_library"]["path"] = str(_evil_library(tmp_path))   # whatever path it names
     assert artifact.plugin_library(sidecar) == (project, None)
     project.write_bytes(project.read_bytes() + b"\0")                  # another build of the library
     lib, why = artifact.plugin_library(sidecar)
-    assert lib is None and f"the project's {project} is not the plugin library" in why and "--plugins" in why
+    assert lib is None and "holds no library with that sha256" in why and "--plugins" in why
     project.unlink()
-    assert "is not built: pass --plugins PATH" in artifact.plugin_library(sidecar)[1]
+    assert "holds no library with that sha256: pass --plugins PATH" in artifact.plugin_library(sidecar)[1]
     # A GPU that runs the engine, without its library: not run, with the reason (never a foreign load).
     from hymba_deploy.engine import backends
     monkeypatch.setattr(backends, "current_compute_capability", lambda: (8, 0))
-    assert "is not built: pass --plugins PATH" in engine_unavailable(engines / "decode.engine")
+    assert "holds no library with that sha256: pass --plugins PATH" in engine_unavailable(engines / "decode.engine")
     assert engine_unavailable(engines / "decode.engine", plugin_library()) is None

@@ -306,6 +306,7 @@ def test_engine_runnable_only_on_its_target(engines, monkeypatch):
         monkeypatch.setattr(backends, "current_compute_capability", lambda cc=cc: cc)
         assert needle in engine_unavailable(engine)
     monkeypatch.setattr(backends, "current_compute_capability", lambda: (8, 0))
-    assert engine_unavailable(engine) is None                     # an A100 runs it
+    assert "pass --plugins PATH" in engine_unavailable(engine)    # an A100, but no library of that sha256 cached
+    assert engine_unavailable(engine, plugin_library()) is None   # an A100 with the engine's library runs it
     with pytest.raises(HymbaDeployError, match="no such engine file"):   # missing: an error, not a reason
         engine_unavailable(engines / "missing.engine")

@@ -169,7 +169,11 @@ def test_engine_profile_must_be_readable(tmp_path, tmp_path_factory):
     engines = _only(tmp_path, built_rtx_engines(tmp_path_factory), "prefill")
     assert _profile_axes(engines / "prefill.engine") == {"batch": [1, 2, 4], "seq": [1, 32, 128]}
     sidecar = json.loads((engines / "prefill.engine.json").read_text())
-    sidecar["profiles"] = [{"axes": {"batch": [1, 2]}}]
+    sidecar["profiles"] = [{"axes": {"batch": [1, 2]}}]                  # not (min, opt, max)
+    (engines / "prefill.engine.json").write_text(json.dumps(sidecar))
+    with pytest.raises(HymbaDeployError, match=r"prefill\.engine\.json: not an engine sidecar .*profiles"):
+        _profile_axes(engines / "prefill.engine")
+    sidecar["profiles"] = [{"axes": {"batch": [1, 2, 4]}}]               # well formed, but no seq axis
     (engines / "prefill.engine.json").write_text(json.dumps(sidecar))
     with pytest.raises(HymbaDeployError, match=r"prefill\.engine\.json: no optimisation profile"):
         _profile_axes(engines / "prefill.engine")

@@ -7,7 +7,8 @@ anything reads them, and never a source of code to run.
   `HymbaDeployError` naming the file and what is wrong.
 * `plugin_library(sidecar, user_library)`: the plugin library an engine may load. Never the path its
   sidecar names: only the library the user names (`--plugins`) or the project's own build
-  (`plugins.default_library()`), and only when its sha256 equals the one recorded at build time.
+  (a library `plugins.ensure_library` built into the per-user cache, `plugins.cached_libraries()`), and only
+  when its sha256 equals the one recorded at build time.
 """
 
 from __future__ import annotations
@@ -135,11 +136,8 @@ def plugin_library(sidecar: dict, user_library=None) -> tuple[Path | None, str |
             raise HymbaDeployError(f"--plugins {lib}: sha256 {got[:12]} is not the plugin library the engine was "
                                    f"built with ({built_with}); pass that library")
         return lib, None
-    lib = plugins.default_library()
-    if not lib.is_file():
-        return None, (f"the engine needs its plugin library ({built_with}) and the project's {lib} is not "
-                      f"built: pass --plugins PATH")
-    if plugins.sha256(lib) != want:
-        return None, (f"the project's {lib} is not the plugin library the engine was built with ({built_with}): "
-                      f"pass --plugins PATH to that library")
-    return lib, None
+    for lib in plugins.cached_libraries():
+        if plugins.sha256(lib) == want:
+            return lib, None
+    return None, (f"the engine needs its plugin library ({built_with}), and the project's library cache "
+                  f"({plugins.library_cache()}) holds no library with that sha256: pass --plugins PATH")

@@ -62,6 +62,12 @@ def library_cache() -> Path:
     return user_cache_dir() / "plugins"
 
 
+def cached_libraries() -> list[Path]:
+    """The libraries `ensure_library` built into the per-user cache (one per sources/headers/archs key)."""
+    root = library_cache()
+    return sorted(root.glob(f"*/{LIBRARY_NAME}")) if root.is_dir() else []
+
+
 def build_library(build_dir: Path, headers: TensorRTHeaders, cuda_archs: str | None = None,
                   sources: Path | None = None, progress: Callable[[str], None] | None = None) -> Path:
     """Compile `sources` (default: the shipped plugin sources) into `build_dir` with their own `build.sh`
