@@ -418,3 +418,12 @@ def test_tiny_ops_on_gpu(h, libs):
     for check in (G.check_conv, G.check_attn, G.check_scan):
         check(K, h, results, ["float32", "bfloat16"], None)
     assert all(r["passed"] for r in results), [r for r in results if not r["passed"]]
+
+
+@pytest.mark.parametrize("case", __import__("scan_state_emulate").CASES, ids=lambda c: c[0])
+def test_state_parallel_scan_algorithm_matches_the_reference(case):
+    """plugins/tests/scan_state_emulate.py runs the state-parallel scan kernel's program (its offsets, tiles,
+    butterfly reduce-scatter and masked lanes) in numpy against selective_scan_ref: a wrong shuffle partner or
+    a skipped zero-fill fails here without a GPU. The kernel itself is checked on the GPU by gpu_check.py."""
+    import scan_state_emulate
+    assert scan_state_emulate._case(*case)

@@ -119,7 +119,7 @@ def decode_cuda(engine, batch: int, context: int, steps: int, eager_steps: int, 
 # plugins/<op>/*.cuh); kernels matching none are "other elementwise" (eager PyTorch: copies, casts, norms).
 # Glue = the two elementwise categories.
 _CATEGORIES = (("attention (plugin kernel)", ("windowedAttention", "wak::", "wad::", "wam::", "wap::")),
-               ("scan (plugin kernel)", ("selectiveScan", "ssk::", "sstp::", "ssst::")),
+               ("scan (plugin kernel)", ("selectiveScan", "ssk::", "ssst::")),
                ("conv (plugin kernel)", ("causalConv1d", "cck::")),
                ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitK", "Kernel2", "nvjet",
                            "_splitk_kernel", "_ssm_inputs_kernel")),

@@ -1,7 +1,7 @@
 /*
  * The sequential SelectiveScan kernel (prefill with many channels) and the decode-step kernel (T = 1); the
- * time-parallel prefill kernel and the launcher that picks among them are in selective_scan_prefill.cuh,
- * which the per-dtype .cu files instantiate.
+ * state-parallel prefill kernel is in selective_scan_state_kernel.cuh and the launcher that picks among them in
+ * selective_scan_prefill.cuh, which the per-dtype .cu files instantiate.
  *
  * Sequential: one thread owns one (batch, channel) pair and keeps its d_state values in registers, walking
  * time in chunks of kChunk steps: the block stages the chunk's B_t and C_t (shared by every channel) in shared

@@ -256,8 +256,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) stateParallelKernel(Selecti
     int const d0 = blockIdx.x * chans;
     int const N = p.dstate;
     int const L = p.seqlen;
-    Buffer<kPerLane> const bufs[2] = {
-        Buffer<kPerLane>(smemF, chans), Buffer<kPerLane>(smemF + Cf::bufferFloats(chans / 2), chans)};
+    int const bufFloats = Cf::bufferFloats(chans / 2); // buffer k % 2 starts at smemF + (k % 2) · bufFloats
 
     // Scan role: lane (c, n) of warp w owns channel d0 + 2w + c, states n + 16·j (those >= N hold A2 = 0,
     // h = 0 and read zero B, C rows: h stays 0).
@@ -292,7 +291,7 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) stateParallelKernel(Selecti
         int const pad = (Cf::kStates - N) * Cf::kPitch;
         for (int i = threadIdx.x; i < 4 * pad; i += blockDim.x)
         {
-            Buffer<kPerLane> const& s = bufs[i / (2 * pad)];
+            Buffer<kPerLane> const s(smemF + (i / (2 * pad)) * bufFloats, chans);
             float* rows = (i / pad) % 2 == 0 ? s.B : s.C;
             rows[N * Cf::kPitch + i % pad] = 0.f;
         }
@@ -304,18 +303,20 @@ __global__ void __launch_bounds__(32 * kMaxWarps, 2) stateParallelKernel(Selecti
     for (int k = 0; k < tiles; ++k)
     {
         int const t0 = k * Cf::kSteps;
-        Buffer<kPerLane> const& s = bufs[k % 2];
+        Buffer<kPerLane> const s(smemF + (k % 2) * bufFloats, chans);
         stage.commit(p, s, dStage, t0, bias, Dd); // tile k - 2's readers passed the previous barrier
         __syncthreads();
         if (k + 1 < tiles)
             stage.load(p, b, dStage, t0 + Cf::kSteps); // in flight during this tile's scan
         if (k > 0) // tile k - 1's y: its x was read two barriers ago, so y may alias x
-            storeY<T, kPerLane>(p, bufs[(k - 1) % 2], b, dStage, t0 - Cf::kSteps);
+            storeY<T, kPerLane>(p, Buffer<kPerLane>(smemF + ((k - 1) % 2) * bufFloats, chans), b, dStage,
+                t0 - Cf::kSteps);
         scanTile<kPerLane>(s, cScan, n, L - t0, A2, h);
     }
     __syncthreads();
     if (tiles > 0)
-        storeY<T, kPerLane>(p, bufs[(tiles - 1) % 2], b, dStage, (tiles - 1) * Cf::kSteps);
+        storeY<T, kPerLane>(p, Buffer<kPerLane>(smemF + ((tiles - 1) % 2) * bufFloats, chans), b, dStage,
+            (tiles - 1) * Cf::kSteps);
 
     if (dScan < p.dim && p.last_state != nullptr)
     {

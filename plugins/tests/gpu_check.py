@@ -220,9 +220,9 @@ SCAN_CASES = [  # name, B, T, D, N, state dtype is T (else fp32), noncontig, opt
     ("decode_N12_noncontig_Tstate", 3, 1, 203, 12, True, True, False),
     ("decode_N8_no_optionals", 4, 1, 200, 8, False, False, True),
     ("decode_N32", 2, 1, 100, 32, False, False, False),
-    # Prefill (T > 1) also runs under each prefill kernel (SCAN_PREFILL_PATHS): T = 2, below, at and past the
-    # time-parallel kernel's 256-step tile, d_state 5 / 12 / 24 / 32, batch > 1, dim no multiple of a block's
-    # channels; "state": D, z and dt_bias absent but an initial state.
+    # Prefill (T > 1) also runs under each prefill kernel (SCAN_PREFILL_PATHS): T = 2, sizes below, at and past
+    # 64- and 256-step tiles, d_state 5 / 12 / 24 / 32, batch > 1, dim no multiple of a block's channels;
+    # "state": D, z and dt_bias absent but an initial state.
     ("prefill_T2_b3", 3, 2, 203, 16, False, False, False),
     ("prefill_T255_N12_Tstate", 2, 255, 300, 12, True, False, False),
     ("prefill_T256_N32", 2, 256, 96, 32, False, False, False),
@@ -232,8 +232,9 @@ SCAN_CASES = [  # name, B, T, D, N, state dtype is T (else fp32), noncontig, opt
     ("prefill_T3000_b4_N16", 4, 3000, 3200, 16, False, False, False),
 ]
 # HYMBA_SCAN_PREFILL values, each forced on every T > 1 case besides the launcher's own choice ("auto"): the
-# time-parallel prefill kernel and the sequential one (one thread per channel; also the timing anchor).
-SCAN_PREFILL_PATHS = ("time", "sequential")
+# sequential prefill kernel (one thread per channel; also the timing anchor) and the state-parallel one (lanes
+# over (channel, state)).
+SCAN_PREFILL_PATHS = ("sequential", "state")
 CONV_CASES = [  # name, B, T, D, K, activation, noncontig
     ("tiny", 2, 37, 128, 4, "silu", False),
     ("tiny_K2_noact", 2, 5, 64, 2, None, False),
@@ -298,7 +299,7 @@ def _slice_noncontig(t, dim=-1):
 
 class forced_scan_prefill:
     """Inside the block the library serves prefill scans (T > 1) with one kernel (HYMBA_SCAN_PREFILL =
-    sequential | time | auto, read per launch); the previous setting comes back after."""
+    sequential | state | auto, read per launch); the previous setting comes back after."""
 
     def __init__(self, path):
         self.path = path
@@ -597,7 +598,7 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records, only=("scan"
 
         def scan_prefill(Bt, T, case, paths, reps):
             # Each prefill kernel on the same inputs (HYMBA_SCAN_PREFILL): "kernel" is the launcher's choice,
-            # kernel[sequential] one thread per channel (the first kernel), kernel[time] the time-parallel one.
+            # kernel[sequential] one thread per channel (the first kernel), kernel[state] the state-parallel one.
             # Rates: bytes over this run's copy bandwidth, the B·T·D·N state exps over the MUFU.EX2 limit.
             D, N = 3200, 16
             inp = scan_inputs(Bt, T, D, N, dt_)
@@ -624,7 +625,7 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records, only=("scan"
             torch.cuda.empty_cache()
             return b
 
-        all_paths = ("sequential", "auto", "time")
+        all_paths = ("sequential", "auto", "state")
         try_("SelectiveScan big", lambda: scan_prefill(128, 8320, "hymba_B128_T8320", all_paths, 10))
 
         def scan_b1():
@@ -638,7 +639,7 @@ def timing(K: Kernels, copy_gbps, dtypes_time, do_compile, records, only=("scan"
                     bench(lambda: SS.selective_scan_ref(**inp), reps=3, warmup=1), b,
                     extra={"note": "3 reps: the time-step loop takes seconds"})
         try_("SelectiveScan B1", scan_b1)
-        if dn == "bfloat16":  # where the launcher switches from the time- to the channel-parallel kernel
+        if dn == "bfloat16":  # where the launcher switches from the state-parallel to the sequential kernel
             for Bt in (4, 16, 64):
                 try_(f"SelectiveScan B{Bt}", lambda: scan_prefill(Bt, 2048, f"prefill_B{Bt}_T2048", all_paths, 10))
 

@@ -1,7 +1,7 @@
 """One SelectiveScan prefill launch per HYMBA_SCAN_PREFILL kernel, for a profiler (Nsight Compute) to look at.
 
     ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \\
-        python3 plugins/tests/scan_profile.py --batch 1 --seqlen 8320 --paths time
+        python3 plugins/tests/scan_profile.py --batch 1 --seqlen 8320 --paths state
 
 Loads the plugin library from $HYMBA_PLUGIN_LIB (see harness.find_libraries); bf16 inputs, fp32 state.
 """
@@ -24,7 +24,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seqlen", type=int, default=8320)
     ap.add_argument("--dim", type=int, default=3200)
-    ap.add_argument("--paths", default="time,sequential")
+    ap.add_argument("--paths", default="sequential,state")
     args = ap.parse_args(argv)
     lib, _ = H.find_libraries(build_if_missing=False)
     K = G.Kernels(H.KernelShim(lib))
