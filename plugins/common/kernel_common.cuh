@@ -1,5 +1,6 @@
 /*
- * Device helpers shared by the kernels: fp32 <-> element type, dtype dispatch, a launch check.
+ * Device helpers shared by the kernels: fp32 <-> element type, dtype dispatch, a launch check; and the
+ * current device's multiprocessor count for the launchers.
  */
 #pragma once
 
@@ -11,6 +12,14 @@
 
 namespace hymba
 {
+
+//! The current device's multiprocessor count in `sms`; the CUDA error of the query, else cudaSuccess.
+inline cudaError_t currentSmCount(int& sms)
+{
+    int device = 0;
+    cudaError_t const err = cudaGetDevice(&device);
+    return err != cudaSuccess ? err : cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+}
 
 template <typename T>
 __device__ __forceinline__ float toFloat(T v);

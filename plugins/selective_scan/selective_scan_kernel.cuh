@@ -170,12 +170,8 @@ template <typename T, int kN, bool kExactN>
 cudaError_t launchWithState(SelectiveScanParams const& p, cudaStream_t stream)
 {
     // Enough blocks to fill the chip: small batches get narrower blocks (B = 1 → 32 channels a block).
-    int device = 0;
     int numSms = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&numSms, cudaDevAttrMultiProcessorCount, device);
-    if (err != cudaSuccess)
+    if (cudaError_t const err = currentSmCount(numSms); err != cudaSuccess)
         return err;
     int threads = kMaxThreads;
     while (threads > 32 && int64_t(p.batch) * ((p.dim + threads - 1) / threads) < 2 * int64_t(numSms))

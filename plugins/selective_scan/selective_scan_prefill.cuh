@@ -56,12 +56,8 @@ inline ScanPrefill autoPrefill(SelectiveScanParams const& p, int numSms)
 template <typename T, int kN, bool kExactN>
 cudaError_t launchPrefill(SelectiveScanParams const& p, cudaStream_t stream)
 {
-    int device = 0;
     int numSms = 0;
-    cudaError_t err = cudaGetDevice(&device);
-    if (err == cudaSuccess)
-        err = cudaDeviceGetAttribute(&numSms, cudaDevAttrMultiProcessorCount, device);
-    if (err != cudaSuccess)
+    if (cudaError_t const err = currentSmCount(numSms); err != cudaSuccess)
         return err;
     ScanPrefill path = scanPrefillFromEnv();
     if (path == ScanPrefill::kAuto)

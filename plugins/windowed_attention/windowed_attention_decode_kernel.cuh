@@ -319,11 +319,8 @@ bool launch(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& 
 #ifdef HYMBA_WAM_WARPS
     return launchW<T, DQK, DV, HYMBA_WAM_WARPS>(p, stream, status);
 #else
-    int device = 0;
     int sms = 0;
-    status = cudaGetDevice(&device);
-    if (status == cudaSuccess)
-        status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    status = currentSmCount(sms);
     if (status != cudaSuccess)
         return true;
     int64_t const tiles = int64_t(p.batch) * p.num_kv_heads;

@@ -728,11 +728,8 @@ bool tryLaunch(WindowedAttentionParams const& p, cudaStream_t stream, bool force
     int const vf = wak::vecFlagsFor<T>(p);
     if (rows > 32 || (vf & wak::kVecK) == 0 || (vf & wak::kVecV) == 0)
         return false;
-    int device = 0;
     int sms = 0;
-    status = cudaGetDevice(&device);
-    if (status == cudaSuccess)
-        status = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    status = currentSmCount(sms);
     if (status != cudaSuccess)
         return true;                                   // report the error, launch nothing
     if (!force && int64_t(p.batch) * p.num_kv_heads >= sms)
