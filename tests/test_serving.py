@@ -481,8 +481,9 @@ def test_bench_profile_categories_cover_the_plugin_kernels():
 
     names = {"void hymba::wap::prefillKernel<128, 128>(hymba::WindowedAttentionParams)": "attention (plugin kernel)",
              "void hymba::wad::decodeKernel<float>(hymba::WindowedAttentionParams, int)": "attention (plugin kernel)",
-             "void hymba::sstp::timeParallelKernel<__nv_bfloat16>(hymba::SelectiveScanParams)": "scan (plugin kernel)",
-             "void hymba::ssch::channelKernel<__nv_bfloat16>(hymba::SelectiveScanParams)": "scan (plugin kernel)",
+             "void hymba::ssst::stateParallelKernel<__nv_bfloat16, 1>(hymba::SelectiveScanParams)": "scan (plugin kernel)",
+             "void hymba::ssk::selectiveScanKernel<__nv_bfloat16, 16, true>(hymba::SelectiveScanParams)":
+                 "scan (plugin kernel)",
              "void hymba::cck::causalConv1dKernel<float>(hymba::CausalConv1dParams, int)": "conv (plugin kernel)",
              "nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT": "matmul",
              "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0": "fused elementwise (triton)",
