@@ -38,16 +38,21 @@ def test_tied_head_absent_from_file_and_accepted_when_present(tiny, tmp_path):
         HymbaForCausalLM.from_pretrained(tmp_path)
 
 
-def test_sharded_checkpoint_loads(tiny, tmp_path):
+def _shard(tiny, tmp_path):
+    """Save `tiny` as two shards a.safetensors and b.safetensors (no index written); return (tensors, weight_map)."""
     tiny.save_pretrained(tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     (tmp_path / "model.safetensors").unlink()
     names = sorted(tensors)
-    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
     weight_map = {}
-    for fname, keys in shards.items():
+    for fname, keys in {"a.safetensors": names[::2], "b.safetensors": names[1::2]}.items():
         save_file({k: tensors[k] for k in keys}, tmp_path / fname)
         weight_map.update({k: fname for k in keys})
+    return tensors, weight_map
+
+
+def test_sharded_checkpoint_loads(tiny, tmp_path):
+    tensors, weight_map = _shard(tiny, tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
     loaded = HymbaForCausalLM.from_pretrained(tmp_path, dtype="float32")
     for name, t in loaded.state_dict().items():
@@ -170,19 +175,6 @@ def test_integer_tensors_and_non_finite_weights_are_named(tiny, tmp_path):
     with pytest.raises(HymbaDeployError, match=r"NaN or Inf in 2 tensor\(s\): model.embed_tokens.weight "
                                                r"\(model.safetensors\), model.layers.1.mamba.D.0 \(model.safetensors\)"):
         HymbaForCausalLM.from_pretrained(tmp_path)
-
-
-def _shard(tiny, tmp_path):
-    """Save `tiny` as two shards with an index; return (tensors, weight_map)."""
-    tiny.save_pretrained(tmp_path)
-    tensors = load_file(tmp_path / "model.safetensors")
-    (tmp_path / "model.safetensors").unlink()
-    names = sorted(tensors)
-    weight_map = {}
-    for fname, keys in {"a.safetensors": names[::2], "b.safetensors": names[1::2]}.items():
-        save_file({k: tensors[k] for k in keys}, tmp_path / fname)
-        weight_map.update({k: fname for k in keys})
-    return tensors, weight_map
 
 
 def test_sharded_index_must_agree_with_its_shards(tiny, tmp_path):
