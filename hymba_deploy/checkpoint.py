@@ -228,15 +228,31 @@ def load_model(spec: str, dtype=None, seed: int = 0, device="cpu"):
     from .model import HymbaForCausalLM
 
     if spec in PRESETS:
-        config = preset(spec)
         dtype = parse_dtype(dtype, default="float32")
-        generator = torch.Generator().manual_seed(seed)
-        with torch.device("meta"):
-            model = HymbaForCausalLM(config)
-        model = model.to_empty(device="cpu")
-        model.lm_head.weight = model.model.embed_tokens.weight
-        model.init_weights(generator)
+        model = _random_weights(preset(spec), "cpu", torch.Generator().manual_seed(seed))
         return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     if Path(spec).is_dir():
         return HymbaForCausalLM.from_pretrained(spec, dtype=dtype, device=device)
     raise HymbaDeployError(f"MODEL {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
+
+
+def random_model(spec: str, dtype, device, seed: int = 0):
+    """A preset with upstream's random init drawn on `device` itself (fast for hymba-1.5b on a GPU; the weights
+    differ from `load_model`'s, which draws them on the CPU so that every device sees the same model)."""
+    from .config import preset
+
+    model = _random_weights(preset(spec), device, torch.Generator(device=device).manual_seed(seed))
+    return model.to(dtype).eval().requires_grad_(False)
+
+
+def _random_weights(config, device, generator):
+    """HymbaForCausalLM(config) on `device` with tied embeddings and `init_weights(generator)`."""
+    from .model import HymbaForCausalLM
+
+    with torch.device("meta"):
+        model = HymbaForCausalLM(config)
+    model = model.to_empty(device=device)
+    model.lm_head.weight = model.model.embed_tokens.weight
+    with torch.device(device):
+        model.init_weights(generator)
+    return model

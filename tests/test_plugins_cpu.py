@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -382,7 +383,6 @@ print("engine_bytes", len(bytes(eng)))
 def test_tensorrt_rtx_builds_an_engine_with_the_plugins(libs, tmp_path, dtype):
     """The real parser and builder (TensorRT-RTX 1.7, CPU-only, SM80): hymba nodes → PLUGIN_V3 layers → engine."""
     import importlib.util
-    import subprocess
     for mod in ("tensorrt_rtx", "onnx"):
         if importlib.util.find_spec(mod) is None:
             pytest.skip(f"{mod} not installed (pip install -e .[tensorrt-rtx,onnx])")
@@ -402,28 +402,44 @@ def test_tensorrt_rtx_builds_an_engine_with_the_plugins(libs, tmp_path, dtype):
     assert "engine_bytes" in proc.stdout
 
 
-# ---------------------------------------------------------------------------------------------- GPU
+# ---------------------------------------------------------------------------------------------- kernel choice
 
-@pytest.mark.gpu
-def test_tiny_ops_on_gpu(h, libs):
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA GPU (the full check is plugins/tests/gpu_check.py)")
-    import gpu_check as G  # noqa: E402  (plugins/tests on sys.path)
-    results = []
-    K = G.Kernels(H.KernelShim(libs[0]))
-    G.CONV_CASES[:] = G.CONV_CASES[:2]
-    G.ATTN_CASES[:] = G.ATTN_CASES[:2]
-    G.SCAN_CASES[:] = G.SCAN_CASES[:2]
-    for check in (G.check_conv, G.check_attn, G.check_scan):
-        check(K, h, results, ["float32", "bfloat16"], None)
-    assert all(r["passed"] for r in results), [r for r in results if not r["passed"]]
+def test_kernel_choice_is_set_by_name_and_its_environment_variable_read_once(libs):
+    """hymba_set_kernel_choice / hymba_kernel_choice (plugins/common/kernel_choice.h): a forced choice holds until
+    restored, unknown names are refused without changing it, and HYMBA_ATTN_DECODE is the initial value of a
+    fresh process (an unknown value leaves "auto"). The GPU tests check that the launcher follows it."""
+    shim = H.KernelShim(libs[0])
+    before = shim.kernel_choice("attention")
+    with shim.forced("attention", "flash"):
+        assert shim.kernel_choice("attention") == "flash"
+        with pytest.raises(ValueError, match="unknown family or choice"):
+            shim.set_kernel_choice("attention", "fastest")
+        assert shim.kernel_choice("attention") == "flash"
+    assert shim.kernel_choice("attention") == before
+    with pytest.raises(ValueError, match="unknown kernel family"):
+        shim.kernel_choice("scan")
+    probe = ("import sys; sys.path.insert(0, sys.argv[2]); import harness as H; "
+             "print(H.KernelShim(sys.argv[1]).kernel_choice('attention'))")
+    for env, want in (("mma", "mma"), ("fastest", "auto")):
+        proc = subprocess.run([sys.executable, "-c", probe, str(libs[0]), str(REPO / "plugins" / "tests")],
+                              capture_output=True, text=True, env=dict(os.environ, HYMBA_ATTN_DECODE=env), timeout=60)
+        assert proc.stdout.strip() == want, proc.stderr
 
 
 @pytest.mark.parametrize("case", __import__("scan_state_emulate").CASES, ids=lambda c: c[0])
 def test_state_parallel_scan_algorithm_matches_the_reference(case):
     """plugins/tests/scan_state_emulate.py runs the state-parallel scan kernel's program (its offsets, tiles,
     butterfly reduce-scatter and masked lanes) in numpy against selective_scan_ref: a wrong shuffle partner or
-    a skipped zero-fill fails here without a GPU. The kernel itself is checked on the GPU by gpu_check.py."""
+    a skipped zero-fill fails here without a GPU. The kernel itself is checked on the GPU by tests/gpu."""
     import scan_state_emulate
     assert scan_state_emulate._case(*case)
+
+
+@pytest.mark.parametrize("case", __import__("scan_chunked_emulate").CASES, ids=lambda c: c[0])
+def test_chunked_scan_algorithm_matches_the_reference(case):
+    """plugins/tests/scan_chunked_emulate.py runs the chunked scan kernel's program (its plan, offsets, tiles,
+    zero-state pass, carry walk in shared memory and rescan) in numpy against selective_scan_ref: a wrong chunk
+    offset or a carry read before it is written fails here without a GPU. The kernel itself is checked on the
+    GPU by plugins/tests/scan_chunked_bench.py and tests/gpu (the launcher's choice)."""
+    import scan_chunked_emulate
+    assert scan_chunked_emulate.check(case)

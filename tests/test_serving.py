@@ -1,10 +1,9 @@
 """Serving runtime on CPU: ring-buffer cache geometry against the reference cache, engine generation
-against `model.generate`, bucket selection, sampling determinism. The CUDA kernels, CUDA graphs and
-the benchmark run on the GPU harness (`python3 -m hymba_deploy.serving.gpu_check`)."""
+against `model.generate`, bucket selection, sampling determinism. The CUDA kernels and CUDA graphs
+are checked by the GPU tests (`pytest -m gpu tests/gpu`)."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -317,24 +316,29 @@ def test_cuda_backend_builds_from_the_plugin_sources():
     assert cuda_backend.CSRC.is_file()
 
 
-def test_gpu_check_skips_without_cuda(monkeypatch, capsys):
-    from hymba_deploy.serving import gpu_check
+def test_forced_decode_attention_sets_and_restores_the_kernel_choice(monkeypatch):
+    """The context manager drives the extension's kernel-choice setter (plugins/common/kernel_choice.h) and puts
+    the previous choice back, also when the block raises; tests/gpu checks the real extension."""
+    class FakeExtension:
+        choice = "split"
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert gpu_check.main([]) == 0
-    assert "skipped" in capsys.readouterr().out
+        def kernel_choice(self, family):
+            assert family == "attention"
+            return self.choice
 
+        def set_kernel_choice(self, family, choice):
+            assert family == "attention"
+            self.choice = choice
 
-def test_forced_decode_attention_sets_and_restores_the_kernel_override(monkeypatch):
-    monkeypatch.setenv(cuda_backend.DECODE_ENV, "split")
+    ext = FakeExtension()
+    monkeypatch.setattr(cuda_backend, "load_extension", lambda verbose=False: ext)
     with cuda_backend.forced_decode_attention("mma"):
-        assert os.environ[cuda_backend.DECODE_ENV] == "mma"
-    assert os.environ[cuda_backend.DECODE_ENV] == "split"
-    monkeypatch.delenv(cuda_backend.DECODE_ENV)
+        assert ext.choice == "mma"
+    assert ext.choice == "split"
     with pytest.raises(RuntimeError):
         with cuda_backend.forced_decode_attention("flash"):
             raise RuntimeError("inside")
-    assert cuda_backend.DECODE_ENV not in os.environ
+    assert ext.choice == "split"
 
 
 def test_compiled_elementwise_glue_matches_eager_and_writes_the_cache_in_place(tiny):
@@ -358,7 +362,7 @@ def test_compiled_elementwise_glue_matches_eager_and_writes_the_cache_in_place(t
 # ---- Triton decode GEMMs (gemm.py): what can be checked without a GPU --------------------------------------
 def _torch_linear_splitk(x, w, cfg, out=None):
     """CPU stand-in for gemm.linear_splitk with its contract: (splits, M, N) fp32 partial sums over the
-    same K ranges (the kernel's own numerics are checked on the GPU by serving.gpu_check)."""
+    same K ranges (the kernel's own numerics are checked on the GPU by tests/gpu/test_serving_gpu.py)."""
     kps = cfg.k_per_split(x.shape[1])
     return torch.stack([x[:, s * kps:(s + 1) * kps].float() @ w[:, s * kps:(s + 1) * kps].float().t()
                         for s in range(cfg.splits)])

@@ -1,4 +1,4 @@
-// Built only by plugins/tests/attn_prefill_tune.py: the tensor-core prefill kernel at Hymba's head dims
+// Built only by tools/attn_prefill_tune.py: the tensor-core prefill kernel at Hymba's head dims
 // (bf16, Dqk 64, Dv 128, contiguous tensors), compiled once per variant (-DHYMBA_WAP_BN, -DHYMBA_WAP_STAGES).
 #include "windowed_attention/windowed_attention_prefill_kernel.cuh"
 

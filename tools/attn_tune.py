@@ -2,17 +2,16 @@
 
 Each variant is the same source built with -DHYMBA_WAM_WARPS / -DHYMBA_WAM_STAGES into its own small
 library (the attention translation units plus the C shim; scan and conv objects are built once and shared),
-checked against `windowed_attention_ref` (bf16, norm-relative error <= 1e-2) and timed as a CUDA graph of
-20 back-to-back launches (kernel time, no Python launch overhead) at Hymba decode shapes.
+checked against `windowed_attention_ref` in float64 (hymba_deploy.parity.kernel_tolerance's bound) and timed
+as a CUDA graph of 20 back-to-back launches (kernel time, no Python launch overhead) at Hymba decode shapes.
 
-    python3 plugins/tests/attn_tune.py --variants 4x4,4x3,8x3 --json $OUT/attn_tune.json
+    python3 tools/attn_tune.py --variants 4x4,4x3,8x3 --json $OUT/attn_tune.json
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import datetime as _dt
 import json
 import os
 import subprocess
@@ -21,11 +20,14 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "plugins" / "tests"))
 
-import gpu_check as GC  # noqa: E402  (copy bandwidth, the reference op)
 import harness as H  # noqa: E402
+import kernels as KN  # noqa: E402  (copy bandwidth, graph timing)
+
+from hymba_deploy.ops import windowed_attention_ref  # noqa: E402
+from hymba_deploy.parity.kernel_tolerance import kernel_bound, rel_err  # noqa: E402
 
 PLUG = REPO / "plugins"
 SHARED_TUS = ["selective_scan/selective_scan_kernel", "selective_scan/selective_scan_kernel_fp32",
@@ -72,43 +74,47 @@ def build(build_dir: Path, variants, arch: str) -> dict:
     return libs
 
 
-def graph_ms(fn, launches=20, reps=10):
-    """Median ms per launch of `fn` over `reps` replays of a graph of `launches` calls."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        fn()
-        torch.cuda.synchronize()
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, stream=s):
-            for _ in range(launches):
-                fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g.replay()
+def parse_args(argv, doc, variants, variants_help, build_dir):
+    """The tuning tools' common options (--variants AxB,..., --arch, --build-dir, --json); returns (args, variants)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default=variants, help=f"{variants_help}, comma separated")
+    ap.add_argument("--arch", default="90")
+    ap.add_argument("--build-dir", default=str(REPO / "build" / build_dir))
+    ap.add_argument("--json", required=True, help="where to write the results")
+    ap.add_argument("--extra-lib", action="append", default=[], metavar="LABEL=PATH",
+                    help="also time a prebuilt variant library (e.g. an earlier kernel version)")
+    args = ap.parse_args(argv)
+    return args, [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",") if v]
+
+
+def measure(call, out, q, k, v, window, meta, scale):
+    """One variant on one case: (error against the float64 reference, the kernel tolerance's bound for it,
+    ms per launch in a CUDA graph). bf16 inputs; PyTorch's own error: the reference op in bf16."""
+    call()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) / launches)
-    return sorted(times)[len(times) // 2]
+    wide = [t.double() for t in (q, k, v)]
+    ref64 = windowed_attention_ref(*wide, window=window, num_meta=meta, scale=scale)
+    own = rel_err(windowed_attention_ref(q, k, v, window=window, num_meta=meta, scale=scale), ref64)
+    return rel_err(out, ref64), kernel_bound(torch.bfloat16, own), KN.graph_ms(call)
+
+
+def write_results(path, records, **extra) -> int:
+    """The run's GPU, versions and date, `extra`, and the records; exit status 1 if any variant erred."""
+    doc = dict(KN.run_info(), **extra, results=records)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(doc, indent=1))
+    print(f"wrote {path}")
+    return 0 if all(r["passed"] for r in records) else 1
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default="4x3,8x3,4x4,8x4,4x2", help="WARPSxSTAGES, comma separated")
-    ap.add_argument("--arch", default="90")
-    ap.add_argument("--build-dir", default=str(REPO / "build" / "attn-tune"))
-    ap.add_argument("--json", default=None)
-    args = ap.parse_args(argv)
-    variants = [tuple(int(x) for x in v.split("x")) for v in args.variants.split(",")]
+    args, variants = parse_args(argv, __doc__, "4x3,8x3,4x4,8x4,4x2", "WARPSxSTAGES", "attn-tune")
     libs = build(Path(args.build_dir), variants, args.arch)
+    for spec in args.extra_lib:
+        label, path = spec.split("=", 1)
+        libs[(label, "-")] = Path(path)
 
-    copy_gbps = GC.copy_bandwidth()                 # read + write, as gpu_check measures it
-
+    copy_gbps = KN.copy_bandwidth()
     records = []
     gen = torch.Generator(device="cuda").manual_seed(int.from_bytes(os.urandom(4), "little"))
     Hq, Hkv, Dqk, Dv = 25, 5, 64, 128
@@ -116,8 +122,7 @@ def main(argv=None):
         q = torch.randn(B, 1, Hq, Dqk, device="cuda", generator=gen).bfloat16()
         k = torch.randn(B, Hkv, Tk, Dqk, device="cuda", generator=gen).bfloat16().transpose(1, 2)  # head-major
         v = torch.randn(B, Hkv, Tk, Dv, device="cuda", generator=gen).bfloat16().transpose(1, 2)
-        ref = GC.WA.windowed_attention_ref(q, k, v, window=window, num_meta=meta, scale=0.125)
-        nbytes = sum(t.numel() * t.element_size() for t in (q, k, v)) + ref.numel() * 2
+        nbytes = KN.nbytes(q, k, v) + B * Hq * Dv * 2
         for (w, s), lib in libs.items():
             shim = H.KernelShim(lib)
             out = torch.empty(B, 1, Hq, Dv, device="cuda", dtype=torch.bfloat16)
@@ -129,22 +134,15 @@ def main(argv=None):
                     v.data_ptr(), st(v), out.data_ptr(), st(out), torch.cuda.current_stream().cuda_stream)
                 if rc != 0:
                     raise RuntimeError(shim.error())
-            call()
-            torch.cuda.synchronize()
-            err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-            ms = graph_ms(call)
-            rec = dict(case=name, warps=w, stages=s, ms=ms, GBps=nbytes / (ms * 1e-3) / 1e9,
-                       ratio_to_copy_bw=nbytes / (ms * 1e-3) / 1e9 / copy_gbps, rel_err=err, passed=err <= 1e-2)
+            err, bound, ms = measure(call, out, q, k, v, window, meta, 0.125)
+            gbps = nbytes / (ms * 1e-3) / 1e9
+            rec = dict(case=name, warps=w, stages=s, ms=ms, GBps=gbps, ratio_to_copy_bw=gbps / copy_gbps, rel_err=err,
+                       bound=bound, passed=err <= bound)
             records.append(rec)
-            print(f"{name:<20} warps {w} stages {s}: {ms * 1e3:8.1f} us  {rec['GBps']:7.0f} GB/s "
+            print(f"{name:<20} warps {w} stages {s}: {ms * 1e3:8.1f} us  {gbps:7.0f} GB/s "
                   f"({rec['ratio_to_copy_bw']:.2f} of copy)  rel err {err:.1e}", flush=True)
-    doc = dict(gpu=torch.cuda.get_device_name(0), torch=torch.__version__, cuda=torch.version.cuda,
-               date_utc=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), copy_bandwidth_GBps=copy_gbps,
-               timing="CUDA graph of 20 launches, median of 10 replays, per launch", results=records)
-    out = args.json or os.path.join(os.environ.get("OUT", str(REPO / "bench" / "results")), "attn_tune.json")
-    Path(out).write_text(json.dumps(doc, indent=1))
-    print(f"wrote {out}")
-    return 0 if all(r["passed"] for r in records) else 1
+    return write_results(args.json, records, copy_bandwidth_GBps=copy_gbps,
+                         timing="CUDA graph of 20 launches, median of 10 replays, per launch")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """One SelectiveScan prefill launch per HYMBA_SCAN_PREFILL kernel, for a profiler (Nsight Compute) to look at.
 
     ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \\
-        python3 plugins/tests/scan_profile.py --batch 1 --seqlen 8320 --paths state
+        python3 tools/scan_profile.py --batch 1 --seqlen 8320 --paths state
 
 Loads the plugin library from $HYMBA_PLUGIN_LIB (see harness.find_libraries); bf16 inputs, fp32 state.
 """
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import gpu_check as G  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "plugins" / "tests"))
 import harness as H  # noqa: E402
+import kernels as KN  # noqa: E402
 
 
 def main(argv=None):
@@ -27,10 +27,10 @@ def main(argv=None):
     ap.add_argument("--paths", default="sequential,state")
     args = ap.parse_args(argv)
     lib, _ = H.find_libraries(build_if_missing=False)
-    K = G.Kernels(H.KernelShim(lib))
-    inp = G.scan_inputs(args.batch, args.seqlen, args.dim, 16, torch.bfloat16)
+    K = KN.Kernels(H.KernelShim(lib))
+    inp = KN.scan_inputs(args.batch, args.seqlen, args.dim, 16, torch.bfloat16)
     for path in args.paths.split(","):
-        with G.forced_scan_prefill(path):
+        with KN.forced_scan_prefill(path):
             K.selective_scan(**inp)
         torch.cuda.synchronize()
         print(f"ran {path}", flush=True)

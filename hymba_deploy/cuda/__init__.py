@@ -26,7 +26,6 @@ from ..errors import HymbaDeployError
 
 BACKENDS = ("reference", "cuda")
 OPS = ("selective_scan", "causal_conv1d", "windowed_attention")
-DECODE_ENV = "HYMBA_ATTN_DECODE"   # windowedAttentionLaunchT's kernel override (plugins/windowed_attention)
 CSRC = Path(__file__).resolve().parent / "csrc" / "hymba_torch.cpp"
 
 _ext = None
@@ -36,18 +35,17 @@ _registered = False
 
 @contextlib.contextmanager
 def forced_decode_attention(path: str):
-    """Inside the block, the plugin launcher serves decode attention with one kernel where it applies
-    (`HYMBA_ATTN_DECODE` = split | mma | prefill | flash | auto, read per launch; `flash`: the general CUDA-core
-    kernel for every call); the previous setting comes back after."""
-    old = os.environ.get(DECODE_ENV)
-    os.environ[DECODE_ENV] = path
+    """Inside the block, the extension's attention launcher serves every call with one kernel where it applies
+    (the `attention` kernel choice of plugins/common/kernel_choice.h: split | mma | prefill | flash | auto;
+    `flash`: the general CUDA-core kernel for every call); the previous choice comes back after. Loads the
+    extension (a CUDA GPU is needed)."""
+    ext = load_extension()
+    old = ext.kernel_choice("attention")
+    ext.set_kernel_choice("attention", path)
     try:
         yield
     finally:
-        if old is None:
-            os.environ.pop(DECODE_ENV, None)
-        else:
-            os.environ[DECODE_ENV] = old
+        ext.set_kernel_choice("attention", old)
 
 
 def kernel_sources(plugins_dir: Path = PLUGINS_DIR) -> list[Path]:

@@ -30,6 +30,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .precision import compute_dtype
+
 ACTIVATIONS = ("silu", None)
 
 
@@ -50,11 +52,11 @@ def _check(x, weight, bias, conv_state, activation):
 
 
 def _history(x, conv_state, K):
-    """concat(state, x) along time, fp32, channel-first: (batch, dim, K + T)."""
-    xt = x.float().transpose(1, 2)                                   # (batch, dim, T)
+    """concat(state, x) along time, in compute_dtype(x), channel-first: (batch, dim, K + T)."""
+    xt = x.to(compute_dtype(x)).transpose(1, 2)                      # (batch, dim, T)
     if conv_state is None:
         return F.pad(xt, (K, 0))
-    return torch.cat([conv_state.float(), xt], dim=2)
+    return torch.cat([conv_state.to(xt.dtype), xt], dim=2)
 
 
 def causal_conv1d_ref(x, weight, bias=None, conv_state=None, activation="silu"):
@@ -62,12 +64,12 @@ def causal_conv1d_ref(x, weight, bias=None, conv_state=None, activation="silu"):
     K = _check(x, weight, bias, conv_state, activation)
     hist = _history(x, conv_state, K)                                # (batch, dim, K + T)
     T = x.shape[1]
-    w = weight.float()
-    y = torch.zeros(x.shape[0], x.shape[2], T, dtype=torch.float32, device=x.device)
+    w = weight.to(hist.dtype)
+    y = torch.zeros(x.shape[0], x.shape[2], T, dtype=hist.dtype, device=x.device)
     for k in range(K):  # tap k reads input t-K+1+k, i.e. hist index t+1+k
         y += w[:, k, None] * hist[:, :, 1 + k: 1 + k + T]
     if bias is not None:
-        y += bias.float()[:, None]
+        y += bias.to(hist.dtype)[:, None]
     if activation == "silu":
         y = F.silu(y)
     new_state = hist[:, :, -K:].to(conv_state.dtype if conv_state is not None else x.dtype)

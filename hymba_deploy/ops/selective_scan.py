@@ -32,11 +32,14 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .precision import compute_dtype
+
 SOFTPLUS_THRESHOLD = 20.0  # mamba-ssm's kernels: softplus(x) = x for x > 20
 
 
 def _prepare(x, dt, A, B, C, D, z, dt_bias, initial_state, softplus_threshold):
-    """Shared upcasting and the discretisation step; returns fp32 tensors."""
+    """Shared upcasting and the discretisation step; returns tensors in compute_dtype(x) (fp32 unless x is fp64)."""
+    acc = compute_dtype(x)
     batch, T, d_inner = x.shape
     d_state = A.shape[1]
     if dt.shape != x.shape or B.shape != (batch, T, d_state) or C.shape != (batch, T, d_state):
@@ -46,36 +49,37 @@ def _prepare(x, dt, A, B, C, D, z, dt_bias, initial_state, softplus_threshold):
         )
     if A.shape != (d_inner, d_state):
         raise ValueError(f"selective_scan: A must be {(d_inner, d_state)}, got {tuple(A.shape)}")
-    dt = dt.float()
+    dt = dt.to(acc)
     if dt_bias is not None:
-        dt = dt + dt_bias.float()
+        dt = dt + dt_bias.to(acc)
     dt = F.softplus(dt, threshold=softplus_threshold)  # (batch, T, d_inner)
     if initial_state is None:
-        h0 = x.new_zeros((batch, d_inner, d_state), dtype=torch.float32)
+        h0 = x.new_zeros((batch, d_inner, d_state), dtype=acc)
     else:
         if initial_state.shape != (batch, d_inner, d_state):
             raise ValueError(
                 f"selective_scan: initial_state must be {(batch, d_inner, d_state)}, "
                 f"got {tuple(initial_state.shape)}"
             )
-        h0 = initial_state.float()
-    return dt, A.float(), B.float(), C.float(), h0
+        h0 = initial_state.to(acc)
+    return dt, A.to(acc), B.to(acc), C.to(acc), h0
 
 
 def _finish(y, x, D, z):
-    """y (batch, T, d_inner) fp32 -> add the D skip, apply the SiLU(z) gate, cast to x.dtype."""
+    """y (batch, T, d_inner) in compute_dtype(x) -> add the D skip, apply the SiLU(z) gate, cast to x.dtype."""
     if D is not None:
-        y = y + x.float() * D.float()
+        y = y + x.to(y.dtype) * D.to(y.dtype)
     if z is not None:
-        y = y * F.silu(z.float())
+        y = y * F.silu(z.to(y.dtype))
     return y.to(x.dtype)
 
 
 def selective_scan_ref(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None,
                        softplus_threshold: float = SOFTPLUS_THRESHOLD):
-    """The ground truth: one time step at a time, fp32 (mamba-ssm's selective_scan_ref semantics)."""
+    """The ground truth: one time step at a time, fp32 (mamba-ssm's selective_scan_ref semantics; fp64 for
+    fp64 inputs)."""
     dt, A, B, C, h = _prepare(x, dt, A, B, C, D, z, dt_bias, initial_state, softplus_threshold)
-    xf = x.float()
+    xf = x.to(h.dtype)
     ys = []
     for t in range(x.shape[1]):
         dA = torch.exp(dt[:, t, :, None] * A)                           # (batch, d_inner, d_state)
@@ -105,7 +109,7 @@ def selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=N
     L = chunk_size if chunk_size > 0 else max(1, int(round(T ** 0.5)))
     nc = -(-T // L)
     pad = nc * L - T
-    xf = x.float()
+    xf = x.to(h0.dtype)
     if pad:  # padded steps have dt' = 0: no decay, no input, so they leave the state untouched
         dt, xf = F.pad(dt, (0, 0, 0, pad)), F.pad(xf, (0, 0, 0, pad))
         B, C = F.pad(B, (0, 0, 0, pad)), F.pad(C, (0, 0, 0, pad))

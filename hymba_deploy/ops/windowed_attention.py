@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import torch
 
+from .precision import compute_dtype
+
 
 def _check(q, k, v):
     batch, Tq, Hq, d_qk = q.shape
@@ -51,11 +53,12 @@ def window_mask(Tq: int, Tk: int, window: int, num_meta: int, device=None) -> to
 
 
 def masked_attention(q, k, v, mask, scale):
-    """Masked softmax attention in fp32; mask (Tq, Tk) or broadcastable to (batch, Hq, Tq, Tk)."""
+    """Masked softmax attention in fp32 (fp64 for fp64 inputs); mask (Tq, Tk) or broadcastable to (batch, Hq, Tq, Tk)."""
     Hq, Hkv = q.shape[2], k.shape[2]
-    qf = q.float().transpose(1, 2)                                         # (b, Hq, Tq, d_qk)
-    kf = k.float().transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)     # (b, Hq, Tk, d_qk)
-    vf = v.float().transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)     # (b, Hq, Tk, d_v)
+    acc = compute_dtype(q)
+    qf = q.to(acc).transpose(1, 2)                                         # (b, Hq, Tq, d_qk)
+    kf = k.to(acc).transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)     # (b, Hq, Tk, d_qk)
+    vf = v.to(acc).transpose(1, 2).repeat_interleave(Hq // Hkv, dim=1)     # (b, Hq, Tk, d_v)
     scores = (qf @ kf.transpose(-1, -2)) * scale                           # (b, Hq, Tq, Tk)
     scores = scores.masked_fill(~mask, float("-inf"))
     out = torch.softmax(scores, dim=-1) @ vf                               # (b, Hq, Tq, d_v)

@@ -280,7 +280,7 @@ def run(model_spec: str = "hymba-1.5b", dtype: str = "bfloat16", context: int = 
     from .. import cuda as backend
     from ..checkpoint import parse_dtype
     from .engine import HymbaServingEngine
-    from .gpu_check import random_model
+    from ..checkpoint import random_model
 
     torch_dtype = parse_dtype(dtype)
 

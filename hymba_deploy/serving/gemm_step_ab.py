@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     from .bench import copy_bandwidth, decode_cuda, weight_bytes
     from .engine import TRITON_GEMMS, HymbaServingEngine
     from .gemm import load_configs
-    from .gpu_check import random_model
+    from ..checkpoint import random_model
 
     backend.set_backend("cuda")
     model = random_model("hymba-1.5b", torch.bfloat16, "cuda", 0)

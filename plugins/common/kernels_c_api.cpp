@@ -1,4 +1,5 @@
 #include "kernels_c_api.h"
+#include "kernel_choice.h"
 
 #include "../causal_conv1d/causal_conv1d_kernel.h"
 #include "../selective_scan/selective_scan_kernel.h"
@@ -160,6 +161,18 @@ extern "C" int hymba_windowed_attention(int batch, int q_len, int kv_len, int nu
     if (char const* bad = windowedAttentionCheck(p))
         return fail(bad);
     return finish(windowedAttentionLaunch(p, static_cast<cudaStream_t>(stream)));
+}
+
+extern "C" int hymba_set_kernel_choice(char const* family, char const* choice)
+{
+    if (!setKernelChoice(family, choice))
+        return fail("hymba_set_kernel_choice: unknown family or choice (see common/kernel_choice.h)");
+    return 0;
+}
+
+extern "C" char const* hymba_kernel_choice(char const* family)
+{
+    return kernelChoiceName(family);
 }
 
 extern "C" char const* hymba_kernel_error(void)

@@ -40,6 +40,14 @@ HYMBA_API int hymba_windowed_attention(int batch, int q_len, int kv_len, int num
     void const* k, int64_t const* k_strides, void const* v, int64_t const* v_strides, void* out,
     int64_t const* out_strides, void* stream);
 
+//! Forces one kernel of a family for every later launch in this process (common/kernel_choice.h):
+//! family "attention", choice auto | split | mma | prefill | flash. Returns 0, or nonzero for an unknown family
+//! or choice (hymba_kernel_error says which; the setting is unchanged).
+HYMBA_API int hymba_set_kernel_choice(char const* family, char const* choice);
+
+//! The family's current choice ("auto" unless set or given by its environment variable); null if unknown.
+HYMBA_API char const* hymba_kernel_choice(char const* family);
+
 //! Message for the last nonzero return on this thread.
 HYMBA_API char const* hymba_kernel_error(void);
 

@@ -3,14 +3,18 @@
  *
  * T = 1: the decode step kernel (ssk::selectiveScanStepKernel, selective_scan_kernel.cuh).
  * T > 1: autoPrefill's choice between
+ *   - the chunked kernel (sscc::chunkedKernel, selective_scan_chunked_kernel.cuh): one thread per (channel,
+ *     time chunk) holding all of its states, chunk carries combined in shared memory, then a rescan; fills
+ *     the GPU when batch · dim is small;
  *   - the state-parallel kernel (ssst::stateParallelKernel, selective_scan_state_kernel.cuh): lanes over
- *     (channel, state), each walking all of T; fills the GPU when batch · dim is small;
+ *     (channel, state), each walking all of T;
  *   - the sequential kernel (ssk::selectiveScanKernel): one thread per channel holding all of its states;
  *     the fastest once batch · dim fills the GPU.
  * HYMBA_SCAN_PREFILL forces one of them (scanPrefillFromEnv).
  */
 #pragma once
 
+#include "selective_scan_chunked_kernel.cuh"
 #include "selective_scan_kernel.cuh"
 #include "selective_scan_state_kernel.cuh"
 
@@ -21,12 +25,14 @@ namespace hymba
 {
 
 //! Which prefill kernel serves a call with T > 1. `HYMBA_SCAN_PREFILL` (read per launch; for A/B runs and
-//! tests) forces one: `sequential` (ssk::selectiveScanKernel) or `state` (ssst); unset or `auto`: autoPrefill.
+//! tests) forces one: `sequential` (ssk::selectiveScanKernel), `state` (ssst) or `chunked` (sscc); unset or
+//! `auto`: autoPrefill.
 enum class ScanPrefill
 {
     kAuto,
     kSequential,
     kStateParallel,
+    kChunked,
 };
 
 inline ScanPrefill scanPrefillFromEnv()
@@ -38,19 +44,30 @@ inline ScanPrefill scanPrefillFromEnv()
         return ScanPrefill::kSequential;
     if (std::strcmp(v, "state") == 0)
         return ScanPrefill::kStateParallel;
+    if (std::strcmp(v, "chunked") == 0)
+        return ScanPrefill::kChunked;
     return ScanPrefill::kAuto;
 }
 
-//! The launcher's own choice for T > 1 (the one place the rule lives): the state-parallel kernel below
-//! kSmallBatchChannelsPerSm channels (batch · dim) per SM, where one thread per channel leaves the GPU idle,
-//! else the sequential one. H200, bf16, D 3200, N 16 (bench/results/plugins_gpu_check_h200_prefill_2026-11-30):
-//! state-parallel faster at batch 1 and 4 (24 and 97 channels per SM), sequential from batch 16 (388).
-constexpr int64_t kSmallBatchChannelsPerSm = 128;
+//! The launcher's own choice for T > 1 (the one place the rule lives). One thread per channel (the sequential
+//! kernel) leaves the GPU idle at small batch · dim: from kChunkedMinSeqlen steps (enough chunks to fill it) the
+//! chunked kernel below kChunkedChannelsPerSm channels per SM; shorter sequences the state-parallel kernel below
+//! kStateChannelsPerSm; else the sequential one. H200, bf16, D 3200, N 16 (bench/results/
+//! plugins_scan_chunked_h200_2026-12-01 and ..._crossover_h200_2026-12-01): chunked faster than sequential up
+//! to batch 10 (242 channels per SM), even at 12 (291), slower at 16 (388); state-parallel faster than
+//! sequential at batch 1 and 4 (24 and 97 channels per SM, plugins_gpu_check_h200_prefill_2026-11-30).
+constexpr int64_t kChunkedChannelsPerSm = 256;
+constexpr int64_t kStateChannelsPerSm = 128;
+constexpr int kChunkedMinSeqlen = 128;
 
 inline ScanPrefill autoPrefill(SelectiveScanParams const& p, int numSms)
 {
-    return int64_t(p.batch) * p.dim < kSmallBatchChannelsPerSm * numSms ? ScanPrefill::kStateParallel
-                                                                         : ScanPrefill::kSequential;
+    int64_t const channels = int64_t(p.batch) * p.dim;
+    if (p.seqlen >= kChunkedMinSeqlen && channels < kChunkedChannelsPerSm * numSms)
+        return ScanPrefill::kChunked;
+    if (p.seqlen < kChunkedMinSeqlen && channels < kStateChannelsPerSm * numSms)
+        return ScanPrefill::kStateParallel;
+    return ScanPrefill::kSequential;
 }
 
 template <typename T, int kN, bool kExactN>
@@ -64,6 +81,8 @@ cudaError_t launchPrefill(SelectiveScanParams const& p, cudaStream_t stream)
         path = autoPrefill(p, numSms);
     if (path == ScanPrefill::kStateParallel)
         return ssst::launch<T>(p, numSms, stream);
+    if (path == ScanPrefill::kChunked)
+        return sscc::launchT<T, kN, kExactN>(p, numSms, stream);
     return ssk::launchWithState<T, kN, kExactN>(p, stream);
 }
 

@@ -3,7 +3,8 @@ TensorRT does (getCreators → createPlugin → getFieldsToSerialize → createP
 formats → configurePlugin → onShapeChange → enqueue), with no TensorRT installed. Also wraps the library's
 extern "C" kernel shim (`hymba_selective_scan`, `hymba_causal_conv1d`, `hymba_windowed_attention`).
 
-Used by tests/test_plugins_cpu.py (no GPU) and plugins/tests/gpu_check.py (GPU, torch tensors).
+Used by tests/test_plugins_cpu.py (no GPU) and, through plugins/tests/kernels.py (torch tensors), by tests/gpu,
+bench/kernels.py and tools/.
 """
 
 from __future__ import annotations
@@ -228,23 +229,6 @@ class Harness:
         return self.create(info["name"], plugin.serialized_spec(), PHASE_RUNTIME, info["version"], info["namespace"])
 
 
-@contextlib.contextmanager
-def forced_decode_attention(path: str):
-    """Inside the block the library serves decode attention with one kernel where it applies
-    (HYMBA_ATTN_DECODE = split | mma | prefill | flash | auto, read per launch; `flash`: the general CUDA-core
-    kernel for every call); the previous setting comes back after.
-    The package's twin is hymba_deploy.cuda.forced_decode_attention (these tools do not import the package)."""
-    old = os.environ.get("HYMBA_ATTN_DECODE")
-    os.environ["HYMBA_ATTN_DECODE"] = path
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HYMBA_ATTN_DECODE", None)
-        else:
-            os.environ["HYMBA_ATTN_DECODE"] = old
-
-
 class KernelShim:
     """The plugin library's extern "C" launchers (raw device pointers; stream as an int handle)."""
 
@@ -260,6 +244,32 @@ class KernelShim:
                                                       vp, p64, vp, p64, vp]
         for f in ("hymba_selective_scan", "hymba_causal_conv1d", "hymba_windowed_attention"):
             getattr(self.lib, f).restype = ci
+        self.lib.hymba_set_kernel_choice.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        self.lib.hymba_set_kernel_choice.restype = ci
+        self.lib.hymba_kernel_choice.argtypes = [ctypes.c_char_p]
+        self.lib.hymba_kernel_choice.restype = ctypes.c_char_p
+
+    def kernel_choice(self, family: str) -> str:
+        """The family's current kernel choice in this library (plugins/common/kernel_choice.h)."""
+        name = self.lib.hymba_kernel_choice(family.encode())
+        if name is None:
+            raise ValueError(f"unknown kernel family {family!r}")
+        return name.decode()
+
+    def set_kernel_choice(self, family: str, choice: str) -> None:
+        if self.lib.hymba_set_kernel_choice(family.encode(), choice.encode()) != 0:
+            raise ValueError(self.error())
+
+    @contextlib.contextmanager
+    def forced(self, family: str, choice: str):
+        """Inside the block this library serves the family's calls with `choice` where it applies (e.g.
+        "attention": split | mma | prefill | flash | auto); the previous choice comes back after."""
+        old = self.kernel_choice(family)
+        self.set_kernel_choice(family, choice)
+        try:
+            yield
+        finally:
+            self.set_kernel_choice(family, old)
 
     @staticmethod
     def strides(t, idx=None):

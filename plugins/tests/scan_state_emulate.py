@@ -224,7 +224,7 @@ def run_kernel(p, num_sms=132):
     for b in range(p.batch):
         for bx in range(-(-p.dim // (2 * warps))):
             run_block(p, b, bx, warps)
-    return warps
+    return f"warps={warps}"
 
 
 def _strided(t, torch):
@@ -234,7 +234,9 @@ def _strided(t, torch):
     return flat, tuple(t.stride())
 
 
-def _case(name, batch, T, dim, N, optionals=True, state=True, noncontig=False, inplace=False, seed=0):
+def _case(name, batch, T, dim, N, optionals=True, state=True, noncontig=False, inplace=False, seed=0, run=None):
+    """Builds the case's inputs (fresh draws from `seed`), runs `run(p)` (default: this kernel's run_kernel; it
+    returns a label for the log line) on flat fp32 buffers and checks y and last_state against the reference."""
     import torch
 
     from hymba_deploy.ops.selective_scan import selective_scan_ref
@@ -281,7 +283,7 @@ def _case(name, batch, T, dim, N, optionals=True, state=True, noncontig=False, i
                         x_strides=xs, dt_strides=dts, z_strides=zs, y_strides=ys, B_strides=Bs, C_strides=Cs,
                         state_strides=hs, last_state_strides=ls, A_dim_stride=a0, A_state_stride=a1,
                         round_io=lambda v: v.astype(f32))  # fromFloat<float>
-    warps = run_kernel(p)
+    label = (run or run_kernel)(p)
     view = np.lib.stride_tricks.as_strided  # strides in bytes (fp32)
     y = view(yb, (batch, T, dim), [v * 4 for v in ys]) if T > 0 else np.zeros((batch, 0, dim), f32)
     s = view(lb, (batch, dim, N), [v * 4 for v in ls])
@@ -293,7 +295,7 @@ def _case(name, batch, T, dim, N, optionals=True, state=True, noncontig=False, i
 
     ey, es = rel(y, y_ref), rel(s, s_ref)
     ok = math.isfinite(ey) and math.isfinite(es) and ey <= 1e-5 and es <= 1e-5
-    print(f"{'PASS' if ok else 'FAIL'} {name}: B={batch} T={T} D={dim} N={N} warps={warps} "
+    print(f"{'PASS' if ok else 'FAIL'} {name}: B={batch} T={T} D={dim} N={N} {label} "
           f"y rel {ey:.2e}, last_state rel {es:.2e}")
     return ok
 

@@ -41,7 +41,7 @@ namespace hymba
 namespace wam
 {
 
-// Tuning hooks: plugins/tests/attn_tune.py rebuilds this kernel with other values (-D...) and times them.
+// Tuning hooks: tools/attn_tune.py rebuilds this kernel with other values (-D...) and times them.
 // HYMBA_WAM_WARPS, when defined, replaces the launcher's choice of 4 or 8 warps per block.
 #ifndef HYMBA_WAM_STAGES
 #define HYMBA_WAM_STAGES 3
@@ -308,7 +308,7 @@ bool launchW(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t&
 
 /*
  * Warps per block. 8 (one block of 8 warps per SM) for long key ranges over many tiles, 4 (two or three
- * blocks per SM) otherwise. Measured on one H200 (plugins/tests/attn_tune.py, Hymba decode, bf16,
+ * blocks per SM) otherwise. Measured on one H200 (tools/attn_tune.py, Hymba decode, bf16,
  * bench/results/attn_tune_h200_2026-11-27.json; stages = 3): batch 128 × 8320 keys 463 us with 8 warps vs
  * 497 us with 4 (finer waves: 640 tiles over 132 slots vs 396), batch 128 × 1152 keys 76 vs 79 us, batch
  * 32 × 1152 keys 27 vs 30 us (4 better: few tiles, short ranges).

@@ -13,6 +13,7 @@
  */
 #pragma once
 
+#include "../common/kernel_choice.h"
 #include "../common/kernel_common.cuh"
 #include "windowed_attention_decode_kernel.cuh"
 #include "windowed_attention_prefill_kernel.cuh"
@@ -22,8 +23,6 @@
 #include <cfloat>
 #include <cooperative_groups.h>
 #include <cstdint>
-#include <cstdlib>
-#include <cstring>
 
 namespace hymba
 {
@@ -750,11 +749,11 @@ bool tryLaunch(WindowedAttentionParams const& p, cudaStream_t stream, bool force
 
 } // namespace wad
 
-//! Which kernel serves a call. `HYMBA_ATTN_DECODE` (read per launch; for A/B runs and tests) narrows the
-//! choice: `split`, `mma` or `prefill` pick that kernel wherever it applies (else the general kernel),
-//! `flash` keeps the general CUDA-core kernel (the previous prefill kernel) for every call; unset or `auto`:
-//! split-KV below one (batch, kv head) per SM, then the tensor-core decode kernel (fp16 / bf16, <= 8 rows),
-//! then the tensor-core prefill kernel (fp16 / bf16, aligned rows), then the general kernel.
+//! Which kernel serves a call. The `attention` kernel choice (common/kernel_choice.h; for A/B runs and tests)
+//! narrows it: `split`, `mma` or `prefill` pick that kernel wherever it applies (else the general kernel),
+//! `flash` keeps the general CUDA-core kernel for every call; `auto`: split-KV below one (batch, kv head) per
+//! SM, then the tensor-core decode kernel (fp16 / bf16, <= 8 rows), then the tensor-core prefill kernel
+//! (fp16 / bf16, aligned rows), then the general kernel. Values in the order of the choice names.
 enum class AttnPath
 {
     kAuto,
@@ -764,28 +763,12 @@ enum class AttnPath
     kFlash,
 };
 
-inline AttnPath attnPathFromEnv()
-{
-    char const* v = std::getenv("HYMBA_ATTN_DECODE");
-    if (v == nullptr)
-        return AttnPath::kAuto;
-    if (std::strcmp(v, "split") == 0)
-        return AttnPath::kSplit;
-    if (std::strcmp(v, "mma") == 0)
-        return AttnPath::kMma;
-    if (std::strcmp(v, "prefill") == 0)
-        return AttnPath::kPrefill;
-    if (std::strcmp(v, "flash") == 0)
-        return AttnPath::kFlash;
-    return AttnPath::kAuto;
-}
-
 template <typename T>
 cudaError_t windowedAttentionLaunchT(WindowedAttentionParams const& p, cudaStream_t stream)
 {
     if (p.batch == 0 || p.q_len == 0)
         return cudaSuccess;
-    AttnPath const path = attnPathFromEnv();
+    AttnPath const path = static_cast<AttnPath>(kernelChoice(KernelFamily::kAttention));
     auto allowed = [path](AttnPath k) { return path == AttnPath::kAuto || path == k; };
     cudaError_t status = cudaSuccess;
     if (allowed(AttnPath::kSplit) && wad::tryLaunch<T>(p, stream, path == AttnPath::kSplit, status))

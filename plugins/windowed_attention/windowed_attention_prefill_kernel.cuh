@@ -44,7 +44,7 @@ namespace hymba
 namespace wap
 {
 
-// Tuning hooks: plugins/tests/attn_prefill_tune.py rebuilds this kernel with other values (-D...) and
+// Tuning hooks: tools/attn_prefill_tune.py rebuilds this kernel with other values (-D...) and
 // times them (bench/results/attn_prefill_tune_h200_2026-11-30.json: 64 keys × 2 stages).
 #ifndef HYMBA_WAP_BN
 #define HYMBA_WAP_BN 64

@@ -12,6 +12,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "causal_conv1d/causal_conv1d_kernel.h"
+#include "common/kernel_choice.h"
 #include "selective_scan/selective_scan_kernel.h"
 #include "windowed_attention/windowed_attention_kernel.h"
 
@@ -264,6 +265,20 @@ at::Tensor windowed_attention(at::Tensor const& q, at::Tensor const& k, at::Tens
     return out;
 }
 
+// The kernel choice of this extension's launchers (plugins/common/kernel_choice.h), by family and choice name.
+void set_kernel_choice(std::string const& family, std::string const& choice)
+{
+    TORCH_CHECK(hymba::setKernelChoice(family.c_str(), choice.c_str()), "unknown kernel choice ", family, "=",
+        choice, " (plugins/common/kernel_choice.h lists them)");
+}
+
+std::string kernel_choice(std::string const& family)
+{
+    char const* name = hymba::kernelChoiceName(family.c_str());
+    TORCH_CHECK(name != nullptr, "unknown kernel family ", family);
+    return name;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
 {
     m.doc() = "hymba plugin kernels (plugins/*/_kernel.cu) for PyTorch tensors";
@@ -277,4 +292,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m)
     m.def("windowed_attention", &windowed_attention, "WindowedAttention", py::arg("q"), py::arg("k"), py::arg("v"),
         py::arg("window"), py::arg("num_meta"), py::arg("scale"), py::arg("out") = py::none(),
         py::arg("kv_len") = py::none());
+    m.def("set_kernel_choice", &set_kernel_choice, "Force one kernel of a family for later launches",
+        py::arg("family"), py::arg("choice"));
+    m.def("kernel_choice", &kernel_choice, "A family's current kernel choice", py::arg("family"));
 }

@@ -1,0 +1,289 @@
+"""The `cuda` backend and the serving runtime on a GPU, against the `reference` backend.
+
+- The torch extension's ops (the plugin kernels through hymba_deploy/cuda/csrc) in the forms the serving runtime
+  calls them: in-place decode states, strided inputs, a device-side key count over a larger K/V buffer, each
+  decode-attention kernel forced; float64 ground truth, hymba_deploy.parity.kernel_tolerance's rule.
+- The Triton decode GEMMs (serving/gemm.py) against their float64 references.
+- Greedy tokens, fp32: the serving runtime with and without CUDA graphs and the model on the cuda backend give
+  exactly the reference backend's tokens (tiny: prompt past its 16-token window; hymba-1.5b shapes: 136 tokens
+  past the 1024 window).
+- bf16 logits, teacher-forced on the fp32 reference's tokens: the runtime's error against the fp32 reference
+  within the rule's bound of the reference backend's own bf16 error.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hymba_deploy import cuda as backend
+from hymba_deploy.checkpoint import random_model
+from hymba_deploy.ops import causal_conv1d_ref, selective_scan_ref, windowed_attention_ref
+from hymba_deploy.parity.kernel_tolerance import kernel_bound, rel_err
+
+from .common import check, generator, ground_truth, seed_of
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="session")
+def ext(cuda):
+    return backend.load_extension()
+
+
+def _rnd(g, *shape, dtype=torch.float32, scale=1.0):
+    return (torch.randn(shape, generator=g, device="cuda") * scale).to(dtype)
+
+
+def _meta(op, case, dtype):
+    return dict(op=op, case=case, dtype=dtype, path="extension", seed=seed_of(op, case, dtype))
+
+
+DTYPES = ("float32", "bfloat16")
+
+
+# ---------------------------------------------------------------------------------------------- extension ops
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,in_place", [(129, False), (1, True)], ids=["prefill_T129", "decode_in_place"])
+def test_extension_selective_scan(ext, record, dtype, T, in_place):
+    g, dt = generator("scan", T, dtype), getattr(torch, dtype)
+    b, I, N = 3, 320, 16
+    inp = dict(x=_rnd(g, b, T, I, dtype=dt), dt=_rnd(g, b, T, I, dtype=dt, scale=0.5),
+               A=-torch.rand(I, N, generator=g, device="cuda") * 4 - 0.1, B=_rnd(g, b, T, N, dtype=dt),
+               C=_rnd(g, b, T, N, dtype=dt), D=_rnd(g, I), z=_rnd(g, b, T, I, dtype=dt), dt_bias=_rnd(g, I, scale=0.5),
+               initial_state=_rnd(g, b, I, N) if in_place else None)
+    ref64, torch_out = ground_truth(selective_scan_ref, inp)
+    state = inp["initial_state"].clone() if in_place else None
+    y, s = ext.selective_scan(**dict(inp, initial_state=state), softplus_threshold=20.0, y=None, last_state=state)
+    if in_place:
+        assert s.data_ptr() == state.data_ptr(), "last_state was not written in place"
+    check(record, _meta("selective_scan", f"T{T}_in_place{in_place}", dtype), {"y": y, "last_state": s},
+          dict(zip(("y", "last_state"), ref64)), dict(zip(("y", "last_state"), torch_out)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T,in_place", [(151, False), (1, True)], ids=["prefill_T151_strided", "decode_in_place"])
+def test_extension_causal_conv1d(ext, record, dtype, T, in_place):
+    g, dt = generator("conv", T, dtype), getattr(torch, dtype)
+    b, I, K = 2, 800, 4
+    x = _rnd(g, b, T, 3 * I, dtype=dt)[:, :, I:2 * I]                   # strided, like the in_proj slices
+    inp = dict(x=x, weight=_rnd(g, I, K, dtype=dt, scale=0.5), bias=_rnd(g, I, dtype=dt),
+               conv_state=_rnd(g, b, I, K, dtype=dt) if in_place else None)
+    ref64, torch_out = ground_truth(causal_conv1d_ref, inp, activation="silu")
+    state = inp["conv_state"].clone() if in_place else None
+    y, s = ext.causal_conv1d(x, inp["weight"], inp["bias"], state, True, None, state)
+    names = ("y", "new_conv_state")
+    check(record, _meta("causal_conv1d", f"T{T}_in_place{in_place}", dtype), dict(zip(names, (y, s))),
+          dict(zip(names, ref64)), dict(zip(names, torch_out)))
+
+
+# (batch, Tq, valid keys, buffer capacity, window, meta, kernel forced, device-side key count)
+ATTN = [(2, 203, 203, 220, 64, 8, "auto", False), (2, 1, 300, 317, 0, 8, "auto", False),
+        (2, 1, 200, 217, 1024, 8, "auto", False),
+        # graph-captured global layers: the key count on the device, every decode kernel
+        (2, 1, 777, 1077, 0, 128, "auto", True), (64, 1, 4321, 4621, 0, 128, "auto", True),
+        (64, 1, 1500, 1800, 1024, 128, "mma", True), (128, 1, 1300, 1600, 1024, 128, "auto", True),
+        (2, 1, 900, 1200, 0, 128, "flash", True)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("b,Tq,n,cap,window,meta,kernel,device_len", ATTN,
+                         ids=[f"b{a[0]}_Tq{a[1]}_Tk{a[2]}_w{a[4]}_{a[6]}{'_kvlen' if a[7] else ''}" for a in ATTN])
+def test_extension_windowed_attention(ext, record, dtype, b, Tq, n, cap, window, meta, kernel, device_len):
+    g, dt = generator("attn", b, Tq, n, kernel, dtype), getattr(torch, dtype)
+    Hq, Hkv = 25, 5
+    q = _rnd(g, b, Tq, Hq, 64, dtype=dt)
+    kbuf, vbuf = _rnd(g, b, cap, Hkv, 64, dtype=dt), _rnd(g, b, cap, Hkv, 128, dtype=dt)
+    inp = dict(q=q, k=kbuf[:, :n], v=vbuf[:, :n])
+    ref64, torch_out = ground_truth(windowed_attention_ref, inp, window=window, num_meta=meta, scale=0.125)
+    with backend.forced_decode_attention(kernel):
+        assert ext.kernel_choice("attention") == kernel
+        if device_len:
+            kv_len = torch.tensor([n], dtype=torch.int32, device="cuda")
+            out = ext.windowed_attention(q, kbuf, vbuf, window, meta, 0.125, None, kv_len)
+        else:
+            out = ext.windowed_attention(q, inp["k"], inp["v"], window, meta, 0.125, None)
+    check(record, dict(_meta("windowed_attention", f"b{b}_Tq{Tq}_Tk{n}_w{window}", dtype), kernel=kernel,
+                       kv_len_device=device_len), {"out": out}, {"out": ref64[0]}, {"out": torch_out[0]})
+
+
+# ---------------------------------------------------------------------------------------------- Triton GEMMs
+
+def _gemm():
+    from hymba_deploy.serving import gemm
+    if not gemm.available():
+        pytest.skip("triton is not importable: the Triton decode GEMMs are not in use here")
+    return gemm
+
+
+def _splitk_cases():
+    from hymba_deploy.serving import gemm
+    from hymba_deploy.serving.engine import TRITON_GEMMS
+    return [("x_proj", (136, 3200), TRITON_GEMMS.get("x_proj")), ("out_proj", (1600, 3200), TRITON_GEMMS.get("out_proj")),
+            ("down_proj", (1600, 5504), TRITON_GEMMS.get("down_proj")),
+            ("odd_K", (200, 1000), gemm.GemmConfig(64, 64, 3, 4, 3)), ("small", (40, 96), gemm.GemmConfig(32, 64, 2, 4, 3))]
+
+
+@pytest.mark.parametrize("dtype", ("bfloat16", "float16"))
+@pytest.mark.parametrize("M", (1, 5, 37, 128, 200))
+@pytest.mark.parametrize("case", range(5), ids=["x_proj", "out_proj", "down_proj", "odd_K", "small"])
+def test_triton_linear_splitk(cuda, record, dtype, M, case):
+    """Split-K with the runtime's tilings on the hymba-1.5b shapes and on K no multiple of the K tile; PyTorch's
+    own error: x @ w.T in the dtype."""
+    gemm = _gemm()
+    name, (N, K), cfg = _splitk_cases()[case]
+    if cfg is None:
+        pytest.skip(f"the runtime has no Triton tiling for {name}")
+    g, dt = generator("splitk", name, M, dtype), getattr(torch, dtype)
+    x, w = _rnd(g, M, K, dtype=dt), _rnd(g, N, K, dtype=dt, scale=K ** -0.5)
+    out = gemm.linear_splitk(x, w, cfg).float().sum(0)
+    check(record, dict(_meta("linear_splitk", f"{name}_M{M}", dtype), config=cfg.as_dict()), {"out": out},
+          {"out": gemm.linear_reference(x, w)}, {"out": x @ w.t()})
+
+
+SSM = [("hymba_1.5b", (3200, 100, 16, 8, 10)), ("tiny_widths", (128, 4, 8, 8, 3)), ("no_pad_1_split", (320, 20, 16, 1, 1))]
+
+
+@pytest.mark.parametrize("dtype", ("bfloat16", "float16"))
+@pytest.mark.parametrize("M", (1, 37, 128, 200))
+@pytest.mark.parametrize("name,dims", SSM, ids=[s[0] for s in SSM])
+def test_triton_ssm_inputs(cuda, record, dtype, M, name, dims):
+    """`ssm_inputs` (dt_proj(norm(dt)), norm(B), norm(C) from x_proj's partial sums) on the hymba-1.5b widths
+    (R = 100, N = 16, padded rows and columns) and tiny ones; PyTorch's own error: the float64 result rounded
+    to the dtype (the least any result in that dtype has)."""
+    gemm = _gemm()
+    from hymba_deploy.serving.engine import TRITON_GEMMS
+    I, R, N, pad, S = dims
+    cfg = {"hymba_1.5b": TRITON_GEMMS.get("ssm_inputs"), "tiny_widths": gemm.SsmInputsConfig(32, 64, 3),
+           "no_pad_1_split": gemm.SsmInputsConfig(16, 128, 1)}[name]
+    g, dt = generator("ssm_inputs", name, M, dtype), getattr(torch, dtype)
+    wd, wb, wc = (_rnd(g, n, dtype=dt, scale=0.3) + 1 for n in (R, N, N))
+    dtw = torch.zeros(I, -(-R // pad) * pad, device="cuda", dtype=dt)
+    dtw[:, :R] = _rnd(g, I, R, dtype=dt, scale=R ** -0.5)
+    parts = _rnd(g, S, M, -(-(R + 2 * N) // pad) * pad, dtype=torch.float32 if S > 1 else dt)
+    xp = parts.float().sum(0).to(dt)                                      # the x_proj output the model sees
+    got = gemm.ssm_inputs(parts, wd, wb, wc, dtw, 1e-6, cfg)
+    ref = gemm.ssm_inputs_reference(xp, wd, wb, wc, dtw, 1e-6)
+    names = ("dt", "B", "C")
+    check(record, dict(_meta("ssm_inputs", f"{name}_M{M}", dtype), config=cfg and cfg.as_dict()),
+          dict(zip(names, got)), dict(zip(names, ref)), {n: r.to(dt) for n, r in zip(names, ref)})
+
+
+# ---------------------------------------------------------------------------------------------- whole model
+
+def _model(spec: str, seed: int):
+    """fp32 random weights on the GPU; `tiny` sharpened (attention far from uniform, distinct norms)."""
+    from conftest import sharpen                                          # tests/conftest.py
+
+    torch._dynamo.reset()   # one model per test: the compiled glue's recompile limit is per process
+    model = random_model(spec, torch.float32, "cuda", seed)
+    return sharpen(model, seed) if spec == "tiny" else model
+
+
+def _prompt(model, batch, prompt, seed):
+    return torch.randint(3, model.config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(seed)).cuda()
+
+
+GREEDY = [("tiny", 2, 24, 96), ("hymba-1.5b", 2, 1000, 160)]
+
+
+@pytest.mark.parametrize("spec,batch,prompt,new", GREEDY, ids=[g[0] for g in GREEDY])
+def test_greedy_tokens_equal_the_reference(cuda, record, spec, batch, prompt, new):
+    from hymba_deploy.serving.engine import HymbaServingEngine
+
+    seed = seed_of("greedy", spec)
+    model = _model(spec, seed)
+    ids = _prompt(model, batch, prompt, seed)
+    backend.set_backend("reference")
+    ref = model.generate(ids, new)
+    backend.set_backend("cuda")
+    model.backend = "cuda"
+    try:
+        outs = {"model_cuda_backend": model.generate(ids, new)}
+        graphs = HymbaServingEngine(model, max_context=prompt + new, buckets=(batch,))
+        outs["runtime_graphs"] = graphs.generate(ids, new)
+        eager = HymbaServingEngine(model, max_context=prompt + new, buckets=(batch,), use_graphs=False)
+        outs["runtime_eager"] = eager.generate(ids, new)
+        # recorded, not bounded: the runtime's prefill body against the model's own forward into the same cache
+        body = HymbaServingEngine(model, max_context=prompt + new, buckets=(batch,), prefill_impl="model")
+        prefill_err = rel_err(eager.prefill(ids, eager.cache(batch)), body.prefill(ids, body.cache(batch)))
+    finally:
+        backend.set_backend("reference")
+    first_diff = {k: _first_diff(v, ref, prompt) for k, v in outs.items()}
+    record(dict(op="greedy", case=spec, dtype="float32", seed=seed, batch=batch, prompt=prompt, new_tokens=new,
+                tokens_past_window=max(0, prompt + new - model.config.sliding_window - 1),
+                distinct_new_tokens=int(ref[:, prompt:].unique().numel()), first_diff=first_diff,
+                graph_segments=len(graphs.graphs[batch].graphs) if batch in graphs.graphs else 0,
+                prefill_logits_rel_err_vs_model_forward=prefill_err,
+                passed=all(d is None for d in first_diff.values())))
+    assert all(d is None for d in first_diff.values()), f"first differing new token: {first_diff} [seed {seed}]"
+
+
+def _first_diff(out, ref, prompt):
+    diff = (out != ref).any(0).nonzero()
+    return None if diff.numel() == 0 else int(diff[0]) - prompt
+
+
+def _teacher_forced(model, ids, new, tokens=None):
+    """Reference-backend logits of `new` steps; greedy from its own logits when tokens is None."""
+    cache = model.new_cache(ids.shape[0])
+    logits, chosen = [], []
+    with torch.no_grad():
+        step = ids
+        for t in range(new):
+            lg = model(step, cache)[:, -1]
+            logits.append(lg)
+            step = lg.argmax(-1, keepdim=True) if tokens is None else tokens[t]
+            chosen.append(step)
+    return logits, chosen
+
+
+BF16 = [("tiny", 2, 24, 48), ("hymba-1.5b", 2, 1000, 64)]
+VARIANTS = {"bf16_state": dict(ssm_state_dtype=torch.bfloat16), "fp32_state": dict(ssm_state_dtype=torch.float32),
+            "fp32_state_cublas_gemms": dict(ssm_state_dtype=torch.float32, decode_gemms="cublas")}
+
+
+@pytest.mark.parametrize("spec,batch,prompt,new", BF16, ids=[b[0] for b in BF16])
+def test_bf16_logits_within_the_reference_backends_own_error(cuda, record, spec, batch, prompt, new):
+    """bf16 logits of the runtime (its default decode GEMMs, and cuBLAS; bf16 and fp32 SSM state), teacher-forced
+    on the fp32 reference's greedy tokens: the largest per-step error against the fp32 reference within the
+    rule's bound of the reference backend's own bf16 error against it."""
+    from hymba_deploy.serving.engine import HymbaServingEngine
+
+    seed = seed_of("bf16", spec)
+    model = _model(spec, seed)
+    ids = _prompt(model, batch, prompt, seed)
+    backend.set_backend("reference")
+    ref32, tokens = _teacher_forced(model, ids, new)
+    model = model.to(torch.bfloat16)
+    ref16, _ = _teacher_forced(model, ids, new, tokens)
+    own = max(rel_err(a, b) for a, b in zip(ref16, ref32))
+    bound = kernel_bound(torch.bfloat16, own)
+    backend.set_backend("cuda")
+    model.backend = "cuda"
+    errs = {}
+    try:
+        for name, kw in VARIANTS.items():
+            runtime = HymbaServingEngine(model, max_context=prompt + new, buckets=(batch,), **kw)
+            c = runtime.cache(batch)
+            if runtime.graphs_possible(c) and prompt + new - 1 >= c.ring:
+                runtime.capture(batch)
+            lg = [runtime.prefill(ids, c)] + [runtime.decode(c, tokens[t - 1]).clone() for t in range(1, new)]
+            errs[name] = {"decode_gemms": runtime.decode_gemms, "max_rel_err": max(map(rel_err, lg, ref32))}
+            runtime.release()
+    finally:
+        backend.set_backend("reference")
+    passed = all(e["max_rel_err"] <= bound for e in errs.values())
+    record(dict(op="bf16_logits", case=spec, dtype="bfloat16", seed=seed, batch=batch, prompt=prompt, steps=new,
+                reference_bf16_vs_fp32=own, bound=bound, runtime=errs, passed=passed))
+    assert passed, f"{errs} > bound {bound:.3e} (reference backend's own bf16 error {own:.3e}) [seed {seed}]"
+
+
+def test_forced_decode_attention_sets_the_extensions_kernel_choice(ext):
+    before = ext.kernel_choice("attention")
+    with backend.forced_decode_attention("split"):
+        assert ext.kernel_choice("attention") == "split"
+    assert ext.kernel_choice("attention") == before
+    with pytest.raises(RuntimeError, match="unknown kernel choice"):
+        ext.set_kernel_choice("attention", "fastest")
