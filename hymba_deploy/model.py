@@ -294,13 +294,3 @@ class HymbaForCausalLM(nn.Module):
             step_input = logits[:, -1].argmax(-1, keepdim=True)             # (B, 1)
             out = torch.cat([out, step_input], dim=1)
         return out
-
-    # Checkpoint I/O lives in checkpoint.py; these are the public entry points.
-    @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype | str | None = None, device="cpu") -> "HymbaForCausalLM":
-        from .checkpoint import load_pretrained
-        return load_pretrained(cls, path, dtype=dtype, device=device)
-
-    def save_pretrained(self, path) -> None:
-        from .checkpoint import save_pretrained
-        save_pretrained(self, path)

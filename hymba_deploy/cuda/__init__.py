@@ -21,13 +21,14 @@ from pathlib import Path
 
 import torch
 
-from ..engine.plugins import PLUGIN_SOURCES as PLUGINS_DIR
+from ..contract import plugin_sources
 from ..errors import HymbaDeployError
 
 BACKENDS = ("reference", "cuda")
 OPS = ("selective_scan", "causal_conv1d", "windowed_attention")
 DECODE_ENV = "HYMBA_ATTN_DECODE"   # windowedAttentionLaunchT's kernel override (plugins/windowed_attention)
 CSRC = Path(__file__).resolve().parent / "csrc" / "hymba_torch.cpp"
+PLUGINS_DIR = plugin_sources()
 
 _ext = None
 _backend = "reference"

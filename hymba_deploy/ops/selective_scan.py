@@ -32,7 +32,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-SOFTPLUS_THRESHOLD = 20.0  # mamba-ssm's kernels: softplus(x) = x for x > 20
+from ..contract import SOFTPLUS_THRESHOLD
 
 
 def _prepare(x, dt, A, B, C, D, z, dt_bias, initial_state, softplus_threshold):
