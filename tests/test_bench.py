@@ -27,6 +27,11 @@ NO_DEADLINE = timing.Deadline(float("inf"))
 
 
 @pytest.fixture(scope="module")
+def tiny_model():
+    return __import__("hymba_deploy").load_model("tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
 def onnx_dir(tmp_path_factory):
     pytest.importorskip("onnxruntime")
     return exported_tiny(tmp_path_factory)
@@ -160,8 +165,8 @@ def test_synthetic_cache_matches_the_cache_size():
     assert cache.nbytes() == Cache.size_bytes(cfg, 40, torch.float16, 3) - swa_producers * per_token
 
 
-def test_paper_setup_halves_the_batch_on_oom(monkeypatch):
-    model = __import__("hymba_deploy").load_model("tiny", seed=0)
+def test_paper_setup_halves_the_batch_on_oom(monkeypatch, tiny_model):
+    model = tiny_model
     monkeypatch.setitem(settings.PAPER, "context", 16)
     real = states.synthetic_states
 
@@ -331,7 +336,8 @@ def test_cuda_report_keeps_the_committed_layout(committed, prefill_only, monkeyp
         monkeypatch.setattr(serving_run, name, value)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "simulated GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (9, 0))
-    for name, value in {"use_kernels": lambda *a: None, "cuda_model": lambda *a: preset_model(),
+    model = SimpleNamespace(config=preset("tiny"), dtype=torch.bfloat16, parameters=lambda: [torch.zeros(4, 4)])
+    for name, value in {"use_kernels": lambda *a: None, "cuda_model": lambda *a: model,
                         "decode": decode, "prefill": lambda rt, n, reps: {"tokens": n, "ms": 1.0},
                         "profile_decode": profile, "profile_prefill": lambda rt, n: {"tokens": n},
                         "decode_reference_eager": decode, "decode_reference_compiled": decode}.items():
@@ -343,7 +349,7 @@ def test_cuda_report_keeps_the_committed_layout(committed, prefill_only, monkeyp
     assert set(want) <= set(res) and set(want["cuda"]) <= set(res["cuda"])
     assert set(want["reference"]) == set(res["reference"])
     assert [res[k] for k in ("model", "dtype", "context_tokens")] == ["hymba-1.5b", "bfloat16", 8192]
-    assert res["meta_tokens"] == preset("tiny").num_memory_tokens                  # the fake model's
+    assert (res["meta_tokens"], res["weight_bytes"]) == (preset("tiny").num_memory_tokens, 64)   # the fake model's
     if prefill_only:
         assert all(v == [] for k, v in res["cuda"].items() if k.startswith(("decode", "profile_eager", "profile_g")))
         assert [r["tokens"] for r in res["cuda"]["profile_prefill"]] == [8192, 8192]
@@ -353,5 +359,32 @@ def test_cuda_report_keeps_the_committed_layout(committed, prefill_only, monkeyp
         assert res["cuda"]["profile_graphs"][0]["error"] == "RuntimeError: CUPTI unavailable (simulated)"
 
 
-def preset_model():
-    return __import__("hymba_deploy").load_model("tiny", seed=0)
+def test_cuda_measurements_drive_a_real_runtime_on_the_cpu(monkeypatch, tiny_model):
+    """The cuda runtime's measurement functions against a real serving runtime (tiny, reference kernels, on
+    the CPU): CUDA events, peak memory and graph capture faked (graphs need a GPU), everything else as on
+    the GPU: the runtime's public calls, the cache's accounting and the storage floor's arithmetic."""
+    from types import SimpleNamespace
+
+    from hymba_deploy.bench import serving
+    from hymba_deploy.serving import HymbaServingEngine
+
+    calls = []
+    monkeypatch.setattr(serving, "events_ms", lambda fn, reps: [fn() for _ in range(reps)] and 2.0)
+    monkeypatch.setattr(serving, "_fresh_peak", lambda: None)
+    monkeypatch.setattr(serving, "_peak", lambda: 123)
+    monkeypatch.setattr(serving, "DECODE_WARMUP", 0)                       # fewer CPU steps: CI time
+    monkeypatch.setattr(serving, "PREFILL_WARMUP", 0)
+    model = tiny_model
+    runtime = HymbaServingEngine(model, max_context=64, buckets=(1, 2), backend="reference")
+    monkeypatch.setattr(runtime, "capture", lambda b: calls.append(b) or SimpleNamespace(graphs=[0, 1, 2]))
+    row = serving.decode(runtime, 2, 40, steps=1, eager_steps=1, bandwidth=1e9, wbytes=serving.weight_bytes(model))
+    assert calls == [2] and runtime.caches == {}                               # captured, then released
+    read = row["cache_bytes_read_per_step"]
+    assert row["decode_floor_ms"] == pytest.approx((serving.weight_bytes(model) + read) / 1e9 * 1e3)
+    assert row["fraction_of_floor"] == pytest.approx(row["decode_floor_ms"] / 2.0)
+    assert (row["tokens_per_s"], row["eager_tokens_per_s"], row["graph_segments"]) == (1e3, 1e3, 3)
+    assert 0 < read <= row["cache_bytes_allocated"]
+    p = serving.prefill(runtime, 24, reps=1)
+    assert (p["tokens"], p["ms"], p["all_ms"], p["prefill_impl"]) == (24, 2.0, [2.0], "engine")
+    r = serving.decode_reference_eager(model, 2, 40, steps=1)
+    assert (r["batch"], r["tokens_per_s"], r["peak_memory_bytes"]) == (2, 1e3, 123)

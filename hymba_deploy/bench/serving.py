@@ -72,8 +72,8 @@ def _decode_inputs(engine, cache, batch: int, context: int, seed: int):
     """Fill `cache` with `context` tokens of random contents -> a random token per row (batch, 1)."""
     import torch
 
-    cache.fill_random(context, torch.Generator(device="cuda").manual_seed(seed))
-    return torch.randint(3, engine.config.vocab_size, (batch, 1), device="cuda")
+    cache.fill_random(context, torch.Generator(device=engine.device).manual_seed(seed))
+    return torch.randint(3, engine.config.vocab_size, (batch, 1), device=engine.device)
 
 
 def decode(engine, batch: int, context: int, steps: int, eager_steps: int, bandwidth: float, wbytes: int) -> dict:
@@ -120,7 +120,7 @@ def prefill(engine, n: int, reps: int) -> dict:
 
     _fresh_peak()
     with _bucket(engine, 1) as (cache, _):
-        ids = torch.randint(3, engine.config.vocab_size, (1, n), device="cuda")
+        ids = torch.randint(3, engine.config.vocab_size, (1, n), device=engine.device)
         for _ in range(PREFILL_WARMUP):
             engine.prefill(ids, cache)
         times = sorted(events_ms(lambda: engine.prefill(ids, cache), 1) for _ in range(reps))
@@ -143,7 +143,7 @@ def profile_prefill(engine, n: int, reps: int = 2) -> dict:
     import torch
 
     with _bucket(engine, 1) as (cache, _):
-        ids = torch.randint(3, engine.config.vocab_size, (1, n), device="cuda")
+        ids = torch.randint(3, engine.config.vocab_size, (1, n), device=engine.device)
         return {"tokens": n, "prefill_impl": engine.prefill_impl,
                 **profiled(lambda: engine.prefill(ids, cache), reps, "prefill")}
 
@@ -155,7 +155,7 @@ def _reference_decode(model, batch: int, context: int):
 
     _fresh_peak()
     cache = synthetic_cache(model, batch, context, seed=batch)
-    token = torch.randint(3, model.config.vocab_size, (batch, 1), device="cuda")
+    token = torch.randint(3, model.config.vocab_size, (batch, 1), device=model.device)
     try:
         with torch.no_grad():
             yield lambda fn: fn(token, cache)
