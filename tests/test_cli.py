@@ -72,12 +72,6 @@ def test_user_errors_exit_1_with_a_message(args, message):
     assert message in result.output
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown on machines without a GPU")
-def test_bench_cuda_backend_needs_a_gpu():
-    result = run("bench", "--backend", "cuda", "--models", "tiny")
-    assert result.exit_code == 1 and "needs a CUDA GPU" in result.output
-
-
 def test_info_checks_the_weights_against_the_config_from_the_headers(tmp_path, monkeypatch):
     save_pretrained(load_model("tiny"), tmp_path)
     result = run("info", tmp_path)
