@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checkpoint import config_of
+from ..contract import GRAPHS, graph_file
 from ..errors import HymbaDeployError
 from .settings import BenchSettings
 from .states import synthetic_states
@@ -59,8 +61,7 @@ def _decode(runner, cfg, np_dtype, B: int, s: BenchSettings, deadline: Deadline,
     import torch
 
     from ..cache import HybridMambaAttentionDynamicCache as Cache
-    present_to_past = [(p, q) for (p, _, _), (q, _, _) in zip(Cache.state_names(cfg, present=True),
-                                                              Cache.state_names(cfg))]
+    present_to_past = Cache.io_pairs(cfg)
     states = synthetic_states(cfg, B, s.context, torch.float32, eviction, seed=s.seed)
     cache_mib = round(sum(t.numel() for t in states.values()) * np.dtype(np_dtype).itemsize / 2**20, 1)
     feed = {k: v.numpy().astype(np_dtype) for k, v in states.items()}
@@ -75,14 +76,6 @@ def _decode(runner, cfg, np_dtype, B: int, s: BenchSettings, deadline: Deadline,
     p = percentiles(timed(step, s.warmup, s.decode_steps, deadline))
     return {"batch": B, "context": s.context, "cache_mib": cache_mib, "step_ms": p,
             "tokens_per_s": B / (p["p50_ms"] / 1e3), "host_peak_mib": round(host_peak_mib(), 1)}
-
-
-def spec_config(spec: str):
-    """MODEL's config: a preset's, or a checkpoint directory's config.json."""
-    from ..config import PRESETS, HymbaConfig, preset
-    if spec in PRESETS:
-        return preset(spec)
-    return HymbaConfig.from_json_file(Path(spec) / "config.json")
 
 
 def bench_onnxruntime(spec: str, s: BenchSettings, deadline: Deadline, say) -> dict:
@@ -113,7 +106,7 @@ def bench_onnxruntime(spec: str, s: BenchSettings, deadline: Deadline, say) -> d
 def _export(spec: str, folder: str, s: BenchSettings, say) -> None:
     from ..exporters.onnx_export import export
 
-    max_seq = min(max(max(s.prefill_lengths), s.context + 64), spec_config(spec).seq_length)
+    max_seq = min(max(max(s.prefill_lengths), s.context + 64), config_of(spec).seq_length)
     say(f"    exporting {spec} ({s.onnx_dtype}, up to {max_seq} tokens) for ONNX Runtime")
     export(spec, folder, dtype=s.onnx_dtype, max_seq_len=max_seq, seed=s.seed)
 
@@ -124,7 +117,7 @@ def _run_onnx(src: Path, s: BenchSettings, deadline: Deadline, say) -> tuple[dic
     from ..config import HymbaConfig
     from ..engine.onnx_inputs import load_graph, metadata
     from ..runtime import OnnxRuntimeRunner
-    meta = metadata(load_graph(src / "prefill.onnx"))
+    meta = metadata(load_graph(src / graph_file("prefill")))
     cfg = HymbaConfig.from_dict(json.loads(meta["config"]))
     np_dtype = NP_DTYPES.get(meta.get("dtype", "float32"))
     if np_dtype is None:
@@ -132,7 +125,7 @@ def _run_onnx(src: Path, s: BenchSettings, deadline: Deadline, say) -> tuple[dic
     max_seq = int(meta.get("max_seq_len", cfg.seq_length))
     fit = replace(s, prefill_lengths=tuple(L for L in s.prefill_lengths if L <= max_seq),
                   context=min(s.context, max_seq - 1))
-    result = bench_runner(lambda g: OnnxRuntimeRunner(src / f"{g}.onnx", threads=s.ort_threads), cfg, np_dtype,
+    result = bench_runner(lambda g: OnnxRuntimeRunner(src / graph_file(g), threads=s.ort_threads), cfg, np_dtype,
                           fit, deadline, say, "onnxruntime", meta.get("eviction", "upstream"))
     return meta, result
 
@@ -172,11 +165,11 @@ def _checked_engines(spec: str, src: Path, plugin_library) -> tuple[dict, object
     from ..engine import artifact
     from ..runtime import tensorrt_runner
     artifact.engine_files(src)
-    for g in ("prefill", "decode"):
+    for g in GRAPHS:
         reason = tensorrt_runner.engine_unavailable(src / f"{g}.engine", plugin_library)
         if reason:
             raise HymbaDeployError(reason)
-    cfg = spec_config(spec)              # MODEL's, not a file the sidecar names: it must match the engine's I/O
+    cfg = config_of(spec)                # MODEL's, not a file the sidecar names: it must match the engine's I/O
     want = {"input_ids"} | {name for name, _, _ in Cache.state_names(cfg)}
     got = {t["name"] for t in artifact.read_sidecar(src / "decode.engine")["io"]["inputs"]}
     if got != want:

@@ -13,17 +13,9 @@ def synthetic_states(config, batch: int, context: int, dtype, eviction: str = "u
     from ..cache import HybridMambaAttentionDynamicCache as Cache
     g = torch.Generator(device=device).manual_seed(seed)     # on the device: GiBs of randn in milliseconds
     probe = Cache(config, 1, dtype, eviction=eviction)
-    meta, hkv = config.num_memory_tokens, config.num_key_value_heads
     states = {}
     for name, kind, layer in Cache.state_names(config):
-        keep = probe.keep(layer)
-        if kind in ("key", "value"):
-            length = meta + (context if keep is None else min(context, keep))
-            shape = (batch, length, hkv, config.qk_head_dim if kind == "key" else config.v_dim)
-        elif kind == "conv_state":
-            shape = (batch, config.d_inner, config.mamba_d_conv)
-        else:
-            shape = (batch, config.d_inner, config.mamba_d_state)
+        shape = Cache.state_shape(config, kind, batch, probe.stored_length(layer, context))
         states[name] = (torch.randn(shape, generator=g, device=device) * 0.5).to(dtype)
     return states
 
