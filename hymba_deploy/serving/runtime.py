@@ -1,10 +1,12 @@
 """ServingRuntime: batched generation over a `HymbaServingCache`, decode steps replayed as CUDA graphs.
 
 Configured by one `ServingConfig`; runs its model's kernel backend (`model.kernels`: `hymba_deploy.kernels`,
-`hymba_deploy.cuda`); owns the decode weight layouts (`PackedWeights`). Prefill runs `_prefill_body` and decode `_decode_body`: the layer math of `HymbaModel.forward` and
+`hymba_deploy.cuda`); owns the decode weight layouts (`PackedWeights`). As a parity runner:
+`hymba_deploy.runtime.ServingRunner`.
+
+Prefill runs `_prefill_body` and decode `_decode_body`: the layer math of `HymbaModel.forward` and
 `HymbaBlock.forward` (§2.3; each step numbered alike) over the whole prompt (meta tokens prepended) and at
-T = 1, with the decode weight layouts (`PackedWeights`), the compiled elementwise glue (`self.fn`) and the plugin
-kernels. Prefill stores each producer's K/V (`HymbaServingCache.store_prefill`) and the final conv and SSM
+T = 1, with the packed weights, the compiled elementwise glue (`self.fn`) and the model's kernels. Prefill stores each producer's K/V (`HymbaServingCache.store_prefill`) and the final conv and SSM
 states; decode updates the cache in place: K/V written into their slot, conv state and (fp32) SSM state
 updated by the kernels themselves. `prefill_impl="model"` runs the model's own forward through
 `DynamicCacheView` instead (eager glue; kept as the A/B baseline of the benchmark).
@@ -39,6 +41,7 @@ from typing import Iterable, Mapping
 import torch
 import torch.nn.functional as F
 
+from ..cache import EVICTION_RULES
 from ..errors import HymbaDeployError
 from ..kernels import ReferenceKernels
 from ..model import apply_rotary
@@ -231,7 +234,8 @@ class ServingConfig:
             raise HymbaDeployError(f"buckets must be batch sizes ≥ 1, got {self.buckets}")
         for name, value, allowed in (("prefill_impl", self.prefill_impl, PREFILL_IMPLS),
                                      ("decode_gemms", self.decode_gemms, DECODE_GEMMS),
-                                     ("kv_layout", self.kv_layout, KV_LAYOUTS)):
+                                     ("kv_layout", self.kv_layout, KV_LAYOUTS),
+                                     ("eviction", self.eviction, EVICTION_RULES)):
             if value not in allowed:
                 raise HymbaDeployError(f"{name} {value!r}: choose one of {', '.join(allowed)}")
         unknown = sorted(set(self.gemm_configs) - set(TRITON_GEMMS))
