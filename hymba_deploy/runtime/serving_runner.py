@@ -8,7 +8,8 @@ reference kernels it runs anywhere (the CPU tests).
 
 The runtime keeps its state in a preallocated `HymbaServingCache`; each call loads the fed `past.*` into it
 (`load_named_states`) and returns its contents as the reference cache's named tensors (`named_states`), so
-the runner is as stateless as an exported graph. State dtypes are the runtime's own (an fp32 SSM state with
+the runner is as stateless as an exported graph. Outputs are copies (the cache and a replayed graph's logits
+are reused by the next call). State dtypes are the runtime's own (an fp32 SSM state with
 the cuda kernels). `capture_layers` is accepted for the factory contract; localisation then uses the cache
 tensors only.
 """
@@ -44,6 +45,14 @@ class ServingRunner(Runner):
     def input_names(self) -> list[str]:
         return ["input_ids"] + (self.past_names if self.graph == "decode" else [])
 
+    def activate_impl(self):
+        """Decode: capture each bucket's CUDA graph now, before any state is loaded (a capture clobbers its
+        cache); steps whose SWA rings are full then replay it, as in generation."""
+        if self.graph == "decode":
+            for bucket in self.runtime.config.buckets:
+                if self.runtime.graphs_possible(self.runtime.cache(bucket)):
+                    self.runtime.capture(bucket)
+
     def _cache(self, rows: int):
         from ..serving import select_bucket
         return self.runtime.cache(select_bucket(rows, self.runtime.config.buckets))
@@ -71,7 +80,7 @@ class ServingRunner(Runner):
             logits = rt.decode(cache, torch.cat([ids, pad]))[:rows]                      # (b, V)
         if logits.dim() == 2:
             logits = logits[:, None]                                                       # (b, 1, V)
-        out = {"logits": logits, **{k: v.clone() for k, v in cache.named_states(rows, present=True).items()}}
+        out = {k: v.clone() for k, v in {"logits": logits, **cache.named_states(rows, present=True)}.items()}
         if sync:
             torch.cuda.synchronize(rt.device)
         self.inference_time = time.perf_counter() - t0
