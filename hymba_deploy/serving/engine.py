@@ -16,5 +16,4 @@ def HymbaServingEngine(model, max_context: int, backend: str | None = None, **co
         config["prefill_impl"] = "runtime"
     if config.get("decode_gemms") is None:
         config["decode_gemms"] = "auto"
-    config["gemm_configs"] = config.get("gemm_configs") or {}
     return ServingRuntime(model, ServingConfig(max_context=max_context, **config))

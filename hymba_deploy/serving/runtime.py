@@ -223,11 +223,12 @@ class ServingConfig:
     kv_layout: str = "head_major"
     prioritize_ssm: bool | None = None
     decode_gemms: str = "auto"
-    gemm_configs: Mapping[str, GemmConfig | SsmInputsConfig | None] = field(default_factory=dict)
+    gemm_configs: Mapping[str, GemmConfig | SsmInputsConfig | None] | None = field(default_factory=dict)
     prefill_impl: str = "runtime"
 
     def __post_init__(self):
         object.__setattr__(self, "buckets", tuple(sorted(self.buckets)))
+        object.__setattr__(self, "gemm_configs", dict(self.gemm_configs or {}))    # None: no overrides
         if self.max_context < 1:
             raise HymbaDeployError(f"max_context must be ≥ 1, got {self.max_context}")
         if not self.buckets or self.buckets[0] < 1:
