@@ -163,16 +163,19 @@ def inspect(engine, all_layers, as_json, plugin_library):
 @click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
               help="Plugin library for the engines, if its sha256 is the one recorded at build (default: the "
                    "project's build).")
+@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["cuda"]),
+              help="Also compare this runtime: cuda = the serving runtime on our CUDA kernels, in the ONNX's dtype "
+                   "(needs a GPU; else 'not run').")
 @click.option("--strict", is_flag=True, help="Exit 1 when any backend did not run (for CI jobs).")
 @_user_errors
 def check(model, onnx_dir, engine_dir, prompts, steps, dtype, seed, max_prompt_len, device, json_out,
-          plugin_library, strict):
-    """Parity of PyTorch, ONNX Runtime and engines over prefill and K decode steps; exit 1 on failure
-    (with --strict also when a backend did not run)."""
+          plugin_library, runtimes, strict):
+    """Parity of PyTorch, ONNX Runtime, engines and (--runtime cuda) the serving runtime over prefill and K
+    decode steps; exit 1 on failure (with --strict also when a backend did not run)."""
     from hymba_deploy.parity.check import check as run, format_report, write_report
     report = run(model, onnx_dir, engine_dir=engine_dir, prompts=prompts, steps=steps, dtype=dtype, seed=seed,
                  max_prompt_len=max_prompt_len, device=device, plugin_library=plugin_library,
-                 progress=lambda msg: click.echo(f"... {msg}", err=True))
+                 runtimes=tuple(runtimes), progress=lambda msg: click.echo(f"... {msg}", err=True))
     click.echo(format_report(report))
     if json_out:
         write_report(report, json_out)

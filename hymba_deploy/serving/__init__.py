@@ -1,13 +1,13 @@
 """Serving runtime: a preallocated cache, batched greedy/sampled generation and CUDA-graph decode.
 
-Runs on either kernel backend (`hymba_deploy.cuda`): `reference` (PyTorch ops) or `cuda` (the plugin
-kernels). `python3 -m hymba_deploy.serving.bench` is the GPU benchmark, `...serving.gpu_check` the GPU
-parity check.
+`ServingRuntime(model, ServingConfig(max_context=...))` runs the model's kernel backend (`model.kernels`:
+the reference ops, or the plugin kernels of `hymba_deploy.cuda`). As a parity runner:
+`hymba_deploy.runtime.CudaRunner`.
 """
 
 from .cache import DynamicCacheView, HymbaServingCache
-from .engine import DEFAULT_BUCKETS, HymbaServingEngine, select_bucket
+from .runtime import DEFAULT_BUCKETS, PackedWeights, ServingConfig, ServingRuntime, select_bucket
 from .sampling import SamplingParams, filter_logits, sample
 
-__all__ = ["DEFAULT_BUCKETS", "DynamicCacheView", "HymbaServingCache", "HymbaServingEngine", "SamplingParams",
-           "filter_logits", "sample", "select_bucket"]
+__all__ = ["DEFAULT_BUCKETS", "DynamicCacheView", "HymbaServingCache", "PackedWeights", "SamplingParams",
+           "ServingConfig", "ServingRuntime", "filter_logits", "sample", "select_bucket"]
