@@ -163,75 +163,107 @@ def inspect(engine, all_layers, as_json, plugin_library):
 @click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
               help="Plugin library for the engines, if its sha256 is the one recorded at build (default: the "
                    "project's build).")
+@click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["cuda"]),
+              help="Also compare this runtime: cuda = the serving runtime on our CUDA kernels, in the ONNX's dtype "
+                   "(needs a GPU; else 'not run').")
 @click.option("--strict", is_flag=True, help="Exit 1 when any backend did not run (for CI jobs).")
 @_user_errors
 def check(model, onnx_dir, engine_dir, prompts, steps, dtype, seed, max_prompt_len, device, json_out,
-          plugin_library, strict):
-    """Parity of PyTorch, ONNX Runtime and engines over prefill and K decode steps; exit 1 on failure
-    (with --strict also when a backend did not run)."""
+          plugin_library, runtimes, strict):
+    """Parity of PyTorch, ONNX Runtime, engines and (--runtime cuda) the serving runtime over prefill and K
+    decode steps; exit 1 on failure (with --strict also when a backend did not run)."""
     from hymba_deploy.parity.check import check as run, format_report, write_report
     report = run(model, onnx_dir, engine_dir=engine_dir, prompts=prompts, steps=steps, dtype=dtype, seed=seed,
                  max_prompt_len=max_prompt_len, device=device, plugin_library=plugin_library,
-                 progress=lambda msg: click.echo(f"... {msg}", err=True))
+                 runtimes=tuple(runtimes), progress=lambda msg: click.echo(f"... {msg}", err=True))
     click.echo(format_report(report))
     if json_out:
         write_report(report, json_out)
     sys.exit(0 if report["ok"] and not (strict and report["not_run"]) else 1)
 
 
+class _BenchDefault(click.Option):
+    """A bench option whose help ends with its default per runtime, read from the bench's settings only
+    when help is shown (importing the library at startup would slow every command)."""
+
+    def get_help_record(self, ctx):
+        from hymba_deploy.bench.settings import default_help
+        opts, text = super().get_help_record(ctx)
+        return opts, f"{text}  {default_help(self.name)}"
+
+
+_CUDA = "cuda runtime: "
+
+
 @main.command()
-@click.option("--backend", type=click.Choice(["suite", "cuda"]), default="suite", show_default=True,
-              help="suite: the --backends below; cuda: the serving runtime on our CUDA kernels (GPU; paper setup "
-                   "defaults: hymba-1.5b, 8k context, batches 1,8,32,128, bf16), compared with the reference.")
-@click.option("--models", default=None, help="Comma-separated presets or checkpoint dirs [suite: tiny; cuda: hymba-1.5b].")
-@click.option("--backends", default="torch,onnxruntime", show_default=True, help="torch, onnxruntime, tensorrt.")
+@click.option("--runtimes", default=None, cls=_BenchDefault,
+              help="What executes the model, comma-separated: torch (the PyTorch reference), onnxruntime, tensorrt, "
+                   "cuda (the serving runtime on our CUDA kernels, CUDA graphs; GPU).")
+@click.option("--backends", "backends_alias", default=None, hidden=True, help="Old spelling of --runtimes.")
+@click.option("--backend", "backend_alias", type=click.Choice(["suite", "cuda"]), default=None, hidden=True,
+              help="Old spelling: cuda = --runtimes cuda.")
+@click.option("--models", default=None, cls=_BenchDefault, help="Comma-separated presets or checkpoint dirs.")
 @click.option("--out", "out_dir", default="bench/out", show_default=True, type=click.Path(file_okay=False),
               help="Output folder (the default is git-ignored; bench/results/ holds committed results).")
-@click.option("--device", default=None, help="torch device (default: cuda when available).")
-@click.option("--dtype", default=None, help="torch dtype (default: bfloat16 on GPU, float32 on CPU).")
+@click.option("--device", default=None, help="torch runtime's device (default: cuda when available).")
+@click.option("--dtype", default=None,
+              help="Model dtype for torch and cuda (default: bfloat16 for cuda and for torch on a GPU, else float32).")
 @click.option("--onnx-dtype", default="float32", show_default=True, help="dtype of on-the-fly ONNX exports.")
-@click.option("--prefill-lengths", default=None, help="[suite: 128,512,2048; cuda: 1024,4096,8192]")
-@click.option("--decode-batches", default=None, help="[suite: 1,8,32; cuda: 1,8,32,128]")
-@click.option("--context", default=None, type=int, help="Cache length (tokens) for decode [suite: 1024; cuda: 8192].")
-@click.option("--warmup", default=2, show_default=True)
-@click.option("--iters", default=10, show_default=True)
-@click.option("--decode-steps", default=16, show_default=True)
-@click.option("--paper", is_flag=True, help="Also the paper's setup: 8k context, batch 128, halving on OOM.")
+@click.option("--prefill-lengths", default=None, cls=_BenchDefault, help="Prompt lengths.")
+@click.option("--decode-batches", default=None, cls=_BenchDefault, help="Decode batches.")
+@click.option("--context", default=None, type=int, cls=_BenchDefault, help="Cache length (tokens) for decode.")
+@click.option("--warmup", default=2, show_default=True,
+              help="Untimed iterations (torch, tensorrt; onnxruntime: at most 1).")
+@click.option("--iters", default=None, type=int, cls=_BenchDefault, help="Timed prefill iterations.")
+@click.option("--decode-steps", default=None, type=int, cls=_BenchDefault, help="Timed decode steps.")
+@click.option("--prefill-only", is_flag=True, help="Measure the prefill only (no decode; cuda: no ablations either).")
+@click.option("--paper", is_flag=True, help="torch: also the paper's setup: 8k context, batch 128, halving on OOM.")
 @click.option("--onnx", default=None, help="MODEL=DIR,... exported graphs (default: exported on the fly).")
 @click.option("--engine", default=None, help="MODEL=DIR,... built engines.")
-@click.option("--time-budget", default=600.0, show_default=True, help="Seconds; later sections are skipped.")
+@click.option("--time-budget", "time_budget_s", default=600.0, show_default=True,
+              help="Seconds; later sections are skipped (the cuda runtime's report is not cut short).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random weights (presets), exports and inputs.")
+@click.option("--ort-threads", type=int, default=None, help="ONNX Runtime's intra-op threads (default: one per core).")
 @click.option("--ort-prefill-lengths", default=None, help="ONNX Runtime's prompt lengths (default: --prefill-lengths).")
 @click.option("--ort-decode-batches", default=None, help="ONNX Runtime's batches (default: --decode-batches).")
 @click.option("--ort-iters", type=int, default=None, help="ONNX Runtime's timed iterations and decode steps.")
 @click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
               help="Plugin library for the engines, if its sha256 is the one recorded at build (default: the "
                    "project's build).")
+@click.option("--eager-steps", cls=_BenchDefault, type=int, default=None,
+              help=_CUDA + "eager decode steps beside the graphs.")
+@click.option("--prefill-profile", default=None,
+              help=_CUDA + "kernel time by category of the prefill at these lengths (default: the longest "
+                           "prefill length; '': none).")
+@click.option("--profile-batches", cls=_BenchDefault, default=None,
+              help=_CUDA + "kernel time by category of decode at these batches.")
+@click.option("--uncompiled-batches", cls=_BenchDefault, default=None,
+              help=_CUDA + "ablation: uncompiled elementwise glue.")
+@click.option("--no-overlap-batches", cls=_BenchDefault, default=None,
+              help=_CUDA + "ablations: attention on the main stream, time-major K/V, SSM stream priority off / on "
+                           "(each at these batches).")
+@click.option("--gemm-ablation-batches", cls=_BenchDefault, default=None,
+              help=_CUDA + "ablation: decode GEMMs on cuBLAS.")
+@click.option("--gemm-configs", type=click.Path(dir_okay=False), default=None,
+              help=_CUDA + "JSON file of Triton GEMM tilings (tools/gemm_bench.py --best-out) instead of the defaults.")
+@click.option("--no-reference", "reference", flag_value=False, default=None,
+              help=_CUDA + "skip the reference-kernel baselines.")
+@click.option("--ref-steps", cls=_BenchDefault, type=int, default=None,
+              help=_CUDA + "decode steps of the eager reference model.")
+@click.option("--ref-graph-batches", cls=_BenchDefault, default=None,
+              help=_CUDA + "the serving runtime's graphs over the reference kernels at these batches.")
+@click.option("--compile-reference-batches", cls=_BenchDefault, default=None,
+              help=_CUDA + "the reference model under torch.compile at these batches (compiles for minutes).")
 @_user_errors
-def bench(backend, models, backends, out_dir, device, dtype, onnx_dtype, prefill_lengths, decode_batches, context,
-          warmup, iters, decode_steps, paper, onnx, engine, time_budget, ort_prefill_lengths, ort_decode_batches,
-          ort_iters, plugin_library):
-    """Prefill latency and decode throughput per backend: bench.json, bench.md and bench.png in --out
-    (with --backend cuda: serving_cuda.json)."""
-    if backend == "cuda":
-        from pathlib import Path
-
-        from hymba_deploy.serving.bench import run as run_cuda
-        ints = lambda text: tuple(int(x) for x in text.split(",") if x)  # noqa: E731
-        Path(out_dir).mkdir(parents=True, exist_ok=True)
-        out = str(Path(out_dir) / "serving_cuda.json")
-        run_cuda(models or "hymba-1.5b", dtype=dtype or "bfloat16", context=context or 8192,
-                 batches=ints(decode_batches or "1,8,32,128"), prefill=ints(prefill_lengths or "1024,4096,8192"),
-                 steps=max(decode_steps, 8), out=out, log=lambda *a, **k: click.echo(" ".join(map(str, a)), err=True))
-        click.echo(f"wrote {out}")
-        return
-    from hymba_deploy.bench.bench import bench as run
+def bench(runtimes, backends_alias, backend_alias, **options):
+    """Prefill latency and decode throughput per runtime: bench.json, bench.md and bench.png in --out (the cuda
+    runtime: also serving_cuda_<model>.json and .md). A runtime that cannot run here is reported "not run"."""
     from hymba_deploy.bench.report import to_markdown
-    report = run(models=models or "tiny", backends=backends, out_dir=out_dir, device=device, dtype=dtype,
-                 prefill_lengths=prefill_lengths or "128,512,2048", decode_batches=decode_batches or "1,8,32",
-                 context=context or 1024, warmup=warmup,
-                 iters=iters, decode_steps=decode_steps, paper=paper, onnx_dirs=onnx, engine_dirs=engine,
-                 onnx_dtype=onnx_dtype, time_budget_s=time_budget, ort_prefill_lengths=ort_prefill_lengths,
-                 ort_decode_batches=ort_decode_batches, ort_iters=ort_iters, plugin_library=plugin_library,
+    from hymba_deploy.bench.run import bench as run
+    from hymba_deploy.bench.settings import CudaSections, from_options
+    cuda = {name: options.pop(name) for name in CudaSections.__dataclass_fields__}
+    runtimes = runtimes or backends_alias or ("cuda" if backend_alias == "cuda" else None)
+    report = run(from_options(runtimes=runtimes, cuda=cuda, **options),
                  progress=lambda msg: click.echo(f"... {msg}", err=True))
     click.echo(to_markdown(report))
 

@@ -4,7 +4,7 @@
 
 Builds the plugin library for --archs into build/plugins-gpu-<arch> (incremental; $HYMBA_PLUGIN_LIB: a prebuilt
 one), then times with CUDA events (warm-up, median of >= 10):
-- SelectiveScan: each prefill kernel (HYMBA_SCAN_PREFILL) against the sequential one and the MUFU.EX2 limit of
+- SelectiveScan: each prefill kernel (kernel choice `scan_prefill`) against the sequential one and the MUFU.EX2 limit of
   the B·T·D·N state exps; decode; the PyTorch references eager and under torch.compile (bf16).
 - CausalConv1d: prefill and decode against the references and F.conv1d.
 - WindowedAttention: the launcher's choice, each forced kernel (decode) or the previous general kernel
@@ -83,8 +83,8 @@ def scan_prefill(rec: Recorder, K, dn, Bt, T, reps):
     y, ls = torch.empty_like(inp["x"]), torch.empty(Bt, D, N, device="cuda")
     b = KN.nbytes(*inp.values(), y, ls)
     exps, case, times = Bt * T * D * N, f"prefill_B{Bt}_T{T}", {}
-    for path in ("sequential", "auto", "state"):
-        with KN.forced_scan_prefill(path):
+    for path in ("sequential", "auto", "state", "chunked"):
+        with K.shim.forced("scan_prefill", path):
             r = KN.bench(lambda: K.selective_scan(**inp, y=y, last_state=ls), reps=reps, warmup=2)
         times[path] = r["median_ms"]
         extra = {"exps": exps, "exps_per_s": exps / (r["median_ms"] * 1e-3)}

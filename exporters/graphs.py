@@ -11,7 +11,6 @@ Names come from `HybridMambaAttentionDynamicCache.state_names` (house rule 11). 
 
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from hymba_deploy.cache import HybridMambaAttentionDynamicCache as Cache

@@ -13,11 +13,11 @@ import json
 from pathlib import Path
 from typing import Callable
 
+from hymba_deploy.contract import GRAPHS, graph_file
 from hymba_deploy.errors import HymbaDeployError
 from hymba_deploy.fileio import resolve_inside, sha256_file
 
 MANIFEST = "manifest.json"
-GRAPHS = ("prefill", "decode")
 REEXPORT = "re-export the folder with `hymba-deploy export`"
 
 
@@ -39,8 +39,8 @@ def read_manifest(folder) -> dict:
         if graph not in GRAPHS:
             raise HymbaDeployError(f"{path}: unknown graph {graph!r} (expected {' or '.join(GRAPHS)})")
         files = entry.get("files") if isinstance(entry, dict) else None
-        if not isinstance(files, dict) or f"{graph}.onnx" not in files:
-            raise HymbaDeployError(f"{path}: graph {graph!r} does not list its files ({graph}.onnx first)")
+        if not isinstance(files, dict) or graph_file(graph) not in files:
+            raise HymbaDeployError(f"{path}: graph {graph!r} does not list its files ({graph_file(graph)} first)")
         for name, info in files.items():
             resolve_inside(folder, name, path)               # no absolute path, '..' or symlink leading out
             if not (isinstance(info, dict) and type(info.get("bytes")) is int
@@ -63,7 +63,7 @@ def verify_export(folder, graphs=None, progress: Callable[[str], None] | None = 
     path = folder / MANIFEST
     listed = {name for entry in manifest["graphs"].values() for name in entry["files"]}
     for g in GRAPHS:
-        for name in (f"{g}.onnx", f"{g}.onnx.data"):
+        for name in (graph_file(g), graph_file(g) + ".data"):
             if (folder / name).exists() and name not in listed:
                 raise HymbaDeployError(f"{folder / name}: not described by {path} (a file from another export); "
                                        f"remove it or {REEXPORT}")
@@ -84,4 +84,4 @@ def verify_export(folder, graphs=None, progress: Callable[[str], None] | None = 
             if why:
                 raise HymbaDeployError(f"{file}: not the file {path} describes ({why}): stale or modified; "
                                        f"{REEXPORT}")
-    return {g: folder / f"{g}.onnx" for g in wanted}
+    return {g: folder / graph_file(g) for g in wanted}

@@ -27,18 +27,19 @@ import torch
 
 from hymba_deploy.cache import EVICTION_RULES, HybridMambaAttentionDynamicCache as Cache
 from hymba_deploy.checkpoint import load_model, parse_dtype
+from hymba_deploy import contract
+from hymba_deploy.contract import GRAPHS, METADATA_PREFIX, graph_file
 from hymba_deploy.errors import HymbaDeployError
 from hymba_deploy.fileio import sha256_file
 
 from . import onnx_ops
-from .manifest import GRAPHS, MANIFEST
+from .manifest import MANIFEST
 from .graphs import DecodeGraph, PrefillGraph, position_layer
 
 PREFILL_LOGITS = {"all": 0, "last": 1}     # -> HymbaForCausalLM.forward(logits_to_keep=...)
 DEFAULT_OPSET = 18
 MAX_IR_VERSION = 13                 # onnxruntime(-gpu) 1.30 reads IR ≤ 13
 EXTERNAL_DATA_THRESHOLD = 2 ** 31 - 2 ** 24   # protobuf's 2 GiB limit, with room for the graph
-META = "hymba."                     # prefix of every metadata_props key
 
 _ONNX_DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6: "int32", 9: "bool"}
 
@@ -57,15 +58,10 @@ def _example_inputs(model, graph: str, max_seq_len: int, eviction: str, batch: i
     keep = min((probe.keep(i) for i in range(cfg.num_hidden_layers) if probe.keep(i) is not None), default=3)
     lengths = {"global": meta + min(7, max_seq_len), "window": meta + min(3, keep)}
     past = []
-    for name, kind, layer in Cache.state_names(cfg):
-        if kind in ("key", "value"):
-            heads_dim = cfg.qk_head_dim if kind == "key" else cfg.v_dim
-            S = lengths["window" if probe.keep(layer) is not None else "global"]
-            past.append(torch.randn(batch, S, cfg.num_key_value_heads, heads_dim, dtype=model.dtype))
-        elif kind == "conv_state":
-            past.append(torch.randn(batch, cfg.d_inner, cfg.mamba_d_conv, dtype=model.dtype))
-        else:
-            past.append(torch.randn(batch, cfg.d_inner, cfg.mamba_d_state, dtype=model.dtype) * 0.1)
+    for _, kind, layer in Cache.state_names(cfg):
+        S = lengths["window" if probe.keep(layer) is not None else "global"]
+        scale = 0.1 if kind == "ssm_state" else 1.0
+        past.append(torch.randn(Cache.state_shape(cfg, kind, batch, S), dtype=model.dtype) * scale)
     return (ids, *past)
 
 
@@ -178,10 +174,10 @@ def _versions() -> dict:
 
 
 def op_versions() -> dict:
-    return {op: {"domain": onnx_ops.DOMAIN, "opset_version": onnx_ops.OP_VERSION,
-                 "plugin_version": onnx_ops.PLUGIN_VERSION, "plugin_namespace": onnx_ops.PLUGIN_NAMESPACE,
-                 "attributes": sorted(onnx_ops.ATTRIBUTES[op])}
-            for op in onnx_ops.OP_TYPES}
+    return {op: {"domain": contract.DOMAIN, "opset_version": contract.OP_VERSION,
+                 "plugin_version": contract.PLUGIN_VERSION, "plugin_namespace": contract.PLUGIN_NAMESPACE,
+                 "attributes": sorted(contract.ATTRIBUTES[op])}
+            for op in contract.OP_TYPES}
 
 
 def _postprocess(path: Path, model, graph: str, opset: int, max_seq_len: int, eviction: str,
@@ -191,8 +187,8 @@ def _postprocess(path: Path, model, graph: str, opset: int, max_seq_len: int, ev
     proto = onnx.load(str(path), load_external_data=False)     # weights stay where they are
     # 1. Exporter artefacts: keep only the attributes the plugin interface declares.
     for node in proto.graph.node:
-        if node.domain == onnx_ops.DOMAIN:
-            allowed = set(onnx_ops.ATTRIBUTES[node.op_type]) | set(onnx_ops.PLUGIN_ATTRIBUTES)
+        if node.domain == contract.DOMAIN:
+            allowed = set(contract.ATTRIBUTES[node.op_type]) | set(contract.PLUGIN_ATTRIBUTES)
             keep = [a for a in node.attribute if a.name in allowed]
             del node.attribute[:]
             node.attribute.extend(keep)
@@ -200,8 +196,8 @@ def _postprocess(path: Path, model, graph: str, opset: int, max_seq_len: int, ev
     default_opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
     del proto.functions[:]
     proto.functions.extend(onnx_ops.function_protos(default_opset))
-    if not any(o.domain == onnx_ops.DOMAIN for o in proto.opset_import):
-        proto.opset_import.append(onnx.helper.make_opsetid(onnx_ops.DOMAIN, onnx_ops.OP_VERSION))
+    if not any(o.domain == contract.DOMAIN for o in proto.opset_import):
+        proto.opset_import.append(onnx.helper.make_opsetid(contract.DOMAIN, contract.OP_VERSION))
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     # 3. Metadata.
     cfg = model.config
@@ -215,8 +211,7 @@ def _postprocess(path: Path, model, graph: str, opset: int, max_seq_len: int, ev
         "exporter": json.dumps({**_versions(), "opset": default_opset, "ir_version": proto.ir_version},
                                sort_keys=True),
         # decode feeds output `present.X` back as input `X`:
-        "cache_io": json.dumps([[p, q] for (p, _, _), (q, _, _) in
-                                zip(Cache.state_names(cfg, present=True), Cache.state_names(cfg))]),
+        "cache_io": json.dumps([list(pair) for pair in Cache.io_pairs(cfg)]),
     }
     if graph == "decode":
         meta["position_input"] = f"past.{position_layer(cfg)}.key"
@@ -224,7 +219,7 @@ def _postprocess(path: Path, model, graph: str, opset: int, max_seq_len: int, ev
         meta["prefill_logits"] = prefill_logits
     del proto.metadata_props[:]
     for key, value in meta.items():
-        proto.metadata_props.add(key=META + key, value=value)
+        proto.metadata_props.add(key=METADATA_PREFIX + key, value=value)
     proto.producer_name = "hymba-deploy"
     proto.producer_version = _versions()["hymba_deploy"]
     onnx.save(proto, str(path))
@@ -242,14 +237,14 @@ def check_model(path: Path) -> None:
         raise RuntimeError(f"{path.name}: exported model fails the ONNX checker: {e}") from e
 
 
-def strip_function_bodies(model_proto, op_types=onnx_ops.OP_TYPES):
+def strip_function_bodies(model_proto, op_types=contract.OP_TYPES):
     """Remove the `hymba` model-local function definitions (in place; returns the proto).
 
     TensorRT(-RTX) parsers expand a local function rather than use the plugin of the same name
     (tensorrt-notes.md), so the engine build removes the bodies and the `hymba` nodes map to the
     plugins `SelectiveScan`, `CausalConv1d`, `WindowedAttention` (version `plugin_version`).
     """
-    keep = [f for f in model_proto.functions if not (f.domain == onnx_ops.DOMAIN and f.name in op_types)]
+    keep = [f for f in model_proto.functions if not (f.domain == contract.DOMAIN and f.name in op_types)]
     del model_proto.functions[:]
     model_proto.functions.extend(keep)
     return model_proto
@@ -318,7 +313,7 @@ def _remove_earlier_export(out: Path, keep: list[str], say) -> None:
     which `build` and `check` refuse)."""
     (out / MANIFEST).unlink(missing_ok=True)
     for graph in GRAPHS:
-        for name in (f"{graph}.onnx", f"{graph}.onnx.data"):
+        for name in (graph_file(graph), graph_file(graph) + ".data"):
             if name not in keep and (out / name).exists():
                 (out / name).unlink()
                 say(f"removed {out / name} of an earlier export (not part of this one)")
@@ -356,14 +351,14 @@ def export(spec: str, out_dir, graphs="prefill,decode", dtype=None, opset: int =
         for graph in graphs:
             t = time.perf_counter()
             say(f"exporting {graph} graph")
-            export_graph(model, graph, tmp / f"{graph}.onnx", opset, max_seq_len, eviction, prefill_logits)
-            manifest["graphs"][graph] = describe(tmp / f"{graph}.onnx")
+            export_graph(model, graph, tmp / graph_file(graph), opset, max_seq_len, eviction, prefill_logits)
+            manifest["graphs"][graph] = describe(tmp / graph_file(graph))
             manifest["graphs"][graph]["export_seconds"] = round(time.perf_counter() - t, 2)
         manifest["export_seconds"] = round(time.perf_counter() - t0, 2)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
         # Everything written and checked: rename into place, weights first, manifest last.
         names = [f for g in manifest["graphs"].values() for f in g["files"] if not f.endswith(".onnx")]
-        names += [f"{g}.onnx" for g in graphs] + [MANIFEST]
+        names += [graph_file(g) for g in graphs] + [MANIFEST]
         _remove_earlier_export(out, keep=names, say=say)
         for name in names:
             os.replace(tmp / name, out / name)

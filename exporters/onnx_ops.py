@@ -15,23 +15,7 @@ import onnx.defs
 import onnx.parser
 from onnx import TensorProto, helper
 
-DOMAIN = "hymba"
-OP_VERSION = 1                      # the `hymba` opset version of the nodes
-PLUGIN_VERSION = "1"                # the TensorRT plugin version string on every node
-PLUGIN_NAMESPACE = "hymba"
-OP_TYPES = ("SelectiveScan", "CausalConv1d", "WindowedAttention")
-
-# The plugins' serialization guard, a field of every creator (plugins/common/plugin_common.h kLAYOUT_VERSION).
-LAYOUT_VERSION = 1
-
-# Typed attributes each op's plugin reads (name -> default): its creator's declared fields, exactly
-# (tests/test_plugins_cpu.py compares them), besides plugin_version/plugin_namespace.
-ATTRIBUTES = {
-    "SelectiveScan": {"softplus_threshold": 20.0, "layout_version": LAYOUT_VERSION},
-    "CausalConv1d": {"activation": 1, "layout_version": LAYOUT_VERSION},
-    "WindowedAttention": {"window": 0, "num_meta": 0, "scale": 1.0, "layout_version": LAYOUT_VERSION},
-}
-PLUGIN_ATTRIBUTES = ("plugin_version", "plugin_namespace")
+from hymba_deploy.contract import ATTRIBUTES, DOMAIN, OP_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION
 
 _FLOATS = ["tensor(float)", "tensor(float16)", "tensor(bfloat16)"]
 

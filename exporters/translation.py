@@ -13,7 +13,10 @@ from onnxscript import FLOAT
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
 
-from .onnx_ops import DOMAIN, LAYOUT_VERSION, OP_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION, register_schemas
+from hymba_deploy.contract import (DOMAIN, LAYOUT_VERSION, OP_VERSION, PLUGIN_NAMESPACE, PLUGIN_VERSION,
+                                   SOFTPLUS_THRESHOLD)
+
+from .onnx_ops import register_schemas
 
 register_schemas()                  # onnxscript resolves `hymba.<Op>` through the registered schema
 hymba = Opset(DOMAIN, OP_VERSION)
@@ -26,7 +29,7 @@ def _zeros_like_shape(*dims):
 
 
 def selective_scan(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None,
-                   softplus_threshold: float = 20.0) -> tuple[FLOAT, FLOAT]:
+                   softplus_threshold: float = SOFTPLUS_THRESHOLD) -> tuple[FLOAT, FLOAT]:
     batch = op.Shape(x, start=0, end=1)
     d_inner = op.Shape(A, start=0, end=1)
     if D is None:                                   # no skip: D = 0

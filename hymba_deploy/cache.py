@@ -29,6 +29,8 @@ the fp32 scan state to bf16 between steps in a bf16 model).
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .config import HymbaConfig
@@ -114,6 +116,30 @@ class HybridMambaAttentionDynamicCache:
                 names.append((name, kind, i))
         return names
 
+    @classmethod
+    def io_pairs(cls, config: HymbaConfig) -> list[tuple[str, str]]:
+        """(output name, input name) of every cache tensor: what a decode loop feeds back, `present.X` -> `X`."""
+        return [(p, q) for (p, _, _), (q, _, _) in zip(cls.state_names(config, present=True), cls.state_names(config))]
+
+    @staticmethod
+    def state_shape(config: HymbaConfig, kind: str, batch: int, kv_length: int | None = None) -> tuple[int, ...]:
+        """Shape of one cache tensor of `kind` (key/value/conv_state/ssm_state, the table at the top of this
+        module); K/V need their stored length `kv_length` (meta tokens included)."""
+        if kind in ("key", "value"):
+            if kv_length is None:
+                raise ValueError(f"the shape of a {kind} cache tensor needs its length")
+            return (batch, kv_length, config.num_key_value_heads, config.qk_head_dim if kind == "key" else config.v_dim)
+        if kind == "conv_state":
+            return (batch, config.d_inner, config.mamba_d_conv)
+        if kind == "ssm_state":
+            return (batch, config.d_inner, config.mamba_d_state)
+        raise ValueError(f"unknown cache tensor kind {kind!r}")
+
+    def stored_length(self, layer: int, context: int) -> int:
+        """K/V entries producer `layer` holds after `context` text tokens under this cache's eviction rule."""
+        keep = self.keep(layer)
+        return self.config.num_memory_tokens + (context if keep is None else min(context, keep))
+
     def named_states(self, present: bool = False) -> dict[str, torch.Tensor]:
         """name -> tensor for every entry of `state_names` (all must be filled, i.e. after a prefill)."""
         store = {"key": self.key_cache, "value": self.value_cache,
@@ -154,13 +180,9 @@ class HybridMambaAttentionDynamicCache:
         and the spec's convention (79 MiB for hymba-1.5b at 8192 tokens in fp16).
         """
         item = torch.empty((), dtype=dtype).element_size()
-        meta = config.num_memory_tokens
-        kv_width = config.num_key_value_heads * (config.qk_head_dim + config.v_dim)
         total = 0
-        for i in range(config.num_hidden_layers):
-            if config.is_producer(i):
-                window = config.layer_window(i)
-                length = meta + context if window <= 0 else meta + min(context, window)
-                total += length * kv_width
-            total += config.d_inner * (config.mamba_d_conv + config.mamba_d_state)
-        return total * item * batch_size
+        for _, kind, layer in HybridMambaAttentionDynamicCache.state_names(config):
+            window = config.layer_window(layer)
+            length = config.num_memory_tokens + (context if window <= 0 else min(context, window))
+            total += math.prod(HybridMambaAttentionDynamicCache.state_shape(config, kind, batch_size, length))
+        return total * item

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 
-from .config import HymbaConfig
+from .config import PRESETS, HymbaConfig, preset
 from .errors import HymbaDeployError
 from .fileio import atomic_write, atomic_write_json, resolve_inside
+from .model import HymbaForCausalLM
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
@@ -190,7 +191,7 @@ def read_state_dict(root: Path, headers: dict[str, tuple[str, tuple[int, ...], P
     return tensors
 
 
-def load_pretrained(cls, path, dtype=None, device="cpu"):
+def load_pretrained(path, dtype=None, device="cpu") -> HymbaForCausalLM:
     root = Path(path)
     if not root.is_dir():
         raise HymbaDeployError(f"{root}: not a checkpoint directory")
@@ -200,7 +201,7 @@ def load_pretrained(cls, path, dtype=None, device="cpu"):
     check_weights(expected_shapes(config), headers)
     tensors = read_state_dict(root, headers)
     with torch.device("meta"):
-        model = cls(config)
+        model = HymbaForCausalLM(config)
     if TIED in tensors and not torch.equal(tensors[TIED], tensors["model.embed_tokens.weight"]):
         raise HymbaDeployError(f"{TIED} differs from model.embed_tokens.weight, but the config ties them")
     tensors[TIED] = tensors["model.embed_tokens.weight"]
@@ -224,31 +225,31 @@ def save_pretrained(model, path) -> None:
 
 def load_model(spec: str, dtype=None, seed: int = 0, device="cpu"):
     """MODEL as the CLI takes it: a preset name (random weights from `seed`) or a checkpoint directory."""
-    from .config import PRESETS, preset
-    from .model import HymbaForCausalLM
-
-    if spec in PRESETS:
+    if model_dir(spec) is None:
         dtype = parse_dtype(dtype, default="float32")
         model = _random_weights(preset(spec), "cpu", torch.Generator().manual_seed(seed))
         return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return load_pretrained(spec, dtype=dtype, device=device)
+
+
+def model_dir(spec: str) -> Path | None:
+    """MODEL as the CLI takes it: None for a preset name, the directory for a checkpoint directory."""
+    if spec in PRESETS:
+        return None
     if Path(spec).is_dir():
-        return HymbaForCausalLM.from_pretrained(spec, dtype=dtype, device=device)
+        return Path(spec)
     raise HymbaDeployError(f"MODEL {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
 
 
 def random_model(spec: str, dtype, device, seed: int = 0):
     """A preset with upstream's random init drawn on `device` itself (fast for hymba-1.5b on a GPU; the weights
     differ from `load_model`'s, which draws them on the CPU so that every device sees the same model)."""
-    from .config import preset
-
     model = _random_weights(preset(spec), device, torch.Generator(device=device).manual_seed(seed))
     return model.to(dtype).eval().requires_grad_(False)
 
 
 def _random_weights(config, device, generator):
     """HymbaForCausalLM(config) on `device` with tied embeddings and `init_weights(generator)`."""
-    from .model import HymbaForCausalLM
-
     with torch.device("meta"):
         model = HymbaForCausalLM(config)
     model = model.to_empty(device=device)
@@ -256,3 +257,9 @@ def _random_weights(config, device, generator):
     with torch.device(device):
         model.init_weights(generator)
     return model
+
+
+def config_of(spec: str) -> HymbaConfig:
+    """MODEL (a preset name or a checkpoint directory) -> its HymbaConfig, without reading any weights."""
+    root = model_dir(spec)
+    return preset(spec) if root is None else HymbaConfig.from_json_file(root / "config.json")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import load_model
+from .checkpoint import config_of, load_model
 from .errors import HymbaDeployError
 
 
@@ -49,11 +49,10 @@ def check_request(config, ids: list[int], max_new_tokens: int) -> None:
 
 def generate(spec: str, ids: list[int] | None = None, prompt: str | None = None, max_new_tokens: int = 16,
              dtype: str | None = None, eviction: str = "upstream", seed: int = 0) -> dict:
-    from .info import resolve_config
 
     if (ids is None) == (prompt is None):
         raise HymbaDeployError("give exactly one of --ids and --prompt")
-    config = resolve_config(spec)
+    config = config_of(spec)
     tokenizer = load_tokenizer(spec) if prompt is not None else None
     if tokenizer is not None:
         ids = tokenizer.encode(prompt).ids

@@ -7,18 +7,9 @@ from pathlib import Path
 import torch
 
 from .cache import HybridMambaAttentionDynamicCache
-from .checkpoint import check_weights, expected_shapes, has_weights, parse_dtype, weight_headers
-from .config import PRESETS, HymbaConfig, preset
+from .checkpoint import check_weights, config_of, expected_shapes, has_weights, parse_dtype, weight_headers
+from .config import PRESETS, HymbaConfig
 from .errors import HymbaDeployError
-
-
-def resolve_config(spec: str) -> HymbaConfig:
-    """A preset name or a checkpoint directory (its config.json) -> HymbaConfig."""
-    if spec in PRESETS:
-        return preset(spec)
-    if Path(spec).is_dir():
-        return HymbaConfig.from_json_file(Path(spec) / "config.json")
-    raise HymbaDeployError(f"MODEL {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint directory")
 
 
 def check_checkpoint_headers(root: Path, config: HymbaConfig) -> dict | None:
@@ -37,7 +28,7 @@ def model_info(spec: str, context: int = 8192, dtype: str = "float16", batch_siz
 
     if context < 0 or batch_size < 1:
         raise HymbaDeployError(f"context must be ≥ 0 and batch ≥ 1 (got {context}, {batch_size})")
-    config = resolve_config(spec)
+    config = config_of(spec)
     torch_dtype = parse_dtype(dtype)
     weights = check_checkpoint_headers(Path(spec), config) if spec not in PRESETS else None
     with torch.device("meta"):

@@ -7,7 +7,8 @@ Order: RMSNorm, rotary embedding, the hybrid mixer (`HymbaBlock`: attention head
 side), MLP, decoder layer, model, causal-LM head. Shapes use B = batch, T = positions in this step
 (meta tokens included at prefill), H = hidden, I = d_inner, N = d_state, R = dt_rank.
 
-The three heavy operators (selective scan, causal conv, windowed attention) are called as the PyTorch
+The three heavy operators (selective scan, causal conv, windowed attention) are called through the
+model's kernel backend (`kernels`, given at construction; `hymba_deploy.kernels`): by default the PyTorch
 custom ops `torch.ops.hymba.*` registered in `hymba_deploy.ops` (one node each when exported; on CPU
 they run the fast implementations there), whose docstrings are the contract shared with the ONNX
 export and CUDA kernels.
@@ -25,6 +26,7 @@ from . import ops  # noqa: F401  (registers torch.ops.hymba.*)
 from .cache import HybridMambaAttentionDynamicCache
 from .config import HymbaConfig
 from .errors import HymbaDeployError
+from .kernels import REFERENCE, ReferenceKernels
 
 
 class HymbaRMSNorm(nn.Module):
@@ -71,10 +73,11 @@ def apply_rotary(x, cos, sin):
 class HymbaBlock(nn.Module):
     """The hybrid mixer `layers.i.mamba`: attention and SSM heads read one fused projection (§2.3)."""
 
-    def __init__(self, config: HymbaConfig, layer_idx: int):
+    def __init__(self, config: HymbaConfig, layer_idx: int, kernels: ReferenceKernels = REFERENCE):
         super().__init__()
         self.config = config
         self.layer_idx = layer_idx
+        self.kernels = kernels                                 # runs the three heavy operators
         self.producer = config.kv_producer[layer_idx]          # whose K/V this layer attends over
         self.window = config.layer_window(layer_idx)           # 0 = global
         H, I, N, R, K = (config.hidden_size, config.d_inner, config.mamba_d_state,
@@ -115,13 +118,13 @@ class HymbaBlock(nn.Module):
                 k, v = cache.update_kv(self.layer_idx, k, v)                # (B, S+T, Hkv, ·)
             shared_kv[self.layer_idx] = (k, v)
         k, v = shared_kv[self.producer]
-        attn = torch.ops.hymba.windowed_attention(q, k, v, self.window, cfg.num_memory_tokens, d_qk ** -0.5)
+        attn = self.kernels.windowed_attention(q, k, v, self.window, cfg.num_memory_tokens, d_qk ** -0.5)
         attn = attn.reshape(B_, T, Hq * d_v)                                # (B, T, I)
 
         # 3. SSM heads. 3a: causal depthwise conv + SiLU, carrying the conv state.
         conv_state = cache.conv_states[self.layer_idx] if cache is not None else None
-        xc, conv_state = torch.ops.hymba.causal_conv1d(x, self.conv1d.weight.view(I, -1), self.conv1d.bias,
-                                                       conv_state, activation="silu")  # (B, T, I)
+        xc, conv_state = self.kernels.causal_conv1d(x, self.conv1d.weight.view(I, -1), self.conv1d.bias,
+                                                    conv_state, activation="silu")  # (B, T, I)
         # 3b: x_proj -> (dt, B, C), each RMS-normalised over its own width.
         dt, Bm, Cm = self.x_proj[0](xc).split([cfg.mamba_dt_rank, cfg.mamba_d_state, cfg.mamba_d_state], dim=-1)
         dt, Bm, Cm = self.dt_layernorm(dt), self.B_layernorm(Bm), self.C_layernorm(Cm)
@@ -129,8 +132,8 @@ class HymbaBlock(nn.Module):
         dt = F.linear(dt, self.dt_proj[0].weight)                           # (B, T, I)
         A = -torch.exp(self.A_log[0].float())                               # (I, N)
         ssm_state = cache.ssm_states[self.layer_idx] if cache is not None else None
-        y, ssm_state = torch.ops.hymba.selective_scan(xc, dt, A, Bm, Cm, self.D[0].float(), z,
-                                                      self.dt_proj[0].bias.float(), ssm_state)  # (B, T, I)
+        y, ssm_state = self.kernels.selective_scan(xc, dt, A, Bm, Cm, self.D[0].float(), z,
+                                                   self.dt_proj[0].bias.float(), ssm_state)  # (B, T, I)
         if cache is not None:
             cache.update_ssm(self.layer_idx, conv_state, ssm_state)
 
@@ -162,10 +165,10 @@ class HymbaMoE(nn.Module):
 
 
 class HymbaDecoderLayer(nn.Module):
-    def __init__(self, config: HymbaConfig, layer_idx: int):
+    def __init__(self, config: HymbaConfig, layer_idx: int, kernels: ReferenceKernels = REFERENCE):
         super().__init__()
         self.input_layernorm = HymbaRMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mamba = HymbaBlock(config, layer_idx)
+        self.mamba = HymbaBlock(config, layer_idx, kernels)
         self.pre_moe_layernorm = HymbaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.moe = HymbaMoE(config)
 
@@ -175,12 +178,12 @@ class HymbaDecoderLayer(nn.Module):
 
 
 class HymbaModel(nn.Module):
-    def __init__(self, config: HymbaConfig):
+    def __init__(self, config: HymbaConfig, kernels: ReferenceKernels = REFERENCE):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.memory_tokens = nn.Parameter(torch.empty(config.num_memory_tokens, config.hidden_size))
-        self.layers = nn.ModuleList([HymbaDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList([HymbaDecoderLayer(config, i, kernels) for i in range(config.num_hidden_layers)])
         self.final_layernorm = HymbaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = HymbaRotaryEmbedding(config)
 
@@ -207,12 +210,13 @@ class HymbaModel(nn.Module):
 
 
 class HymbaForCausalLM(nn.Module):
-    """Hymba with its tied LM head. `forward` returns fp32 logits of every text token."""
+    """Hymba with its tied LM head. `forward` returns fp32 logits of every text token. `kernels`: the
+    backend running the heavy operators (`hymba_deploy.kernels`; default the reference ops)."""
 
-    def __init__(self, config: HymbaConfig):
+    def __init__(self, config: HymbaConfig, kernels: ReferenceKernels = REFERENCE):
         super().__init__()
         self.config = config.validate()
-        self.model = HymbaModel(config)
+        self.model = HymbaModel(config, kernels)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         self.lm_head.weight = self.model.embed_tokens.weight                # tie_word_embeddings
         if not any(p.is_meta for p in self.parameters()):
@@ -240,6 +244,17 @@ class HymbaForCausalLM(nn.Module):
                 p.copy_(torch.rand(p.shape, generator=generator) * 2 * bound - bound)
             else:
                 p.copy_(torch.randn(p.shape, generator=generator) * std)
+
+    @property
+    def kernels(self) -> ReferenceKernels:
+        """The kernel backend every layer runs (one per model; `use_kernels` replaces it)."""
+        return self.model.layers[0].mamba.kernels
+
+    def use_kernels(self, kernels: ReferenceKernels) -> "HymbaForCausalLM":
+        """Run `kernels` in every layer of this model (weights unchanged); returns the model."""
+        for layer in self.model.layers:
+            layer.mamba.kernels = kernels
+        return self
 
     @property
     def dtype(self) -> torch.dtype:
@@ -294,13 +309,3 @@ class HymbaForCausalLM(nn.Module):
             step_input = logits[:, -1].argmax(-1, keepdim=True)             # (B, 1)
             out = torch.cat([out, step_input], dim=1)
         return out
-
-    # Checkpoint I/O lives in checkpoint.py; these are the public entry points.
-    @classmethod
-    def from_pretrained(cls, path, dtype: torch.dtype | str | None = None, device="cpu") -> "HymbaForCausalLM":
-        from .checkpoint import load_pretrained
-        return load_pretrained(cls, path, dtype=dtype, device=device)
-
-    def save_pretrained(self, path) -> None:
-        from .checkpoint import save_pretrained
-        save_pretrained(self, path)

@@ -177,3 +177,85 @@ def test_engine_profile_must_be_readable(tmp_path, tmp_path_factory):
     (engines / "prefill.engine.json").write_text(json.dumps(sidecar))
     with pytest.raises(HymbaDeployError, match=r"prefill\.engine\.json: no optimisation profile"):
         _profile_axes(engines / "prefill.engine")
+
+
+# ---- the serving runtime as a runner (`--runtime cuda` on a GPU; its reference-kernel form here) ---------
+def _serving_runners(model, config, keep=0):
+    from hymba_deploy.runtime import ServingRunner
+    from hymba_deploy.serving import ServingRuntime
+    runtime = ServingRuntime(model, config)
+    return {g: ServingRunner(runtime, g, logits_to_keep=keep) for g in ("prefill", "decode")}
+
+
+@pytest.mark.parametrize("eviction", ["upstream", "exact"])
+@pytest.mark.parametrize("n_prompt,keep", [(3, 0), (30, 1)])
+def test_serving_runner_is_the_exported_graphs_contract(eviction, n_prompt, keep):
+    """`ServingRunner` (reference kernels, CPU) against `TorchRunner` through prefill and 11 decode steps,
+    each feeding its own present.* back: every output within the fp32 bound, past the SWA ring's wrap (30 >
+    tiny's window), with all prompt logits or the last one's."""
+    from hymba_deploy.cache import HybridMambaAttentionDynamicCache as Cache
+    from hymba_deploy.runtime import TorchRunner
+    from hymba_deploy.serving import ServingConfig
+
+    ref_model = load_model("tiny", seed=0)
+    cfg = ref_model.config
+    reference = {g: TorchRunner(ref_model, g, eviction, logits_to_keep=keep) for g in ("prefill", "decode")}
+    served = _serving_runners(load_model("tiny", seed=0), ServingConfig(max_context=48, buckets=(2,),
+                                                                        eviction=eviction), keep)
+    cache_io = [(p, q) for (p, _, _), (q, _, _) in zip(Cache.state_names(cfg, present=True), Cache.state_names(cfg))]
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, n_prompt)).astype(np.int64)
+    feeds = [{"input_ids": ids}, {"input_ids": ids}]
+    for r in [*reference.values(), *served.values()]:
+        r.activate()
+    for step in range(12):
+        graph = "prefill" if step == 0 else "decode"
+        ref, out = reference[graph].infer(feeds[0]), served[graph].infer(feeds[1])
+        rows = compare_outputs(out, ref, {"": TOLERANCES["float32"]}, names=list(ref))
+        assert all(r["ok"] for r in rows), (step, [r for r in rows if not r["ok"]][:2])
+        token = ref["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
+        feeds = [{"input_ids": token, **{q: o[p] for p, q in cache_io}} for o in (ref, out)]
+
+
+def test_check_runtime_cuda_without_gpu_is_not_run_never_pass(onnx_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    result = CliRunner().invoke(main, ["check", "tiny", "--onnx", str(onnx_dir), "--prompts", "1", "--steps", "1",
+                                       "--runtime", "cuda"])
+    assert result.exit_code == 0, result.output
+    assert "cuda         not run: no CUDA GPU on this machine" in result.output
+    assert result.output.rstrip().endswith("1 not run: cuda)") and "PASS (1 of" in result.output
+    result = CliRunner().invoke(main, ["check", "tiny", "--onnx", str(onnx_dir), "--prompts", "1", "--steps", "1",
+                                       "--runtime", "cuda", "--strict"])
+    assert result.exit_code == 1
+
+
+def test_check_compares_the_serving_runtime_and_localises_its_failure(onnx_dir, monkeypatch):
+    """The `cuda` candidate goes through the same run -> compare -> localise steps as the others: here the
+    serving runtime on the reference kernels (CPU) stands in for the cuda kernels, once exact (passes) and
+    once with layer 2's out_proj perturbed (fails, localised to layer 2 by its cache tensors)."""
+    from hymba_deploy.parity import check as check_mod
+    from hymba_deploy.runtime import ServingRunner
+    from hymba_deploy.serving import ServingConfig, ServingRuntime
+
+    def stand_in(perturb):
+        def candidate(plan, model, seed, batch_size, steps):
+            served = load_model("tiny", seed=seed)
+            if perturb:
+                with torch.no_grad():
+                    served.model.layers[2].mamba.out_proj.weight.mul_(1.5)
+            runtime = ServingRuntime(served, ServingConfig(max_context=plan.max_prompt_len + steps,
+                                                           buckets=(batch_size,), eviction=plan.eviction))
+            return check_mod._Candidate({"status": "pending", "detail": "reference kernels on CPU"},
+                                        {g: (lambda cap, g=g: ServingRunner(runtime, g, plan.logits_to_keep))
+                                         for g in plan.needed})
+        return candidate
+
+    monkeypatch.setattr(check_mod, "_serving_cuda", stand_in(False))
+    report = check("tiny", onnx_dir, prompts=1, steps=2, runtimes=("cuda",))
+    cuda = report["backends"]["cuda"]
+    assert report["ok"] and cuda["status"] == "passed" and cuda["compared"] == 3 * 27 and cuda["failed"] == 0
+    monkeypatch.setattr(check_mod, "_serving_cuda", stand_in(True))
+    report = check("tiny", onnx_dir, prompts=1, steps=2, runtimes=("cuda",))
+    cuda = report["backends"]["cuda"]
+    assert not report["ok"] and cuda["status"] == "failed" and cuda["first_failure"]["step"] == "prefill"
+    assert cuda["localization"]["first_divergent"]["layer"] == 3         # layer 2's output feeds layer 3's caches
+    assert cuda["localization"]["method"] == "cache tensors (no layer outputs)"

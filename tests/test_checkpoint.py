@@ -8,14 +8,15 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from hymba_deploy import HymbaConfig, HymbaDeployError, HymbaForCausalLM, load_model, preset
+from hymba_deploy import HymbaConfig, HymbaDeployError, load_model, preset
+from hymba_deploy.checkpoint import load_pretrained, save_pretrained
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_save_load_round_trip_is_bit_exact(tiny, tmp_path, dtype):
     model = tiny.to(dtype)
-    model.save_pretrained(tmp_path)
-    loaded = HymbaForCausalLM.from_pretrained(tmp_path)
+    save_pretrained(model, tmp_path)
+    loaded = load_pretrained(tmp_path)
     assert loaded.dtype == dtype
     for (name, a), (name_b, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert name == name_b and a.dtype == b.dtype and torch.equal(a, b), name
@@ -26,21 +27,21 @@ def test_save_load_round_trip_is_bit_exact(tiny, tmp_path, dtype):
 
 
 def test_tied_head_absent_from_file_and_accepted_when_present(tiny, tmp_path):
-    tiny.save_pretrained(tmp_path)
+    save_pretrained(tiny, tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     assert "lm_head.weight" not in tensors
     tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
     save_file(tensors, tmp_path / "model.safetensors")
-    HymbaForCausalLM.from_pretrained(tmp_path)
+    load_pretrained(tmp_path)
     tensors["lm_head.weight"] = tensors["lm_head.weight"] + 1
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(HymbaDeployError, match="lm_head.weight differs"):
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def _shard(tiny, tmp_path):
     """Save `tiny` as two shards a.safetensors and b.safetensors (no index written); return (tensors, weight_map)."""
-    tiny.save_pretrained(tmp_path)
+    save_pretrained(tiny, tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     (tmp_path / "model.safetensors").unlink()
     names = sorted(tensors)
@@ -54,21 +55,21 @@ def _shard(tiny, tmp_path):
 def test_sharded_checkpoint_loads(tiny, tmp_path):
     tensors, weight_map = _shard(tiny, tmp_path)
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-    loaded = HymbaForCausalLM.from_pretrained(tmp_path, dtype="float32")
+    loaded = load_pretrained(tmp_path, dtype="float32")
     for name, t in loaded.state_dict().items():
         if name != "lm_head.weight":
             assert torch.equal(t, tensors[name]), name
 
 
 def test_every_tensor_problem_is_reported_at_once(tiny, tmp_path):
-    tiny.save_pretrained(tmp_path)
+    save_pretrained(tiny, tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     del tensors["model.layers.3.mamba.D.0"]
     tensors["model.layers.9.mamba.extra"] = torch.zeros(2)
     tensors["model.layers.2.mamba.in_proj.weight"] = torch.zeros(416, 64)   # consumer given a producer shape
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(HymbaDeployError) as info:
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     msg = str(info.value)
     assert "missing     model.layers.3.mamba.D.0 [128]" in msg
     assert "unexpected  model.layers.9.mamba.extra [2] in model.safetensors" in msg
@@ -77,23 +78,23 @@ def test_every_tensor_problem_is_reported_at_once(tiny, tmp_path):
 
 def test_missing_or_unsafe_files_are_named(tiny, tmp_path):
     with pytest.raises(HymbaDeployError, match="not a checkpoint directory"):
-        HymbaForCausalLM.from_pretrained(tmp_path / "absent")
+        load_pretrained(tmp_path / "absent")
     with pytest.raises(HymbaDeployError, match="no config.json"):
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(preset("tiny").to_json())
     (tmp_path / "pytorch_model.bin").write_bytes(b"\x80\x04pickle")
     with pytest.raises(HymbaDeployError, match="safetensors only"):
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     (tmp_path / "model.safetensors").write_bytes(b"garbage")
     with pytest.raises(HymbaDeployError, match="not a readable safetensors file"):
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
     (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "shard.safetensors"}}))
     with pytest.raises(HymbaDeployError, match="shards that do not exist: 'shard.safetensors'"):
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(HymbaDeployError, match="not a readable JSON file"):
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def test_public_config_json_reads_with_upstream_meanings():
@@ -156,14 +157,14 @@ def test_per_layer_config_fields_have_one_entry_per_layer(field, value, message)
 
 
 def test_integer_tensors_and_non_finite_weights_are_named(tiny, tmp_path):
-    tiny.save_pretrained(tmp_path)
+    save_pretrained(tiny, tmp_path)
     tensors = load_file(tmp_path / "model.safetensors")
     good = dict(tensors)
     tensors["model.layers.0.mamba.D.0"] = tensors["model.layers.0.mamba.D.0"].to(torch.int32)
     tensors["model.final_layernorm.weight"] = tensors["model.final_layernorm.weight"].bool()
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(HymbaDeployError) as info:
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     assert "wrong dtype model.final_layernorm.weight: model.safetensors has BOOL" in str(info.value)
     assert "wrong dtype model.layers.0.mamba.D.0: model.safetensors has I32" in str(info.value)
     tensors = dict(good)
@@ -174,7 +175,7 @@ def test_integer_tensors_and_non_finite_weights_are_named(tiny, tmp_path):
     save_file(tensors, tmp_path / "model.safetensors")
     with pytest.raises(HymbaDeployError, match=r"NaN or Inf in 2 tensor\(s\): model.embed_tokens.weight "
                                                r"\(model.safetensors\), model.layers.1.mamba.D.0 \(model.safetensors\)"):
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
 
 
 def test_sharded_index_must_agree_with_its_shards(tiny, tmp_path):
@@ -186,7 +187,7 @@ def test_sharded_index_must_agree_with_its_shards(tiny, tmp_path):
     del wrong[names[1]]                                     # in b.safetensors, not listed
     index.write_text(json.dumps({"weight_map": wrong}))
     with pytest.raises(HymbaDeployError) as info:
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     msg = str(info.value)
     assert f"{index} does not agree with its shards" in msg
     assert f"{names[0]} is in a.safetensors, but the index maps it to b.safetensors" in msg
@@ -196,7 +197,7 @@ def test_sharded_index_must_agree_with_its_shards(tiny, tmp_path):
     save_file({**in_b, names[0]: tensors[names[0]]}, tmp_path / "b.safetensors")   # in both shards
     index.write_text(json.dumps({"weight_map": weight_map}))
     with pytest.raises(HymbaDeployError, match=f"{names[0]} is in both a.safetensors and b.safetensors"):
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)
     index.write_text(json.dumps({"weight_map": {"a": 3}}))
     with pytest.raises(HymbaDeployError, match="'weight_map' must map tensor names to shard file names"):
-        HymbaForCausalLM.from_pretrained(tmp_path)
+        load_pretrained(tmp_path)

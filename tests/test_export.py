@@ -25,10 +25,11 @@ from polygraphy.comparator import Comparator, IterationResult, RunResults, Simpl
 
 from hymba_deploy import cli  # noqa: E402
 from hymba_deploy.exporters import onnx_export, strip_function_bodies  # noqa: E402
-from hymba_deploy.exporters.onnx_ops import (ATTRIBUTES, DOMAIN, LAYOUT_VERSION, OP_TYPES, PLUGIN_ATTRIBUTES,  # noqa: E402
-                                             register_schemas)
+from hymba_deploy.contract import ATTRIBUTES, DOMAIN, LAYOUT_VERSION, OP_TYPES, PLUGIN_ATTRIBUTES  # noqa: E402
+from hymba_deploy.exporters.onnx_ops import register_schemas  # noqa: E402
 from hymba_deploy import HymbaDeployError, load_model  # noqa: E402
 from hymba_deploy.cache import HybridMambaAttentionDynamicCache as Cache  # noqa: E402
+from hymba_deploy.checkpoint import save_pretrained  # noqa: E402
 
 # Relative error bound per model dtype, checked elementwise against each tensor's scale:
 # |onnx - torch| <= TOL · max|torch| (Polygraphy atol per output; rtol = TOL as well). fp32: the issue's
@@ -56,7 +57,7 @@ def tiny_ckpt(tmp_path_factory) -> str:
     from conftest import sharpen
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny-sharp"
-    sharpen(load_model("tiny", seed=SEED), SEED).save_pretrained(path)
+    save_pretrained(sharpen(load_model("tiny", seed=SEED), SEED), path)
     return str(path)
 
 

@@ -17,7 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hymba_deploy import HymbaConfig, HymbaForCausalLM, preset
+from hymba_deploy import HymbaConfig, preset
+from hymba_deploy.checkpoint import load_pretrained
 from hymba_deploy.errors import HymbaDeployError
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -83,7 +84,7 @@ def test_config_json_any_json(value):
         loads_cleanly(Path(d), lambda: HymbaConfig.from_json_file(Path(d) / "config.json"))
 
 
-# ---- safetensors headers (through from_pretrained and info) ---------------------------------------
+# ---- safetensors headers (through load_pretrained and info) ---------------------------------------
 
 def _safetensors(header, data: bytes = b"") -> bytes:
     text = json.dumps(header).encode()
@@ -108,7 +109,7 @@ def _checkpoint(d: Path, weights: bytes) -> None:
 def _load_checkpoint(d: Path):
     from hymba_deploy.info import model_info
     loads_cleanly(d, lambda: model_info(str(d)))
-    loads_cleanly(d, lambda: HymbaForCausalLM.from_pretrained(d))
+    loads_cleanly(d, lambda: load_pretrained(d))
 
 
 @FUZZ

@@ -7,7 +7,7 @@ import importlib
 import pytest
 import torch
 
-from conftest import rel_err
+from hymba_deploy.parity.tolerances import rel_err
 from hymba_deploy import HymbaDeployError, HymbaForCausalLM, load_model, ops, preset
 from hymba_deploy.cache import HybridMambaAttentionDynamicCache
 

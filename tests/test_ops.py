@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import rel_err
+from hymba_deploy.parity.tolerances import rel_err
 from hymba_deploy import ops
 
 

@@ -96,12 +96,80 @@ def test_field_names_match_serialized_fields(hc, name):
 def test_exported_nodes_carry_every_declared_field(h, name):
     """The exporter writes each field a creator declares (the parser warns about a missing one, and
     `layout_version` has no default at build time otherwise), with the plugins' layout version."""
-    from hymba_deploy.exporters.onnx_ops import ATTRIBUTES, LAYOUT_VERSION
+    from hymba_deploy.contract import ATTRIBUTES, LAYOUT_VERSION
     creator = next(c for c in h.creators() if c["name"] == name and c["namespace"] == "hymba")
     assert set(ATTRIBUTES[name]) == set(creator["fields"])
     assert ATTRIBUTES[name]["layout_version"] == LAYOUT_VERSION
     ok = h.create(name, {**_all(name)[0], "layout_version": LAYOUT_VERSION})
     assert ok is not None, h.log
+
+
+ONNX_FIELD_TYPES = {1: "f", 2: "i"}       # onnx.AttributeProto FLOAT, INT -> the harness's field type letters
+
+
+def field_mismatches(nodes, creators) -> list[str]:
+    """Where exported `hymba` nodes and plugin creators disagree: for every node, its typed attributes (the
+    plugin_version/plugin_namespace strings aside) against its creator's fields, names and types, both ways.
+    `nodes`: onnx NodeProtos; `creators`: the harness's creator dicts ({"name", "namespace", "fields": {name:
+    (type letter, length)}})."""
+    from hymba_deploy.contract import DOMAIN, PLUGIN_ATTRIBUTES
+    fields = {c["name"]: {k: v[0] for k, v in c["fields"].items()} for c in creators if c["namespace"] == DOMAIN}
+    out = []
+    for node in nodes:
+        if node.domain != DOMAIN:
+            continue
+        attrs = {a.name: ONNX_FIELD_TYPES.get(a.type, f"onnx type {a.type}") for a in node.attribute
+                 if a.name not in PLUGIN_ATTRIBUTES}
+        want = fields.get(node.op_type)
+        if want is None:
+            out.append(f"{node.name}: no creator for op {node.op_type}")
+            continue
+        out += [f"{node.name} ({node.op_type}): attribute {k} ({t}) is not a creator field"
+                for k, t in sorted(attrs.items()) if want.get(k) != t]
+        out += [f"{node.name} ({node.op_type}): creator field {k} ({t}) is not a node attribute"
+                for k, t in sorted(want.items()) if attrs.get(k) != t]
+    return out
+
+
+def test_exported_node_attributes_are_exactly_the_creator_fields(h, tmp_path_factory):
+    """Every `hymba` node of both exported graphs of `tiny` carries exactly its creator's fields, names and
+    types, and every creator field is on every node of its op: the exporter (contract.ATTRIBUTES) and the C++
+    creators (each plugin's FieldCodec declarations) cannot drift apart unnoticed.
+
+    How it was checked to fail (2026-12-01): renaming `softplus_threshold` in contract.ATTRIBUTES makes this
+    test fail at the export already (the SelectiveScan function body reads the attribute: KeyError); a rename
+    that reaches the comparison, on the node side or the creator side, is reported as the test below shows
+    (without rebuilding the library)."""
+    import onnx
+
+    from deploy_helpers import exported_tiny
+    folder = exported_tiny(tmp_path_factory)
+    nodes = [n for g in ("prefill", "decode")
+             for n in onnx.load(str(folder / f"{g}.onnx"), load_external_data=False).graph.node]
+    assert {n.op_type for n in nodes if n.domain == "hymba"} == set(OPS)
+    assert field_mismatches(nodes, h.creators()) == []
+
+
+@pytest.mark.parametrize("side", ["node", "creator"])
+def test_field_mismatches_reports_a_renamed_field_on_either_side(h, side):
+    """The comparison above on a renamed field: a node attribute or a creator field named `scale_` for `scale`."""
+    from onnx import helper
+    node = helper.make_node("WindowedAttention", ["q", "k", "v"], ["o"], name="attn", domain="hymba",
+                            window=8, num_meta=2, scale=0.5, layout_version=1, plugin_version="1",
+                            plugin_namespace="hymba")
+    creators = [dict(c, fields=dict(c["fields"])) for c in h.creators()]
+    assert field_mismatches([node], creators) == []
+    if side == "node":
+        node = helper.make_node("WindowedAttention", ["q", "k", "v"], ["o"], name="attn", domain="hymba",
+                                window=8, num_meta=2, scale_=0.5, layout_version=1)
+    else:
+        attn = next(c for c in creators if c["name"] == "WindowedAttention" and c["namespace"] == "hymba")
+        attn["fields"]["scale_"] = attn["fields"].pop("scale")
+    assert sorted(field_mismatches([node], creators)) == [
+        "attn (WindowedAttention): attribute scale_ (f) is not a creator field" if side == "node" else
+        "attn (WindowedAttention): attribute scale (f) is not a creator field",
+        "attn (WindowedAttention): creator field scale (f) is not a node attribute" if side == "node" else
+        "attn (WindowedAttention): creator field scale_ (f) is not a node attribute"]
 
 
 # ---------------------------------------------------------------------------------------------- fields

@@ -1,4 +1,4 @@
-"""Serving runtime on CPU: ring-buffer cache geometry against the reference cache, engine generation
+"""Serving runtime on CPU: ring-buffer cache geometry against the reference cache, runtime generation
 against `model.generate`, bucket selection, sampling determinism. The CUDA kernels and CUDA graphs
 are checked by the GPU tests (`pytest -m gpu tests/gpu`)."""
 
@@ -9,20 +9,28 @@ import pytest
 import torch
 
 from hymba_deploy import cuda as cuda_backend
+from hymba_deploy import ops as hymba_ops
 from hymba_deploy.cache import HybridMambaAttentionDynamicCache
 from hymba_deploy.config import preset
 from hymba_deploy.errors import HymbaDeployError
+from hymba_deploy.kernels import REFERENCE
 from hymba_deploy.serving import (
     DynamicCacheView,
     HymbaServingCache,
-    HymbaServingEngine,
+    PackedWeights,
     SamplingParams,
+    ServingConfig,
+    ServingRuntime,
     filter_logits,
     sample,
     select_bucket,
 )
 
-from conftest import rel_err
+from hymba_deploy.parity.tolerances import rel_err
+
+
+def _runtime(model, **config) -> ServingRuntime:
+    return ServingRuntime(model, ServingConfig(**config))
 
 
 def _positions_cache(cfg, batch, n_prompt, steps, eviction):
@@ -54,8 +62,8 @@ def _positions_cache(cfg, batch, n_prompt, steps, eviction):
             rk, _ = ref.update_kv(i, k, v)
             srv.store_decode(i, k, v, srv.slot_index(i, srv.pos))
             L = srv.kv_len(i, srv.text_len + 1)
-            out[i] = (sorted(rk[0, :, 0, 0].tolist()), sorted(srv.key[i][0, :L, 0, 0].tolist()),
-                      sorted(srv.value[i][0, :L, 0, 0].tolist()))
+            out[i] = (sorted(rk[0, :, 0, 0].tolist()), sorted(srv.key_cache[i][0, :L, 0, 0].tolist()),
+                      sorted(srv.value_cache[i][0, :L, 0, 0].tolist()))
         srv.set_length(srv.text_len + 1)
         yield out
 
@@ -87,10 +95,10 @@ def test_kv_layouts_hold_the_same_keys_and_head_major_streams_are_contiguous():
             c.store_decode(i, k, v, c.slot_index(i, c.pos))
     hm, tm = caches["head_major"], caches["time_major"]
     for i in prefill:
-        assert torch.equal(hm.key[i], tm.key[i]) and torch.equal(hm.value[i], tm.value[i])
+        assert torch.equal(hm.key_cache[i], tm.key_cache[i]) and torch.equal(hm.value_cache[i], tm.value_cache[i])
         S = hm.slots(i)
-        assert hm.key[i].stride() == (Hkv * S * dqk, dqk, S * dqk, 1)         # (B, Hkv, S, d) storage
-        assert tm.key[i].is_contiguous()
+        assert hm.key_cache[i].stride() == (Hkv * S * dqk, dqk, S * dqk, 1)         # (B, Hkv, S, d) storage
+        assert tm.key_cache[i].is_contiguous()
     with pytest.raises(HymbaDeployError, match="kv_layout"):
         HymbaServingCache(cfg, 1, 8, torch.float32, kv_layout="paged")
 
@@ -106,119 +114,125 @@ def test_serving_cache_geometry_of_hymba_1_5b():
 
 
 def test_serving_cache_preallocates_and_never_reallocates(tiny):
-    engine = HymbaServingEngine(tiny, max_context=48, buckets=(2,))
-    cache = engine.cache(2)
-    ptrs = [t.data_ptr() for t in cache.key + cache.value + cache.conv + cache.ssm if t is not None]
-    engine.generate(torch.randint(3, 257, (2, 20)), 8)
-    assert ptrs == [t.data_ptr() for t in cache.key + cache.value + cache.conv + cache.ssm if t is not None]
+    runtime = _runtime(tiny, max_context=48, buckets=(2,))
+    cache = runtime.cache(2)
+    ptrs = [t.data_ptr() for t in cache.key_cache + cache.value_cache + cache.conv_states + cache.ssm_states if t is not None]
+    runtime.generate(torch.randint(3, 257, (2, 20)), 8)
+    assert ptrs == [t.data_ptr() for t in cache.key_cache + cache.value_cache + cache.conv_states + cache.ssm_states if t is not None]
     assert cache.text_len == 20 + 7
 
 
-def test_weight_packing_keeps_the_model_and_is_shared_by_engines(tiny):
-    """The engine re-packs gate/up and pads lm_head, x_proj, dt_proj into buffers the model's parameters
-    then view: the model's own logits are unchanged, and a second engine reuses the same buffers."""
+def test_packed_weights_keep_the_model_and_are_shared_explicitly(tiny):
+    """The runtime re-packs gate/up and pads lm_head, x_proj, dt_proj into buffers the model's parameters
+    then view: the model's own logits are unchanged; a second runtime given the first's `PackedWeights` uses
+    the same buffers; another model's are refused."""
     ids = torch.randint(3, 257, (2, 9), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         before = tiny(ids)
-    e1 = HymbaServingEngine(tiny, max_context=16, buckets=(2,))
-    e2 = HymbaServingEngine(tiny, max_context=16, buckets=(2,))
+    config = ServingConfig(max_context=16, buckets=(2,))
+    e1 = ServingRuntime(tiny, config)
+    e2 = ServingRuntime(tiny, config, packed=e1.packed)
     with torch.no_grad():
         assert torch.equal(tiny(ids), before)
-    assert all(a is b for a, b in zip(e1._gate_up, e2._gate_up)) and e1._lm_head is e2._lm_head
+    assert e2.packed is e1.packed and isinstance(e1.packed, PackedWeights)
     mlp = tiny.model.layers[0].moe.experts[0]
     F_ = mlp.gate_proj.weight.shape[0]
-    assert mlp.gate_proj.weight.data_ptr() == e1._gate_up[0].data_ptr()
-    assert mlp.up_proj.weight.data_ptr() == e1._gate_up[0][F_:].data_ptr()
-    assert e1._lm_head.shape[0] % 8 == 0 and e1._lm_head.shape[0] >= tiny.config.vocab_size
-    assert not e1._lm_head[tiny.config.vocab_size:].any()                  # padding rows are zeros
-    assert e1._x_proj[0].shape[0] % 8 == 0 and e1._dt_proj[0].shape[1] % 8 == 0
+    packed = e1.packed
+    assert mlp.gate_proj.weight.data_ptr() == packed.gate_up[0].data_ptr()
+    assert mlp.up_proj.weight.data_ptr() == packed.gate_up[0][F_:].data_ptr()
+    assert packed.lm_head.shape[0] % 8 == 0 and packed.lm_head.shape[0] >= tiny.config.vocab_size
+    assert not packed.lm_head[tiny.config.vocab_size:].any()                # padding rows are zeros
+    assert packed.x_proj[0].shape[0] % 8 == 0 and packed.dt_proj[0].shape[1] % 8 == 0
     assert not e1.ssm_priority(2)                                           # CPU: one stream, no priority
-    assert HymbaServingEngine(tiny, max_context=16, prioritize_ssm=True).ssm_priority(1)
+    assert ServingRuntime(tiny, config.with_(prioritize_ssm=True)).ssm_priority(1)
+    from hymba_deploy import load_model
+    with pytest.raises(HymbaDeployError, match="another model"):
+        ServingRuntime(load_model("tiny"), config, packed=packed)
 
 
 @pytest.mark.parametrize("eviction,n_prompt", [("upstream", 27), ("exact", 27), ("upstream", 3)])
 def test_engine_prefill_equals_the_model_forward(tiny, eviction, n_prompt):
-    """The engine's prefill body (packed weights, its glue functions, the ops over the whole prompt) is the
+    """The runtime's prefill body (packed weights, its glue functions, the ops over the whole prompt) is the
     model's forward: the reference runtime's last-token logits, and the serving-cache contents of the model's
     own forward through DynamicCacheView (K/V slots, conv and SSM states; all else untouched), past the window
     (the SWA rings wrap) and for a prompt shorter than the meta tokens."""
     ids = torch.randint(3, 257, (2, n_prompt))
     with torch.no_grad():
         ref = tiny(ids, tiny.new_cache(2, eviction))[:, -1]
-    engines = [HymbaServingEngine(tiny, max_context=32, buckets=(3,), eviction=eviction, prefill_impl=impl)
-               for impl in ("model", "engine")]
-    caches = [e.cache(3) for e in engines]
+    runtimes = [_runtime(tiny, max_context=32, buckets=(3,), eviction=eviction, prefill_impl=impl)
+               for impl in ("model", "runtime")]
+    caches = [e.cache(3) for e in runtimes]
     for c in caches:                                                        # same poison in both, 3 rows
         c.fill_random(5, torch.Generator().manual_seed(1))
-    logits = [e.prefill(ids, c) for e, c in zip(engines, caches)]
+    logits = [e.prefill(ids, c) for e, c in zip(runtimes, caches)]
     assert rel_err(logits[0], ref) < 1e-5 and rel_err(logits[1], ref) < 1e-5
-    by_model, by_engine = caches
-    assert by_engine.text_len == n_prompt and int(by_engine.pos) == int(by_model.pos)
-    for name in ("key", "value", "conv", "ssm"):
-        for i, (want, got) in enumerate(zip(getattr(by_model, name), getattr(by_engine, name))):
+    by_model, by_runtime = caches
+    assert by_runtime.text_len == n_prompt and int(by_runtime.pos) == int(by_model.pos)
+    for name in ("key_cache", "value_cache", "conv_states", "ssm_states"):
+        for i, (want, got) in enumerate(zip(getattr(by_model, name), getattr(by_runtime, name))):
             if want is None:
                 continue
-            L = by_model.kv_len(i, n_prompt) if name in ("key", "value") else want.shape[1]
+            L = by_model.kv_len(i, n_prompt) if name in ("key_cache", "value_cache") else want.shape[1]
             assert rel_err(got[:2, :L], want[:2, :L]) < 1e-5, (name, i)
             assert torch.equal(got[:2, L:], want[:2, L:]) and torch.equal(got[2:], want[2:]), (name, i)
 
 
 def test_prefill_checks_its_arguments(tiny):
-    engine = HymbaServingEngine(tiny, max_context=8, buckets=(1,))
+    runtime = _runtime(tiny, max_context=8, buckets=(1,))
     for n in (0, 9):
         with pytest.raises(HymbaDeployError, match="max_context 8"):
-            engine.prefill(torch.randint(3, 257, (1, n)), engine.cache(1))
+            runtime.prefill(torch.randint(3, 257, (1, n)), runtime.cache(1))
     with pytest.raises(HymbaDeployError, match="prefill_impl"):
-        HymbaServingEngine(tiny, max_context=8, prefill_impl="graph")
+        _runtime(tiny, max_context=8, prefill_impl="graph")
 
 
 @pytest.mark.parametrize("eviction,n_prompt,new", [("upstream", 20, 16), ("exact", 20, 16), ("upstream", 5, 16)])
 def test_engine_greedy_tokens_equal_reference_generate(tiny, eviction, n_prompt, new):
     ids = torch.randint(3, 257, (2, n_prompt))
     ref = tiny.generate(ids, new, eviction=eviction)
-    engine = HymbaServingEngine(tiny, max_context=n_prompt + new, buckets=(1, 2, 4), eviction=eviction)
-    assert torch.equal(engine.generate(ids, new), ref)
+    runtime = _runtime(tiny, max_context=n_prompt + new, buckets=(1, 2, 4), eviction=eviction)
+    assert torch.equal(runtime.generate(ids, new), ref)
 
 
 def test_engine_decode_logits_track_reference_cache(tiny):
-    """Teacher-forced: the engine's per-step logits equal the reference runtime's (fp32)."""
+    """Teacher-forced: the runtime's per-step logits equal the reference runtime's (fp32)."""
     ids = torch.randint(3, 257, (2, 18))
     ref_cache = tiny.new_cache(2)
-    engine = HymbaServingEngine(tiny, max_context=40, buckets=(2,))
-    cache = engine.cache(2)
+    runtime = _runtime(tiny, max_context=40, buckets=(2,))
+    cache = runtime.cache(2)
     step = ids
-    lg_srv = engine.prefill(ids, cache)
+    lg_srv = runtime.prefill(ids, cache)
     for _ in range(12):
         lg_ref = tiny(step, ref_cache)[:, -1]
         assert rel_err(lg_srv, lg_ref) < 1e-5
         step = lg_ref.argmax(-1, keepdim=True)
-        lg_srv = engine.decode(cache, step)
+        lg_srv = runtime.decode(cache, step)
 
 
 def test_padded_bucket_rows_do_not_change_results(tiny):
     ids = torch.randint(3, 257, (3, 20))
-    e4 = HymbaServingEngine(tiny, max_context=40, buckets=(4,))
-    e3 = HymbaServingEngine(tiny, max_context=40, buckets=(3,))
+    e4 = _runtime(tiny, max_context=40, buckets=(4,))
+    e3 = _runtime(tiny, max_context=40, buckets=(3,))
     assert torch.equal(e4.generate(ids, 6), e3.generate(ids, 6))
 
 
 def test_bf16_engine_logits_track_reference_bf16(seed):
-    """bf16, teacher-forced: the engine (bf16 SSM state, as upstream) stays within bf16 tolerance."""
+    """bf16, teacher-forced: the runtime (bf16 SSM state, as upstream) stays within bf16 tolerance."""
     from conftest import sharpen
     from hymba_deploy import load_model
 
     model = sharpen(load_model("tiny", seed=seed), seed).to(torch.bfloat16)
     ids = torch.randint(3, 257, (2, 20))
     ref_cache = model.new_cache(2)
-    engine = HymbaServingEngine(model, max_context=32, buckets=(2,))
-    assert engine.ssm_state_dtype == torch.bfloat16                       # reference kernels: upstream rounding
-    cache = engine.cache(2)
-    step, lg_srv = ids, engine.prefill(ids, cache)
+    runtime = _runtime(model, max_context=32, buckets=(2,))
+    assert runtime.ssm_state_dtype == torch.bfloat16                       # reference kernels: upstream rounding
+    cache = runtime.cache(2)
+    step, lg_srv = ids, runtime.prefill(ids, cache)
     for _ in range(8):
         lg_ref = model(step, ref_cache)[:, -1]
         assert rel_err(lg_srv, lg_ref) < 1e-2
         step = lg_ref.argmax(-1, keepdim=True)
-        lg_srv = engine.decode(cache, step)
+        lg_srv = runtime.decode(cache, step)
 
 
 @pytest.mark.parametrize("batch,bucket", [(1, 1), (2, 2), (3, 4), (8, 8), (9, 16), (100, 128), (128, 128)])
@@ -234,10 +248,10 @@ def test_select_bucket_rejects_what_no_bucket_holds(batch):
 
 def test_sampling_is_deterministic_per_seed(tiny):
     ids = torch.randint(3, 257, (2, 20))
-    engine = HymbaServingEngine(tiny, max_context=40, buckets=(2,))
+    runtime = _runtime(tiny, max_context=40, buckets=(2,))
     p = SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=7)
-    a, b = engine.generate(ids, 8, p), engine.generate(ids, 8, p)
-    c = engine.generate(ids, 8, SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=8))
+    a, b = runtime.generate(ids, 8, p), runtime.generate(ids, 8, p)
+    c = runtime.generate(ids, 8, SamplingParams(temperature=1.0, top_k=50, top_p=0.9, seed=8))
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
 
@@ -270,9 +284,9 @@ def test_sampling_params_are_validated(bad):
 
 
 def test_engine_rejects_overlong_requests(tiny):
-    engine = HymbaServingEngine(tiny, max_context=30, buckets=(1,))
+    runtime = _runtime(tiny, max_context=30, buckets=(1,))
     with pytest.raises(HymbaDeployError):
-        engine.generate(torch.randint(3, 257, (1, 20)), 12)
+        runtime.generate(torch.randint(3, 257, (1, 20)), 12)
 
 
 def test_dynamic_cache_view_counts_positions_like_the_reference(tiny):
@@ -284,36 +298,158 @@ def test_dynamic_cache_view_counts_positions_like_the_reference(tiny):
     assert int(cache.pos) == tiny.config.num_memory_tokens + 10
 
 
-def test_cuda_backend_without_gpu_names_the_fix(monkeypatch):
+def test_cuda_kernels_without_gpu_name_the_fix(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(cuda_backend, "_ext", None)
     with pytest.raises(HymbaDeployError, match="reference"):
-        cuda_backend.set_backend("cuda")
-    with pytest.raises(HymbaDeployError):
-        cuda_backend.set_backend("tensorrt")
-    assert cuda_backend.get_backend() == "reference"
+        cuda_backend.kernel_backend("cuda")
+    with pytest.raises(HymbaDeployError, match="tensorrt"):
+        cuda_backend.kernel_backend("tensorrt")
+    assert cuda_backend.kernel_backend("reference") is REFERENCE
 
 
-def test_cuda_kernels_register_and_route_to_the_reference_when_selected():
-    cuda_backend._register()                                                # idempotent, needs no GPU
-    x = torch.randn(1, 3, 8)
-    y, state = torch.ops.hymba.selective_scan(x, x, -torch.rand(8, 4), torch.randn(1, 3, 4), torch.randn(1, 3, 4))
-    assert y.shape == x.shape and state.shape == (1, 8, 4)
+class _OnCuda(torch.Tensor):
+    """A CPU tensor that says it is on CUDA: drives `CudaKernels`' routing without a GPU."""
+
+    @property
+    def is_cuda(self):
+        return True
+
+
+class _RecordingExtension:
+    """Stands in for the compiled extension: records each call (function, args) and returns a marker."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, fn):
+        def call(*args):
+            self.calls.append((fn, args))
+            return (f"{fn} result", f"{fn} state")
+        return call
+
+
+def test_cuda_kernels_route_cuda_tensors_to_the_extension_and_cpu_tensors_to_the_reference():
+    """Every call of `CudaKernels`, the model's and the runtime's in-place ones: CUDA tensors go to the
+    extension function of the same op with its argument order (softplus threshold, in-place state buffers),
+    CPU tensors to the reference ops (the extension untouched, results equal to `REFERENCE`'s), and every
+    extension function called is one the binding defines. Checked to fail: swapping `scan_`'s state and `y`
+    arguments, routing `windowed_attention` to the reference for CUDA tensors, and dropping the `x.is_cuda`
+    test of `causal_conv1d` each fail it."""
+    ext = _RecordingExtension()
+    kern = cuda_backend.CudaKernels(ext)
+    g = torch.Generator().manual_seed(0)
+    B, T, I, N, K, H, d = 1, 3, 8, 4, 4, 2, 8
+    x, dt, z = (torch.randn(B, T, I, generator=g) for _ in range(3))
+    A, Bm, Cm = -torch.rand(I, N, generator=g), torch.randn(B, T, N, generator=g), torch.randn(B, T, N, generator=g)
+    w, bias, D, dt_bias = torch.randn(I, K, generator=g), torch.randn(I, generator=g), torch.rand(I), torch.rand(I)
+    q, k, v = (torch.randn(B, T, H, d, generator=g) for _ in range(3))
+    conv_state, ssm_state = torch.zeros(B, I, K), torch.zeros(B, I, N)
+
+    # CPU tensors: the reference ops, the extension never called.
+    for got, want in ((kern.selective_scan(x, dt, A, Bm, Cm, D, z, dt_bias), REFERENCE.selective_scan(x, dt, A, Bm, Cm, D, z, dt_bias)),
+                      (kern.causal_conv1d(x, w, bias), REFERENCE.causal_conv1d(x, w, bias)),
+                      ((kern.windowed_attention(q, k, v, 2, 1, 0.5),), (REFERENCE.windowed_attention(q, k, v, 2, 1, 0.5),)),
+                      ((kern.conv_(x, w, bias, conv_state.clone(), fresh=True),), (REFERENCE.conv_(x, w, bias, conv_state.clone(), fresh=True),)),
+                      ((kern.scan_(x, dt, A, Bm, Cm, D, z, dt_bias, ssm_state.clone()),), (REFERENCE.scan_(x, dt, A, Bm, Cm, D, z, dt_bias, ssm_state.clone()),))):
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+    assert ext.calls == []
+
+    # "CUDA" tensors: the extension, with the binding's argument order.
+    cx, cq = x.as_subclass(_OnCuda), q.as_subclass(_OnCuda)
+    kern.selective_scan(cx, dt, A, Bm, Cm, D, z, dt_bias, ssm_state)
+    kern.causal_conv1d(cx, w, bias, conv_state)
+    kern.windowed_attention(cq, k, v, 2, 1, 0.5)
+    kern.conv_(cx, w, bias, conv_state)
+    kern.scan_(cx, dt, A, Bm, Cm, D, z, dt_bias, ssm_state, fresh=True)
+    kern.attn(cq, k, v, 2, 1, 0.5, out=v, kv_len=torch.ones(1, dtype=torch.int32))
+    names = [fn for fn, _ in ext.calls]
+    assert names == ["selective_scan", "causal_conv1d", "windowed_attention", "causal_conv1d", "selective_scan",
+                     "windowed_attention"]
+    assert set(names) <= set(cuda_backend.binding_functions())
+    scan, conv, attn, conv_, scan_, attn_ = (args for _, args in ext.calls)
+    threshold = hymba_ops.SOFTPLUS_THRESHOLD
+    assert scan[8] is ssm_state and scan[9:] == (threshold, None, None)         # new state returned
+    assert conv[3] is not None and conv[4:] == (True, None, None)
+    assert attn[3:] == (2, 1, 0.5, None)
+    assert conv_[3] is conv_state and conv_[4:6] == (True, None) and conv_[6] is conv_state   # written in place
+    assert scan_[8] is None and scan_[9:11] == (threshold, None) and scan_[11] is ssm_state   # fresh, in place
+    assert attn_[6] is v and attn_[7] is not None
+    assert kern.device_kv_len("cuda") and not REFERENCE.device_kv_len("cuda")
+
+
+def test_model_runs_the_kernels_it_was_built_with(tiny):
+    """Which kernels a model runs is its own (constructor / `use_kernels`), not a process-wide flag: a
+    recording backend sees every layer's three ops, another model meanwhile runs the reference ops."""
+    from hymba_deploy import HymbaForCausalLM
+    from hymba_deploy.kernels import ReferenceKernels
+
+    class Recording(ReferenceKernels):
+        name = "recording"
+
+        def __init__(self):
+            self.ops = []
+
+        def selective_scan(self, *args):
+            self.ops.append("scan")
+            return super().selective_scan(*args)
+
+        def causal_conv1d(self, *args, **kw):
+            self.ops.append("conv")
+            return super().causal_conv1d(*args, **kw)
+
+        def windowed_attention(self, *args):
+            self.ops.append("attn")
+            return super().windowed_attention(*args)
+
+    rec = Recording()
+    built = HymbaForCausalLM(tiny.config, kernels=rec)
+    assert built.kernels is rec and tiny.kernels is REFERENCE
+    ids = torch.randint(3, 257, (1, 5))
+    with torch.no_grad():
+        tiny(ids)
+        assert rec.ops == []
+        built(ids)
+    assert rec.ops == ["attn", "conv", "scan"] * tiny.config.num_hidden_layers
+    other = Recording()
+    assert tiny.use_kernels(other) is tiny and tiny.kernels is other
+    tiny.use_kernels(REFERENCE)
 
 
 def test_serving_states_are_channel_fastest_views():
     cfg = preset("tiny")
     c = HymbaServingCache(cfg, 2, 8, torch.float32)
-    assert c.conv[0].shape == (2, cfg.d_inner, cfg.mamba_d_conv) and c.conv[0].stride(1) == 1
-    assert c.ssm[0].shape == (2, cfg.d_inner, cfg.mamba_d_state) and c.ssm[0].stride(1) == 1
+    assert c.conv_states[0].shape == (2, cfg.d_inner, cfg.mamba_d_conv) and c.conv_states[0].stride(1) == 1
+    assert c.ssm_states[0].shape == (2, cfg.d_inner, cfg.mamba_d_state) and c.ssm_states[0].stride(1) == 1
 
 
-def test_cuda_backend_builds_from_the_plugin_sources():
-    files = cuda_backend.kernel_sources()
-    assert all(f.parent.parent == cuda_backend.PLUGINS_DIR and f.is_file() for f in files) and len(files) == 12
+def test_cuda_extension_builds_from_the_plugin_sources():
+    """What `load_extension` compiles is the binding plus the plugin kernel sources from the package's one
+    plugin directory, and nothing it needs to link is left out: every plugin function the binding calls
+    (`hymba::*Launch` / `*Check`) is defined in a listed source, every dtype the launchers dispatch to is
+    explicitly instantiated in one, and every header the binding includes resolves under that directory.
+    Checked to fail: dropping the "_bf16" suffix from `kernel_sources` (the bf16 instantiations go missing)
+    and listing only the launchers fail it."""
+    import re
+
     from hymba_deploy.engine import plugins
-    assert cuda_backend.PLUGINS_DIR == plugins.PLUGIN_SOURCES     # one lookup: the package's _plugins
-    assert cuda_backend.CSRC.is_file()
+
+    assert cuda_backend.PLUGINS_DIR == plugins.PLUGIN_SOURCES                 # one lookup: the package's _plugins
+    sources = cuda_backend.extension_sources()
+    assert sources[0] == cuda_backend.CSRC and all(f.is_file() for f in sources)
+    assert all(f.parent.parent == cuda_backend.PLUGINS_DIR for f in sources[1:])
+    binding = cuda_backend.CSRC.read_text()
+    for header in re.findall(r'#include "([^"]+)"', binding):
+        assert (cuda_backend.PLUGINS_DIR / header).is_file(), header
+    text = "\n".join(f.read_text() for f in sources[1:])
+    called = set(re.findall(r"hymba::(\w+(?:Launch|Check))\(", binding))
+    assert len(called) == 2 * len(cuda_backend.OPS)
+    for fn in called:
+        assert re.search(rf"^\S.*\b{fn}\([^;]*\)\s*$", text, re.M), f"{fn} is defined in no listed source"
+    dispatched = set(re.findall(r"return (\w+LaunchT)<(\w+)>\(", text))
+    assert {t for _, t in dispatched} == {"float", "__half", "__nv_bfloat16"}
+    for fn, t in dispatched:
+        assert re.search(rf"template cudaError_t {fn}<{t}>\(", text), f"{fn}<{t}> is instantiated in no listed source"
 
 
 def test_forced_decode_attention_sets_and_restores_the_kernel_choice(monkeypatch):
@@ -342,21 +478,21 @@ def test_forced_decode_attention_sets_and_restores_the_kernel_choice(monkeypatch
 
 
 def test_compiled_elementwise_glue_matches_eager_and_writes_the_cache_in_place(tiny):
-    """The GPU engine runs its elementwise glue through torch.compile (`rope_store` mutates the K/V cache
-    inside the compiled function); on CPU the same compiled functions give the eager engine's logits and
+    """The GPU runtime runs its elementwise glue through torch.compile (`rope_store` mutates the K/V cache
+    inside the compiled function); on CPU the same compiled functions give the eager runtime's logits and
     cache contents, decoding past the window."""
     ids = torch.randint(3, 257, (2, 18))
     n_ctx = 18 + tiny.config.sliding_window + 8
-    engines = [HymbaServingEngine(tiny, max_context=n_ctx, buckets=(2,), compile_elementwise=c) for c in (False, True)]
-    caches = [e.cache(2) for e in engines]
-    logits = [e.prefill(ids, c) for e, c in zip(engines, caches)]
+    runtimes = [_runtime(tiny, max_context=n_ctx, buckets=(2,), compile_elementwise=c) for c in (False, True)]
+    caches = [e.cache(2) for e in runtimes]
+    logits = [e.prefill(ids, c) for e, c in zip(runtimes, caches)]
     for _ in range(tiny.config.sliding_window + 4):
         assert rel_err(logits[1], logits[0]) < 1e-5
         step = logits[0].argmax(-1, keepdim=True)
-        logits = [e.decode(c, step) for e, c in zip(engines, caches)]
-    for i, k in enumerate(caches[0].key):
+        logits = [e.decode(c, step) for e, c in zip(runtimes, caches)]
+    for i, k in enumerate(caches[0].key_cache):
         if k is not None:
-            assert rel_err(caches[1].key[i], k) < 1e-5 and rel_err(caches[1].value[i], caches[0].value[i]) < 1e-5
+            assert rel_err(caches[1].key_cache[i], k) < 1e-5 and rel_err(caches[1].value_cache[i], caches[0].value_cache[i]) < 1e-5
 
 
 # ---- Triton decode GEMMs (gemm.py): what can be checked without a GPU --------------------------------------
@@ -369,8 +505,8 @@ def _torch_linear_splitk(x, w, cfg, out=None):
 
 
 def _torch_ssm_inputs(partials, w_dt, w_B, w_C, dt_proj, eps, cfg):
-    """CPU stand-in for gemm.ssm_inputs: the engine's own eager ops on the summed partials."""
-    from hymba_deploy.serving.engine import dbc_norms
+    """CPU stand-in for gemm.ssm_inputs: the runtime's own eager ops on the summed partials."""
+    from hymba_deploy.serving.runtime import dbc_norms
 
     R, N = w_dt.shape[0], w_B.shape[0]
     dt, Bm, Cm = dbc_norms(partials.sum(0).to(w_dt.dtype), w_dt, w_B, w_C, R, N, eps, dt_proj.shape[1])
@@ -378,24 +514,24 @@ def _torch_ssm_inputs(partials, w_dt, w_B, w_C, dt_proj, eps, cfg):
 
 
 def test_triton_gemm_branch_of_the_decode_step_matches_cublas_branch(tiny, monkeypatch):
-    """The engine's Triton-kernel branch (split-K partials summed in add_partials_rms_norm and in
+    """The runtime's Triton-kernel branch (split-K partials summed in add_partials_rms_norm and in
     ssm_inputs) wired with CPU stand-ins of the kernels gives the cuBLAS branch's logits, past the window,
     with splits that do not divide K evenly."""
-    from hymba_deploy.serving import engine as engine_mod
+    from hymba_deploy.serving import runtime as runtime_mod
     from hymba_deploy.serving.gemm import GemmConfig
 
-    monkeypatch.setattr(engine_mod.gemm, "linear_splitk", _torch_linear_splitk)
-    monkeypatch.setattr(engine_mod.gemm, "ssm_inputs", _torch_ssm_inputs)
+    monkeypatch.setattr(runtime_mod.gemm, "linear_splitk", _torch_linear_splitk)
+    monkeypatch.setattr(runtime_mod.gemm, "ssm_inputs", _torch_ssm_inputs)
     ids = torch.randint(3, 257, (2, 18))
     n_ctx = 18 + tiny.config.sliding_window + 8
-    plain = HymbaServingEngine(tiny, max_context=n_ctx, buckets=(2,))
-    tri = HymbaServingEngine(tiny, max_context=n_ctx, buckets=(2,),
+    plain = _runtime(tiny, max_context=n_ctx, buckets=(2,))
+    tri = _runtime(tiny, max_context=n_ctx, buckets=(2,),
                              gemm_configs={"x_proj": GemmConfig(block_k=16, splits=7),
                                            "out_proj": GemmConfig(block_k=16, splits=3),
                                            "down_proj": GemmConfig(block_k=16, splits=5)})
-    tri.decode_gemms = "triton"                     # what _resolve_decode_gemms picks on a GPU with triton
+    tri.decode_gemms = "triton"                     # what gemm.resolve_decode_gemms picks on a GPU with triton
     assert set(tri.gemm_configs) == {"x_proj", "ssm_inputs", "out_proj", "down_proj"}
-    assert "down_proj" not in HymbaServingEngine(tiny, max_context=8, gemm_configs={"down_proj": None}).gemm_configs
+    assert "down_proj" not in _runtime(tiny, max_context=8, gemm_configs={"down_proj": None}).gemm_configs
     caches = [plain.cache(2), tri.cache(2)]
     logits = [e.prefill(ids, c) for e, c in zip((plain, tri), caches)]
     for _ in range(tiny.config.sliding_window + 4):
@@ -404,16 +540,32 @@ def test_triton_gemm_branch_of_the_decode_step_matches_cublas_branch(tiny, monke
         assert rel_err(logits[1], logits[0]) < 1e-5
 
 
-def test_decode_gemm_choice_is_validated_and_cpu_runs_cublas(tiny):
-    assert HymbaServingEngine(tiny, max_context=8).decode_gemms == "cublas"
-    with pytest.raises(HymbaDeployError, match="needs a CUDA model in fp16/bf16"):
-        HymbaServingEngine(tiny, max_context=8, decode_gemms="triton")
-    with pytest.raises(HymbaDeployError, match="decode_gemms must be"):
-        HymbaServingEngine(tiny, max_context=8, decode_gemms="cutlass")
+def test_decode_gemm_choice_is_validated_and_cpu_runs_cublas(tiny, monkeypatch):
+    """'auto' resolves once, at construction, to what can run; 'triton' where it cannot says why (triton
+    missing, a CPU model, an fp32 model)."""
+    from hymba_deploy.serving import gemm
+
+    assert _runtime(tiny, max_context=8).decode_gemms == "cublas"
+    with pytest.raises(HymbaDeployError, match="decode_gemms 'cutlass'"):
+        _runtime(tiny, max_context=8, decode_gemms="cutlass")
+    with pytest.raises(HymbaDeployError, match="gemm_configs: no GEMM named qkv"):
+        _runtime(tiny, max_context=8, gemm_configs={"qkv": None})
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(gemm, "triton", None)
+    with pytest.raises(HymbaDeployError, match="decode_gemms='triton': triton is not installed"):
+        _runtime(tiny, max_context=8, decode_gemms="triton")
+    assert gemm.resolve_decode_gemms("auto", cuda, torch.bfloat16) == "cublas"
+    monkeypatch.setattr(gemm, "triton", object())                       # installed
+    assert gemm.resolve_decode_gemms("auto", cuda, torch.bfloat16) == "triton"
+    assert gemm.resolve_decode_gemms("cublas", cuda, torch.bfloat16) == "cublas"
+    with pytest.raises(HymbaDeployError, match="on CUDA models"):
+        _runtime(tiny, max_context=8, decode_gemms="triton")
+    with pytest.raises(HymbaDeployError, match="float16/bfloat16"):
+        gemm.resolve_decode_gemms("triton", cuda, torch.float32)
 
 
 def test_add_partials_rms_norm_is_add_rms_norm_of_the_sum():
-    from hymba_deploy.serving.engine import add_partials_rms_norm, add_rms_norm
+    from hymba_deploy.serving.runtime import add_partials_rms_norm, add_rms_norm
 
     h, w = torch.randn(4, 1, 48), torch.rand(48) + 0.5
     parts = torch.randn(3, 4, 48, dtype=torch.float64).float()
@@ -449,54 +601,3 @@ def test_gemm_tiling_files_load_and_a_bad_one_is_named(tmp_path):
     bad.write_text('{"out_proj": {"tile": 3}}')
     with pytest.raises(HymbaDeployError, match="not a GEMM tiling file"):
         load_gemm_configs(str(bad))
-
-
-@pytest.mark.parametrize("module", ["gemm_bench", "gemm_step_ab"])
-def test_gemm_tuning_scripts_refuse_without_a_gpu(module, monkeypatch, capsys):
-    import importlib
-
-    mod = importlib.import_module(f"hymba_deploy.serving.{module}")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert mod.main([]) == 2
-    assert "needs a CUDA GPU" in capsys.readouterr().err
-
-
-def test_gemm_bench_decode_shapes_are_the_engines_packed_weights(tiny):
-    """The shapes gemm_bench times are those the engine multiplies by (padded x_proj, packed gate/up)."""
-    from hymba_deploy.serving.gemm_bench import decode_shapes
-
-    engine = HymbaServingEngine(tiny, max_context=8)
-    blk, mlp = tiny.model.layers[0].mamba, tiny.model.layers[0].moe.experts[0]
-    shapes = decode_shapes(tiny.config)
-    assert shapes["x_proj"] == tuple(engine._x_proj[0].shape)
-    assert shapes["gate_up"] == tuple(engine._gate_up[0].shape)
-    assert shapes["in_proj"] == tuple(blk.in_proj.weight.shape)
-    assert shapes["out_proj"] == tuple(blk.out_proj.weight.shape)
-    assert shapes["down_proj"] == tuple(mlp.down_proj.weight.shape)
-    assert shapes["lm_head"] == tuple(engine._lm_head.shape)
-
-
-def test_bench_profile_categories_cover_the_plugin_kernels():
-    """The benchmark's profile sorts kernels by category: the plugin kernels by name or namespace (prefill and
-    decode variants), cuBLAS and Triton GEMMs, inductor's fused glue; anything else is eager elementwise."""
-    from types import SimpleNamespace
-
-    from hymba_deploy.serving.bench import _by_category
-
-    names = {"void hymba::wap::prefillKernel<128, 128>(hymba::WindowedAttentionParams)": "attention (plugin kernel)",
-             "void hymba::wad::decodeKernel<float>(hymba::WindowedAttentionParams, int)": "attention (plugin kernel)",
-             "void hymba::ssst::stateParallelKernel<__nv_bfloat16, 1>(hymba::SelectiveScanParams)": "scan (plugin kernel)",
-             "void hymba::ssk::selectiveScanKernel<__nv_bfloat16, 16, true>(hymba::SelectiveScanParams)":
-                 "scan (plugin kernel)",
-             "void hymba::cck::causalConv1dKernel<float>(hymba::CausalConv1dParams, int)": "conv (plugin kernel)",
-             "nvjet_tst_128x256_64x4_2x1_v_bz_coopA_TNT": "matmul",
-             "triton_red_fused__to_copy_add_mean_mul_pow_rsqrt_0": "fused elementwise (triton)",
-             "void at::native::elementwise_kernel<128, 2>(int, at::native::gpu_kernel_impl)": "other elementwise"}
-    events = [SimpleNamespace(key=k, self_device_time_total=10.0 * (j + 1), count=2) for j, k in enumerate(names)]
-    out = _by_category(SimpleNamespace(key_averages=lambda: events), 2, "prefill")
-    want: dict = {}
-    for j, cat in enumerate(names.values()):
-        want[cat] = want.get(cat, 0.0) + 5.0 * (j + 1)
-    assert {c: e["us_per_prefill"] for c, e in out["by_category"].items()} == want
-    assert out["glue_us_per_prefill"] == want["fused elementwise (triton)"] + want["other elementwise"]
-    assert out["total_kernel_us_per_prefill"] == sum(want.values())

@@ -2,7 +2,7 @@
 
 Each variant is tools/attn_prefill_tune.cu (the kernel at Hymba's head dims, bf16) built with
 -DHYMBA_WAP_BN / -DHYMBA_WAP_STAGES into its own small library, checked against `windowed_attention_ref` in
-float64 (hymba_deploy.parity.kernel_tolerance's bound) and timed as a CUDA graph of 20 launches at Hymba prefill shapes.
+float64 (hymba_deploy.parity.tolerances's bound) and timed as a CUDA graph of 20 launches at Hymba prefill shapes.
 
     python3 tools/attn_prefill_tune.py --variants 64x2,64x3,32x3 --json $OUT/attn_prefill_tune.json
 """

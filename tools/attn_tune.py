@@ -2,7 +2,7 @@
 
 Each variant is the same source built with -DHYMBA_WAM_WARPS / -DHYMBA_WAM_STAGES into its own small
 library (the attention translation units plus the C shim; scan and conv objects are built once and shared),
-checked against `windowed_attention_ref` in float64 (hymba_deploy.parity.kernel_tolerance's bound) and timed
+checked against `windowed_attention_ref` in float64 (hymba_deploy.parity.tolerances's bound) and timed
 as a CUDA graph of 20 back-to-back launches (kernel time, no Python launch overhead) at Hymba decode shapes.
 
     python3 tools/attn_tune.py --variants 4x4,4x3,8x3 --json $OUT/attn_tune.json
@@ -27,7 +27,7 @@ import harness as H  # noqa: E402
 import kernels as KN  # noqa: E402  (copy bandwidth, graph timing)
 
 from hymba_deploy.ops import windowed_attention_ref  # noqa: E402
-from hymba_deploy.parity.kernel_tolerance import kernel_bound, rel_err  # noqa: E402
+from hymba_deploy.parity.tolerances import kernel_bound, rel_err  # noqa: E402
 
 PLUG = REPO / "plugins"
 SHARED_TUS = ["selective_scan/selective_scan_kernel", "selective_scan/selective_scan_kernel_fp32",

@@ -1,4 +1,4 @@
-"""One SelectiveScan prefill launch per HYMBA_SCAN_PREFILL kernel, for a profiler (Nsight Compute) to look at.
+"""One SelectiveScan prefill launch per `scan_prefill` kernel choice, for a profiler (Nsight Compute) to look at.
 
     ncu --section SpeedOfLight --section Occupancy --section WarpStateStats \\
         python3 tools/scan_profile.py --batch 1 --seqlen 8320 --paths state
@@ -30,7 +30,7 @@ def main(argv=None):
     K = KN.Kernels(H.KernelShim(lib))
     inp = KN.scan_inputs(args.batch, args.seqlen, args.dim, 16, torch.bfloat16)
     for path in args.paths.split(","):
-        with KN.forced_scan_prefill(path):
+        with K.shim.forced("scan_prefill", path):
             K.selective_scan(**inp)
         torch.cuda.synchronize()
         print(f"ran {path}", flush=True)

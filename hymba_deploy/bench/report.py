@@ -1,8 +1,10 @@
-"""bench.md (tables) and bench.png (prefill latency vs prompt length, decode throughput vs batch).
+"""bench.md (tables), bench.png (prefill latency vs prompt length, decode throughput vs batch), and the
+cuda runtime's serving_cuda_<model>.md (`serving_markdown`).
 
-Every table has a row for each requested backend: its results, or "not run"/"skipped" with the reason.
-Each backend's real settings (warm-up, timed iterations and steps, threads) are in a table of their own,
-since ONNX Runtime on the CPU may run fewer than the others. No plot is written without data to plot.
+Every table has a row for each requested runtime: its results, or "not run"/"skipped" with the reason
+(the cuda runtime: the name of its own report). Each runtime's real settings (warm-up, timed iterations
+and steps, threads) are in a table of their own, since ONNX Runtime on the CPU may run fewer than the
+others. No plot is written without data to plot.
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ def to_markdown(report: dict) -> str:
              f"- device: {env['device']}; GPU: {gpu}; CPU cores: {env.get('cpu_count')}",
              f"- torch {env['torch']}, onnxruntime {env.get('onnxruntime', '-')} "
              f"({', '.join(env.get('onnxruntime_providers', [])) or '-'})",
-             f"- torch dtype {s['dtype']}; ONNX dtype {s['onnx_dtype']}; decode context {s['context']} tokens; "
-             f"random weights",
+             f"- dtype {', '.join(f'{r} {d}' for r, d in s['dtype'].items()) or '-'}; ONNX dtype {s['onnx_dtype']}; "
+             f"random weights (seed {s['seed']})",
              f"- timing: {s['timing']}", *_plot_note(report), ""]
-    for spec, backends in report["results"].items():
-        lines += [f"## {spec}", "", "### Settings per backend", "",
-                  "| backend | warm-up | timed prefill iterations | timed decode steps | threads | prompt lengths "
+    for spec, runtimes in report["results"].items():
+        lines += [f"## {spec}", "", "### Settings per runtime", "",
+                  "| runtime | warm-up | timed prefill iterations | timed decode steps | threads | prompt lengths "
                   "| decode batches |", "|---|---:|---:|---:|---|---|---|"]
-        for name, r in backends.items():
+        for name, r in runtimes.items():
             if r.get("status") != "ran":
                 lines.append(f"| {name} | {_not_run(r)} | | | | | |")
                 continue
@@ -40,10 +42,10 @@ def to_markdown(report: dict) -> str:
                          f"{st['threads'] if st['threads'] is not None else '-'} | "
                          f"{', '.join(map(str, st['prefill_lengths']))} | {', '.join(map(str, st['decode_batches']))} |")
         lines += ["", "### Prefill latency (batch 1)", "",
-                  "| backend | tokens | p50 ms | p90 ms | p99 ms | peak GPU MiB | host peak MiB |",
+                  "| runtime | tokens | p50 ms | p90 ms | p99 ms | peak GPU MiB | host peak MiB |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        for name, r in backends.items():
-            if r.get("status") != "ran":
+        for name, r in runtimes.items():
+            if r.get("status") != "ran" or r.get("report"):
                 lines.append(f"| {name} | {_not_run(r)} | | | | | |")
                 continue
             for row in r["prefill"]:
@@ -54,11 +56,11 @@ def to_markdown(report: dict) -> str:
                              f"{_f(row['p50_ms'])} | {_f(row['p90_ms'])} | {_f(row['p99_ms'])} | "
                              f"{_f(row.get('peak_gpu_mib'), '.0f')} | {_f(row.get('host_peak_mib'), '.0f')} |")
         lines += ["", "### Decode throughput", "",
-                  "| backend | batch | context | cache MiB | step p50 ms | tokens/s | peak GPU MiB |",
+                  "| runtime | batch | context | cache MiB | step p50 ms | tokens/s | peak GPU MiB |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
         notes = []
-        for name, r in backends.items():
-            if r.get("status") != "ran":
+        for name, r in runtimes.items():
+            if r.get("status") != "ran" or r.get("report"):
                 lines.append(f"| {name} | {_not_run(r)} | | | | | |")
                 continue
             rows = list(r["decode"]) + ([dict(r["paper"]["result"], paper=True)] if r.get("paper", {}).get("result") else [])
@@ -81,7 +83,10 @@ def to_markdown(report: dict) -> str:
 
 
 def _not_run(r: dict) -> str:
-    """A backend that did not run, as a table cell: its status and reason (pipes escaped)."""
+    """A runtime that did not run, as a table cell: its status and reason (pipes escaped); one with a report
+    of its own (cuda): where that is."""
+    if r.get("report"):
+        return f"ran: see {r['markdown']} ({r['report']})"
     return f"{r.get('status')}: {r.get('reason', '')}".replace("|", "\\|").replace("\n", " ")
 
 
@@ -108,8 +113,8 @@ def write_plot(report: dict, path) -> str | None:
     data says so instead of showing empty axes."""
     path = Path(path)
     reason = None
-    if not any(_has_points(r) for backends in report["results"].values() for r in backends.values()):
-        reason = "no backend produced a measurement (see the tables)"
+    if not any(_has_points(r) for runtimes in report["results"].values() for r in runtimes.values()):
+        reason = "no runtime produced a measurement (see the tables)"
     else:
         try:
             import matplotlib
@@ -125,7 +130,7 @@ def write_plot(report: dict, path) -> str | None:
     for i, spec in enumerate(models):
         ax_p, ax_d = axes[i]
         for name, r in report["results"][spec].items():
-            if r.get("status") != "ran":
+            if not _has_points(r):
                 continue
             pts = [(row["tokens"], row["p50_ms"]) for row in r["prefill"] if "p50_ms" in row]
             if pts:
@@ -134,9 +139,10 @@ def write_plot(report: dict, path) -> str | None:
             if pts:
                 ax_d.plot(*zip(*pts), marker="o", label=f"{name} ({r.get('device', '')})")
         ax_p.set(xscale="log", yscale="log", xlabel="prompt tokens", ylabel="prefill p50 (ms)", title=f"{spec}: prefill")
-        context = report["settings"]["context"]
+        contexts = sorted({row["context"] for r in report["results"][spec].values() if _has_points(r)
+                           for row in r["decode"] if "tokens_per_s" in row})
         ax_d.set(xscale="log", yscale="log", xlabel="batch", ylabel="tokens/s",
-                 title=f"{spec}: decode at {context} context")
+                 title=f"{spec}: decode at {', '.join(map(str, contexts)) or '-'} context")
         for ax in (ax_p, ax_d):
             ax.grid(True, which="both", alpha=0.3)
             if ax.lines:
@@ -152,3 +158,72 @@ def write_plot(report: dict, path) -> str | None:
     finally:
         plt.close(fig)
     return None
+
+
+# ---- the cuda runtime's report (serving_cuda_<model>.json -> .md) ---------------------------------------
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    if not rows:
+        return ["Not measured in this run.", ""]
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in row) + " |" for row in rows), ""]
+
+
+def _ms_row(r: dict, key: str = "ms_per_step") -> str:
+    return _f(r.get(key)) if key in r else r.get("error", "OOM" if r.get("oom_batches") else "-")
+
+
+def serving_markdown(res: dict) -> str:
+    """The cuda runtime's JSON report as tables: decode against its storage floor, prefill, kernel time by
+    category, ablations and the reference baselines."""
+    cuda, gib = res.get("cuda", {}), 2**30
+    lines = [f"# cuda runtime: {res['model']} on {res['gpu']}, {res['date']}", "",
+             f"- torch {res['torch']}, CUDA {res['cuda_version']}, sm{''.join(map(str, res['capability']))}; "
+             f"{res['dtype']}, weights {res['weights']}; kernel sources {res.get('plugin_kernel_sources_sha256')}",
+             f"- decode over {res['context_tokens']} text + {res['meta_tokens']} meta tokens of "
+             f"{res['cache_contents']}",
+             f"- copy bandwidth {_f(res.get('copy_bandwidth_GBps'), '.0f')} GB/s (read + write); weights "
+             f"{_f(res.get('weight_bytes', 0) / 1e9)} GB; floor = (weight bytes + cache bytes read per step) / "
+             f"copy bandwidth", f"- decode GEMMs: {res.get('decode_gemms', {}).get('mode')}; timing: {res['timing']}",
+             f"- complete: {bool(res.get('complete'))}", "", "## Decode (CUDA graphs)", ""]
+    lines += _table(["batch", "ms/step", "tokens/s", "eager ms/step", "floor ms", "% of floor", "peak GiB",
+                     "OOM at"],
+                    [[r.get("batch", r["requested_batch"]), _ms_row(r), _f(r.get("tokens_per_s"), ".0f"),
+                      _f(r.get("eager_ms_per_step")), _f(r.get("decode_floor_ms")),
+                      _f(100 * r["fraction_of_floor"] if "fraction_of_floor" in r else None, ".1f"),
+                      _f(r["peak_memory_bytes"] / gib if "peak_memory_bytes" in r else None),
+                      ", ".join(map(str, r.get("oom_batches", []))) or "-"] for r in cuda.get("decode", [])])
+    forward = {r["tokens"]: r for r in cuda.get("prefill_model_forward", [])}
+    reference = {r["tokens"]: r for r in res.get("reference", {}).get("prefill", [])}
+    lines += ["## Prefill (batch 1, median ms)", ""]
+    lines += _table(["tokens", "runtime prefill", "model forward (same kernels)", "reference kernels"],
+                    [[p["tokens"], _ms_row(p, "ms"), _ms_row(forward.get(p["tokens"], {}), "ms"),
+                      _ms_row(reference.get(p["tokens"], {}), "ms")] for p in cuda.get("prefill", [])])
+    for key, per in (("profile_prefill", "prefill"), ("profile_graphs", "step"), ("profile_eager", "step")):
+        rows = [r for r in cuda.get(key, []) if "by_category" in r]
+        if rows:
+            lines += _profile_table(key, rows, per)
+    lines += ["## Ablations and baselines (ms per decode step)", ""]
+    sections = [(k, v) for k, v in cuda.items() if k.startswith("decode_graphs_")]
+    sections += [(f"reference {k}", v) for k, v in res.get("reference", {}).items()
+                 if k.startswith("decode_") or k == "torch_compile_whole_model"]
+    lines += _table(["measurement", "batch", "ms/step", "tokens/s"],
+                    [[k, r.get("batch", r.get("requested_batch")), _ms_row(r), _f(r.get("tokens_per_s"), ".0f")]
+                     for k, rows in sections if isinstance(rows, list) for r in rows])
+    return "\n".join(lines)
+
+
+def _profile_table(key: str, rows: list[dict], per: str) -> list[str]:
+    """Kernel µs per `per` by category, one column per profiled run."""
+    us = f"us_per_{per}"
+    names = list(dict.fromkeys(c for r in rows for c in r["by_category"]))
+    heads = [f"{r.get('prefill_impl', '')} {r['tokens']} tokens" if per == "prefill" else f"batch {r['batch']}"
+             for r in rows]
+    body = [[c, *(_f(r["by_category"].get(c, {}).get(us), ".0f") for r in rows)] for c in names]
+    body += [["glue (elementwise)", *(_f(r.get(f"glue_{us}"), ".0f") for r in rows)],
+             ["total kernel time", *(_f(r.get(f"total_kernel_{us}"), ".0f") for r in rows)]]
+    return [f"## Kernel time by category: {key} (µs per {per})", "", *_table(["category", *heads], body)]
+
+
+def write_serving_markdown(res: dict, path) -> None:
+    atomic_write_text(Path(path), serving_markdown(res))

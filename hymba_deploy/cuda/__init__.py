@@ -1,36 +1,36 @@
-"""The `cuda` kernel backend: the plugin kernels behind `torch.ops.hymba.*` (one implementation, two doors).
+"""The `cuda` kernel backend: the plugin kernels as a `KernelBackend` object (`CudaKernels`).
 
 The CUDA kernels live in `plugins/<op>/<op>_kernel.{h,cu}` (plain launchers: params struct + stream ->
-cudaError_t; installed as `hymba_deploy/_plugins`), shared with the TensorRT plugins. `load_extension()` JIT-compiles those very sources plus
-the small binding `csrc/hymba_torch.cpp` with `torch.utils.cpp_extension.load`; `set_backend("cuda")`
-registers CUDA kernels for `hymba::selective_scan`, `hymba::causal_conv1d` and
-`hymba::windowed_attention` that call it on the current stream.
+cudaError_t; installed as `hymba_deploy/_plugins`), shared with the TensorRT plugins. `load_extension()`
+JIT-compiles those very sources (`extension_sources()`) plus the small binding `csrc/hymba_torch.cpp` with
+`torch.utils.cpp_extension.load`. `CudaKernels` calls that extension for CUDA tensors and the
+`torch.ops.hymba.*` ops (`hymba_deploy.kernels.ReferenceKernels`) for CPU tensors.
 
-Backends (chosen once per process, at model load time; nothing in the model changes):
-    reference  the ops' PyTorch implementations (`hymba_deploy.ops`), on CPU or CUDA tensors
-    cuda       the plugin kernels for CUDA tensors (CPU tensors still take the PyTorch implementations)
-
-A missing GPU or compiler is a `HymbaDeployError` naming the fix; nothing falls back silently.
+Which kernels a model runs is chosen where it is built (`kernel_backend("cuda")`, `load_model(..., kernels=...)`,
+`HymbaForCausalLM(config, kernels=...)`); nothing here is a process-wide switch. A missing GPU or
+compiler is a `HymbaDeployError` naming the fix; nothing falls back silently.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 from pathlib import Path
 
 import torch
 
-from ..engine.plugins import PLUGIN_SOURCES as PLUGINS_DIR
+from ..contract import plugin_sources
 from ..errors import HymbaDeployError
+from ..kernels import REFERENCE, ReferenceKernels
+from ..ops import SOFTPLUS_THRESHOLD
 
 BACKENDS = ("reference", "cuda")
 OPS = ("selective_scan", "causal_conv1d", "windowed_attention")
 CSRC = Path(__file__).resolve().parent / "csrc" / "hymba_torch.cpp"
+PLUGINS_DIR = plugin_sources()
 
-_ext = None
-_backend = "reference"
-_registered = False
+_ext = None                        # the loaded extension module (a build is per process, cached by torch)
 
 
 @contextlib.contextmanager
@@ -60,13 +60,24 @@ def kernel_sources(plugins_dir: Path = PLUGINS_DIR) -> list[Path]:
     return files
 
 
+def extension_sources() -> list[Path]:
+    """What `load_extension` compiles: the binding, then the plugin kernel sources."""
+    return [CSRC, *kernel_sources()]
+
+
+def binding_functions(binding: Path = CSRC) -> list[str]:
+    """The Python functions the binding defines (`m.def("name", ...)`)."""
+    return re.findall(r'm\.def\("(\w+)"', binding.read_text())
+
+
 def load_extension(verbose: bool = False):
     """Build (first call; cached by torch under TORCH_EXTENSIONS_DIR) and import the kernel extension."""
     global _ext
     if _ext is not None:
         return _ext
     if not torch.cuda.is_available():
-        raise HymbaDeployError("the 'cuda' backend needs a CUDA GPU; use --backend reference on this machine")
+        raise HymbaDeployError("the 'cuda' kernels need a CUDA GPU; use the reference kernels on this machine "
+                               "(--backend reference)")
     from torch.utils.cpp_extension import load
 
     major, minor = torch.cuda.get_device_capability()
@@ -75,7 +86,7 @@ def load_extension(verbose: bool = False):
     try:
         _ext = load(
             name="hymba_torch_ext",
-            sources=[str(CSRC)] + [str(f) for f in kernel_sources()],
+            sources=[str(f) for f in extension_sources()],
             extra_include_paths=[str(PLUGINS_DIR)],
             extra_cflags=["-O3"],
             extra_cuda_cflags=["-O3", "--expt-relaxed-constexpr"],
@@ -86,77 +97,79 @@ def load_extension(verbose: bool = False):
     return _ext
 
 
-def get_backend() -> str:
-    return _backend
+class CudaKernels(ReferenceKernels):
+    """The plugin kernels (through `ext`, the loaded extension) for CUDA tensors; the reference ops for CPU
+    tensors. The routing is by the first tensor argument's device, per call."""
 
+    name = "cuda"
+    writes_state_in_place = True
 
-def set_backend(name: str) -> None:
-    """Select the kernels `torch.ops.hymba.*` run on CUDA tensors for this process."""
-    global _backend
-    if name not in BACKENDS:
-        raise HymbaDeployError(f"backend {name!r}: choose one of {', '.join(BACKENDS)}")
-    if name == "cuda":
-        load_extension()
-        _register()
-    _backend = name
+    def __init__(self, ext):
+        self.ext = ext
 
-
-def _register() -> None:
-    """CUDA kernels for the three custom ops; each routes by the selected backend (so 'reference' can
-    be selected again later without unregistering)."""
-    global _registered
-    if _registered:
-        return
-    import importlib
-
-    # The submodules themselves: `hymba_deploy.ops` re-exports functions of the same names.
-    conv_mod = importlib.import_module("hymba_deploy.ops.causal_conv1d")
-    scan_mod = importlib.import_module("hymba_deploy.ops.selective_scan")
-    attn_mod = importlib.import_module("hymba_deploy.ops.windowed_attention")
-
-    def scan_cuda(x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None,
-                  softplus_threshold=scan_mod.SOFTPLUS_THRESHOLD):
-        if _backend != "cuda":
-            y, s = scan_mod.selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state, softplus_threshold)
-            return y, s.clone() if s is initial_state else s
-        return tuple(_ext.selective_scan(
+    # ---- the model's calls --------------------------------------------------------------------------
+    def selective_scan(self, x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None):
+        if not x.is_cuda:
+            return super().selective_scan(x, dt, A, B, C, D, z, dt_bias, initial_state)
+        return tuple(self.ext.selective_scan(
             x, dt.to(x.dtype), A.float(), B.to(x.dtype), C.to(x.dtype),
             None if D is None else D.float(), None if z is None else z.to(x.dtype),
-            None if dt_bias is None else dt_bias.float(), initial_state, softplus_threshold, None, None))
+            None if dt_bias is None else dt_bias.float(), initial_state, SOFTPLUS_THRESHOLD, None, None))
 
-    def conv_cuda(x, weight, bias=None, conv_state=None, activation="silu"):
-        if _backend != "cuda":
-            return conv_mod.causal_conv1d(x, weight, bias, conv_state, activation)
-        if activation not in conv_mod.ACTIVATIONS:
-            raise ValueError(f"causal_conv1d: activation must be 'silu' or None, got {activation!r}")
+    def causal_conv1d(self, x, weight, bias=None, conv_state=None, activation="silu"):
+        if not x.is_cuda:
+            return super().causal_conv1d(x, weight, bias, conv_state, activation)
+        from ..ops.causal_conv1d import ACTIVATIONS
+        if activation not in ACTIVATIONS:
+            raise HymbaDeployError(f"causal_conv1d: activation must be 'silu' or None, got {activation!r}")
         state = None if conv_state is None else conv_state.to(x.dtype)
-        y, new_state = _ext.causal_conv1d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype),
-                                          state, activation == "silu", None, None)
+        y, new_state = self.ext.causal_conv1d(x, weight.to(x.dtype), None if bias is None else bias.to(x.dtype),
+                                              state, activation == "silu", None, None)
         if conv_state is not None and conv_state.dtype != x.dtype:
             new_state = new_state.to(conv_state.dtype)
         return y, new_state
 
-    def attn_cuda(q, k, v, window, num_meta, scale):
-        if _backend != "cuda":
-            return attn_mod.windowed_attention(q, k, v, window, num_meta, scale)
-        return _ext.windowed_attention(q, k, v, window, num_meta, scale, None)
+    def windowed_attention(self, q, k, v, window: int, num_meta: int, scale: float):
+        if not q.is_cuda:
+            return super().windowed_attention(q, k, v, window, num_meta, scale)
+        return self.ext.windowed_attention(q, k, v, window, num_meta, scale, None)
 
-    torch.library.register_kernel("hymba::selective_scan", "cuda", scan_cuda)
-    torch.library.register_kernel("hymba::causal_conv1d", "cuda", conv_cuda)
-    torch.library.register_kernel("hymba::windowed_attention", "cuda", attn_cuda)
-    _registered = True
+    # ---- the serving runtime's in-place calls: the kernels write the state buffer themselves ---------
+    def conv_(self, x, weight, bias, state, fresh: bool = False):
+        if not x.is_cuda:
+            return super().conv_(x, weight, bias, state, fresh)
+        return self.ext.causal_conv1d(x, weight, bias, None if fresh else state, True, None, state)[0]
+
+    def scan_(self, x, dt, A, B, C, D, z, dt_bias, state, fresh: bool = False):
+        """fp32 state: written by the kernel itself; other dtypes: the kernel's fp32 state copied in."""
+        if not x.is_cuda:
+            return super().scan_(x, dt, A, B, C, D, z, dt_bias, state, fresh)
+        init = None if fresh else state
+        if state.dtype == torch.float32:
+            return self.ext.selective_scan(x, dt, A, B, C, D, z, dt_bias, init, SOFTPLUS_THRESHOLD, None, state)[0]
+        y, new_state = self.ext.selective_scan(x, dt, A, B, C, D, z, dt_bias, init, SOFTPLUS_THRESHOLD, None, None)
+        state.copy_(new_state)
+        return y
+
+    def device_kv_len(self, device) -> bool:
+        return torch.device(device).type == "cuda"
+
+    def attn(self, q, k, v, window, num_meta, scale, out=None, kv_len=None):
+        if not q.is_cuda:
+            return super().attn(q, k, v, window, num_meta, scale, out, kv_len)
+        return self.ext.windowed_attention(q, k, v, window, num_meta, scale, out, kv_len)
 
 
-def extension():
-    """The loaded extension module (for in-place calls by the serving runtime); None before loading."""
-    return _ext
+def kernel_backend(name: str, verbose: bool = False) -> ReferenceKernels:
+    """The kernel backend called `name` ('reference' or 'cuda'; 'cuda' builds or loads the extension)."""
+    if name not in BACKENDS:
+        raise HymbaDeployError(f"kernel backend {name!r}: choose one of {', '.join(BACKENDS)}")
+    return REFERENCE if name == "reference" else CudaKernels(load_extension(verbose))
 
 
-def load_model(spec: str, dtype=None, seed: int = 0, device="cuda", backend: str = "cuda"):
-    """`checkpoint.load_model` plus the backend choice: the model is unchanged, the ops' kernels are selected."""
+def load_model(spec: str, dtype=None, seed: int = 0, device="cuda", kernels: str | ReferenceKernels = "cuda"):
+    """`checkpoint.load_model` on `device`, running `kernels` (a backend object or its name)."""
     from ..checkpoint import load_model as _load
 
-    set_backend(backend)
-    model = _load(spec, dtype=dtype, seed=seed, device=device)
-    model.backend = backend
-    return model
+    chosen = kernel_backend(kernels) if isinstance(kernels, str) else kernels
+    return _load(spec, dtype=dtype, seed=seed, device=device).use_kernels(chosen)

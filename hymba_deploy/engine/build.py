@@ -22,26 +22,25 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import HymbaDeployError
+from ..contract import GRAPHS, graph_file
 from ..fileio import atomic_write_bytes, atomic_write_text
 from . import onnx_inputs, plugins
 from .artifact import ENGINE_SUFFIX, SIDECAR_SUFFIX
 from .backends import BACKENDS, resolve_target, select_backend, parse_target
 
-GRAPHS = ("prefill", "decode")
-
-
 def find_graphs(src, progress: Callable[[str], None] | None = None) -> dict[str, Path]:
     """An export DIR (the graphs its manifest.json lists, every file verified against it) or one .onnx
     file (verified against the manifest beside it, if there is one) -> {graph name: path}."""
-    from ..exporters.manifest import GRAPHS as EXPORTED, MANIFEST, verify_export
+    from ..exporters.manifest import MANIFEST, verify_export
 
     src = Path(src)
     if src.is_dir():
-        if not any((src / f"{g}.onnx").is_file() for g in GRAPHS):
-            raise HymbaDeployError(f"{src}: neither prefill.onnx nor decode.onnx found; run `hymba-deploy export` first")
+        if not any((src / graph_file(g)).is_file() for g in GRAPHS):
+            raise HymbaDeployError(f"{src}: neither {' nor '.join(map(graph_file, GRAPHS))} found; run `hymba-deploy export` "
+                                   f"first")
         return verify_export(src, progress=progress)
     if src.suffix == ".onnx" and src.is_file():
-        if (src.parent / MANIFEST).is_file() and src.stem in EXPORTED:
+        if (src.parent / MANIFEST).is_file() and src.stem in GRAPHS:
             verify_export(src.parent, [src.stem], progress=progress)
         return {src.stem: src}
     raise HymbaDeployError(f"{src}: expected an export directory or an .onnx file")
@@ -125,45 +124,20 @@ def _network_layers(trt, network) -> list[dict]:
 def build(src, out_dir, backend: str = "tensorrt-rtx", target: str = "sm80", plugin_library=None,
           profile: str | None = None, timing_cache=None, workspace_mib: int | None = None,
           graphs=None, progress: Callable[[str], None] | None = None) -> dict:
-    """Build an engine per exported graph of `src` into `out_dir`; return {graph: sidecar dict}."""
+    """Build an engine per exported graph of `src` into `out_dir`; return {graph: sidecar dict}.
+    Steps: check the arguments and graphs (before any slow import) -> select the backend and load the
+    plugins -> per graph: parse, build, write the engine and its sidecar."""
     say = progress or (lambda msg: None)
-    if backend not in BACKENDS:
-        raise HymbaDeployError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    parse_target(target)                                   # a bad name fails before any import
-    if workspace_mib is not None and workspace_mib <= 0:
-        raise HymbaDeployError(f"--workspace {workspace_mib}: give a positive number of MiB")
-    found = find_graphs(src, progress=say)
-    if graphs:
-        found = {g: p for g, p in found.items() if g in graphs}
-    protos = {g: onnx_inputs.load_ours(p) for g, p in found.items()}
-    nodes = {g: onnx_inputs.hymba_nodes(p) for g, p in protos.items()}
-    for g, proto in protos.items():                        # profiles validated before the slow parts
-        meta = onnx_inputs.metadata(proto)
-        onnx_inputs.input_shapes(proto, onnx_inputs.parse_profile(profile, int(meta.get("max_seq_len", 8192))))
-
+    _check_arguments(backend, target, workspace_mib)
+    found, protos, nodes = _read_graphs(src, graphs, profile, say)
     be = select_backend(backend)
     cc = resolve_target(be, target)
     say(f"backend {be.name} {be.version}, target sm{cc[0]}{cc[1]}")
-    lib = None
-    lib_info = {}
-    if any(nodes.values()):
-        lib = plugins.ensure_library(plugin_library, cuda_archs=f"{cc[0]}{cc[1]}", progress=say)
-        lib_info = plugins.check_library_version(lib, be)
-        registry = plugins.load_library(be.trt, lib)
-        for g in found:
-            plugins.match_nodes(registry, nodes[g], lib)
-        lib_info.update({"path": str(lib), "sha256": plugins.sha256(lib)})
+    lib_info = _load_plugins(be, cc, found, nodes, plugin_library, say)
 
-    from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath, Profile
     from polygraphy.logger import G_LOGGER
     G_LOGGER.module_severity = G_LOGGER.WARNING
-    trt = be.trt
-
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise HymbaDeployError(f"--out {out}: cannot create it ({e.strerror or e})") from None
+    out = _output_dir(out_dir)
     cache_path = str(timing_cache) if timing_cache and not be.is_rtx else None
     if timing_cache and be.is_rtx:
         say("--timing-cache ignored: TensorRT-RTX has no timing cache (its cache calls are no-ops since 1.2)")
@@ -176,37 +150,8 @@ def build(src, out_dir, backend: str = "tensorrt-rtx", target: str = "sm80", plu
         onnx_sha = plugins.sha256(path)
         say(f"building {g} engine from {path}")
         t0 = time.perf_counter()
-        p = Profile()
-        for name, (lo, opt, hi) in shapes.items():
-            p.add(name, min=lo, opt=opt, max=hi)
-        config_kwargs = {"profiles": [p], "progress_monitor": _progress_monitor(trt, say),
-                         "profiling_verbosity": trt.ProfilingVerbosity.DETAILED}   # for the engine inspector
-        if timing_cache and not be.is_rtx:
-            config_kwargs["load_timing_cache"] = str(timing_cache)
-        if workspace_mib:
-            config_kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(workspace_mib) << 20}
-        if be.is_rtx:
-            from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
-            create_config = CreateConfigRTX(compute_capabilities=[cc], **config_kwargs)
-        else:
-            from polygraphy.backend.trt import CreateConfig
-            create_config = CreateConfig(**config_kwargs)
-        with _stripped_copy(path, proto) as stripped:
-            network_loader = NetworkFromOnnxPath(str(stripped), strongly_typed=True)
-            try:
-                builder, network, parser = network_loader()
-            except Exception as e:
-                raise HymbaDeployError(f"{path}: the {be.name} ONNX parser rejected it: {e}") from None
-            io = _network_io(network)
-            layers = _network_layers(trt, network)
-            try:
-                with warnings.catch_warnings():          # Polygraphy's timing-cache calls: no-ops under RTX
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    serialized = EngineBytesFromNetwork((builder, network, parser), config=create_config,
-                                                        save_timing_cache=cache_path)()
-            except Exception as e:
-                raise HymbaDeployError(f"building the {g} engine failed: {e}") from None
-        data = memoryview(serialized).tobytes() if not isinstance(serialized, bytes) else serialized
+        create_config = _create_config(be, cc, shapes, timing_cache, workspace_mib, say)
+        data, io, layers = _build_engine(be, g, path, proto, create_config, cache_path)
         seconds = round(time.perf_counter() - t0, 2)
         engine_path = out / f"{g}{ENGINE_SUFFIX}"
         atomic_write_bytes(engine_path, data)
@@ -242,6 +187,95 @@ def build(src, out_dir, backend: str = "tensorrt-rtx", target: str = "sm80", plu
         say(f"wrote {engine_path} ({len(data) / 2**20:.1f} MiB, {len(sidecar['plugin_layers'])} plugin layers, {seconds:.0f} s)")
         results[g] = sidecar
     return results
+
+
+def _check_arguments(backend: str, target: str, workspace_mib: int | None) -> None:
+    """Bad names and sizes fail before any import."""
+    if backend not in BACKENDS:
+        raise HymbaDeployError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    parse_target(target)
+    if workspace_mib is not None and workspace_mib <= 0:
+        raise HymbaDeployError(f"--workspace {workspace_mib}: give a positive number of MiB")
+
+
+def _read_graphs(src, graphs, profile: str | None, say):
+    """The graphs to build ({graph: path}), their protos and `hymba` nodes; every profile validated before
+    the slow parts."""
+    found = find_graphs(src, progress=say)
+    if graphs:
+        found = {g: p for g, p in found.items() if g in graphs}
+    protos = {g: onnx_inputs.load_ours(p) for g, p in found.items()}
+    nodes = {g: onnx_inputs.hymba_nodes(p) for g, p in protos.items()}
+    for g, proto in protos.items():
+        meta = onnx_inputs.metadata(proto)
+        onnx_inputs.input_shapes(proto, onnx_inputs.parse_profile(profile, int(meta.get("max_seq_len", 8192))))
+    return found, protos, nodes
+
+
+def _load_plugins(be, cc, found: dict, nodes: dict, plugin_library, say) -> dict:
+    """When any graph has `hymba` nodes: the plugin library (built for `cc` if needed) loaded into the
+    registry, every node matched to a creator; returns what the sidecars record of it ({} without nodes)."""
+    if not any(nodes.values()):
+        return {}
+    lib = plugins.ensure_library(plugin_library, cuda_archs=f"{cc[0]}{cc[1]}", progress=say)
+    lib_info = plugins.check_library_version(lib, be)
+    registry = plugins.load_library(be.trt, lib)
+    for g in found:
+        plugins.match_nodes(registry, nodes[g], lib)
+    lib_info.update({"path": str(lib), "sha256": plugins.sha256(lib)})
+    return lib_info
+
+
+def _output_dir(out_dir) -> Path:
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HymbaDeployError(f"--out {out}: cannot create it ({e.strerror or e})") from None
+    return out
+
+
+def _create_config(be, cc, shapes: dict, timing_cache, workspace_mib: int | None, say):
+    """Polygraphy's CreateConfig (CreateConfigRTX for TensorRT-RTX): one optimisation profile of `shapes`,
+    detailed profiling verbosity (for the engine inspector), progress, timing cache and workspace."""
+    from polygraphy.backend.trt import Profile
+    trt = be.trt
+    p = Profile()
+    for name, (lo, opt, hi) in shapes.items():
+        p.add(name, min=lo, opt=opt, max=hi)
+    config_kwargs = {"profiles": [p], "progress_monitor": _progress_monitor(trt, say),
+                     "profiling_verbosity": trt.ProfilingVerbosity.DETAILED}
+    if timing_cache and not be.is_rtx:
+        config_kwargs["load_timing_cache"] = str(timing_cache)
+    if workspace_mib:
+        config_kwargs["memory_pool_limits"] = {trt.MemoryPoolType.WORKSPACE: int(workspace_mib) << 20}
+    if be.is_rtx:
+        from polygraphy.backend.tensorrt_rtx import CreateConfigRTX
+        return CreateConfigRTX(compute_capabilities=[cc], **config_kwargs)
+    from polygraphy.backend.trt import CreateConfig
+    return CreateConfig(**config_kwargs)
+
+
+def _build_engine(be, g: str, path: Path, proto, create_config, cache_path) -> tuple[bytes, dict, list[dict]]:
+    """Parse the stripped graph (strongly typed) and build it: (engine bytes, network I/O, network layers)."""
+    from polygraphy.backend.trt import EngineBytesFromNetwork, NetworkFromOnnxPath
+    with _stripped_copy(path, proto) as stripped:
+        network_loader = NetworkFromOnnxPath(str(stripped), strongly_typed=True)
+        try:
+            builder, network, parser = network_loader()
+        except Exception as e:
+            raise HymbaDeployError(f"{path}: the {be.name} ONNX parser rejected it: {e}") from None
+        io = _network_io(network)
+        layers = _network_layers(be.trt, network)
+        try:
+            with warnings.catch_warnings():          # Polygraphy's timing-cache calls: no-ops under RTX
+                warnings.simplefilter("ignore", DeprecationWarning)
+                serialized = EngineBytesFromNetwork((builder, network, parser), config=create_config,
+                                                    save_timing_cache=cache_path)()
+        except Exception as e:
+            raise HymbaDeployError(f"building the {g} engine failed: {e}") from None
+    data = memoryview(serialized).tobytes() if not isinstance(serialized, bytes) else serialized
+    return data, io, layers
 
 
 def format_summary(results: dict) -> str:

@@ -18,9 +18,9 @@ from collections import Counter
 from pathlib import Path
 
 from . import artifact
+from ..contract import OP_TYPES
 from .backends import backend_available, current_compute_capability, select_backend
 
-OUR_PLUGINS = ("SelectiveScan", "CausalConv1d", "WindowedAttention")
 
 
 def _inspector_layers(engine: Path, sidecar: dict, lib: Path | None, lib_reason: str | None
@@ -66,10 +66,10 @@ def _inspector_layers(engine: Path, sidecar: dict, lib: Path | None, lib_reason:
 
 def _our_plugin(layer: dict, plugin_names: set[str]) -> str | None:
     plugin = layer.get("plugin") or {}
-    if plugin.get("name") in OUR_PLUGINS:
+    if plugin.get("name") in OP_TYPES:
         return plugin["name"]
     text = json.dumps(layer.get("detail", {})) + layer["name"]
-    hit = next((op for op in OUR_PLUGINS if op in text), None)
+    hit = next((op for op in OP_TYPES if op in text), None)
     if hit or layer["name"] in plugin_names:
         return hit or "plugin"
     return None

@@ -16,11 +16,10 @@ import re
 from pathlib import Path
 
 from ..config import HymbaConfig
+from ..contract import DOMAIN, GRAPHS, METADATA_PREFIX as META, REQUIRED_METADATA, graph_file
 from ..errors import HymbaDeployError
 from ..fileio import resolve_inside
 
-HYMBA_DOMAIN = "hymba"
-META = "hymba."
 DEFAULT_PROFILE = "batch=1:1:16,seq=1:128:MAX"
 
 
@@ -38,10 +37,6 @@ def load_graph(path: Path):
     return proto
 
 
-# Metadata every graph `hymba-deploy export` writes and the build reads (exporters/README.md).
-REQUIRED_METADATA = ("config", "graph", "dtype", "eviction", "max_seq_len")
-
-
 def load_ours(path: Path):
     """`load_graph`, refusing an ONNX that `hymba-deploy export` did not write: the message names the
     file and the metadata it lacks."""
@@ -51,10 +46,10 @@ def load_ours(path: Path):
     if missing:
         raise HymbaDeployError(f"{path}: not an ONNX exported by hymba-deploy (metadata {', '.join(missing)} "
                                f"missing); export the model with `hymba-deploy export`")
-    graphs = ("prefill", "decode")
-    if meta["graph"] not in graphs or (Path(path).stem in graphs and Path(path).stem != meta["graph"]):
+    by_file = next((g for g in GRAPHS if Path(path).name == graph_file(g)), None)
+    if meta["graph"] not in GRAPHS or (by_file is not None and by_file != meta["graph"]):
         raise HymbaDeployError(f"{path}: metadata {META}graph = {meta['graph']!r} does not match the file "
-                               f"(expected {Path(path).stem if Path(path).stem in graphs else 'prefill or decode'})")
+                               f"(expected {by_file or ' or '.join(GRAPHS)})")
     if not re.fullmatch(r"[0-9]{1,9}", meta["max_seq_len"]) or int(meta["max_seq_len"]) < 1:
         raise HymbaDeployError(f"{path}: metadata {META}max_seq_len = {meta['max_seq_len']!r} is not a positive "
                                f"integer")
@@ -74,7 +69,7 @@ def metadata(proto) -> dict:
 def hymba_nodes(proto) -> list[dict]:
     out = []
     for node in proto.graph.node:
-        if node.domain != HYMBA_DOMAIN:
+        if node.domain != DOMAIN:
             continue
         attrs = {a.name: a for a in node.attribute}
         def s(name, default):

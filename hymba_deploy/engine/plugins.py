@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from ..contract import plugin_sources
 from ..errors import HymbaDeployError
 from ..fileio import atomic_write_json, user_cache_dir
 from ..fileio import sha256_file as sha256  # noqa: F401  (build.py, tests)
@@ -27,7 +28,7 @@ from .tensorrt_headers import TensorRTHeaders, find_headers, header_version
 LIBRARY_NAME = "libhymba_plugins.so"
 # The plugin sources ship inside the package (`hymba_deploy/_plugins`, a link to the repository's plugins/ that a
 # wheel stores as a folder), so a checkout, an editable and a wheel install all find them here.
-PLUGIN_SOURCES = (Path(__file__).resolve().parents[1] / "_plugins").resolve()
+PLUGIN_SOURCES = plugin_sources()
 SOURCE_SUFFIXES = (".cu", ".cuh", ".h", ".cpp")
 # Ninja's "[3/17] Building CUDA object ..." and Make's "[ 17%] Building CUDA object ...".
 COMPILER_STEP = re.compile(r"^\[\s*(\d+/\d+|\d+%)\]\s+(.*)$")

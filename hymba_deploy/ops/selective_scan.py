@@ -32,9 +32,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..contract import SOFTPLUS_THRESHOLD
 from .precision import compute_dtype
-
-SOFTPLUS_THRESHOLD = 20.0  # mamba-ssm's kernels: softplus(x) = x for x > 20
 
 
 def _prepare(x, dt, A, B, C, D, z, dt_bias, initial_state, softplus_threshold):

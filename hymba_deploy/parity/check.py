@@ -1,5 +1,6 @@
-"""`hymba-deploy check`: the same random prompts through PyTorch (the reference), ONNX Runtime and the
-engines, compared after prefill and after each of K decode steps.
+"""`hymba-deploy check`: the same random prompts through PyTorch (the reference), ONNX Runtime, the
+engines and (on request, `--runtime cuda`) the serving runtime on the cuda kernels, compared after prefill
+and after each of K decode steps.
 
 Multi-step and stateful: every backend feeds its own `present.*` outputs back as the next step's
 `past.*` inputs (as a deployment does), and all backends decode the same token (the reference's
@@ -12,20 +13,25 @@ an engine folder that is missing, empty or unreadable is an error, never "not ru
 
 from __future__ import annotations
 
+import copy
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..contract import GRAPHS, graph_file
 from ..errors import HymbaDeployError
 from ..exporters.manifest import verify_export
+from ..runtime import OnnxRuntimeRunner, ServingRunner, TensorRTRunner, TorchRunner
+from ..runtime.tensorrt_runner import engine_unavailable
 from .compare import TOLERANCES, compare_outputs
 from .localize import localize
 
 REFERENCE = "torch"
-BACKENDS = ("onnxruntime", "tensorrt")
+RUNTIMES = ("cuda",)                  # runtimes compared on request (`--runtime`): the serving runtime
 _PRECISION_ORDER = ("bfloat16", "float16", "float32")     # lowest first
 
 
@@ -59,7 +65,7 @@ def _cache_io(meta: dict, config) -> list[tuple[str, str]]:
     if "cache_io" in meta:
         return [tuple(p) for p in json.loads(meta["cache_io"])]
     from ..cache import HybridMambaAttentionDynamicCache as Cache
-    return [(p, q) for (p, _, _), (q, _, _) in zip(Cache.state_names(config, present=True), Cache.state_names(config))]
+    return Cache.io_pairs(config)
 
 
 def _next_feed(outputs: dict, token: np.ndarray, cache_io) -> dict:
@@ -69,83 +75,181 @@ def _next_feed(outputs: dict, token: np.ndarray, cache_io) -> dict:
     return feed
 
 
+@dataclass
+class _Plan:
+    """What one check compares: the export's graphs and metadata, the reference, tolerances, prompts."""
+    onnx_dir: Path
+    graphs: dict[str, Path]
+    needed: list[str]
+    meta: dict
+    onnx_dtype: str
+    ref_dtype: str
+    eviction: str
+    tolerances: dict
+    reference_model: object
+    cache_io: list[tuple[str, str]]
+    logits_to_keep: int
+    max_prompt_len: int
+    max_seq_len: int
+
+
+@dataclass
+class _Candidate:
+    """A runtime compared against the reference: its status and, when it runs, its runner factory per graph
+    (capture_layers -> an inactive runner)."""
+    status: dict
+    factories: dict[str, Callable] = field(default_factory=dict)
+
+
 def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dtype: str | None = None,
           seed: int = 0, max_prompt_len: int = 48, batch_size: int = 1, device: str = "cpu",
-          tolerances: dict | None = None, plugin_library=None, progress: Callable[[str], None] | None = None) -> dict:
-    """Compare torch, ONNX Runtime and engines; returns the report (report["ok"]: every backend that ran
-    passed, and at least one ran; report["not_run"]: the backends that did not run).
+          tolerances: dict | None = None, plugin_library=None, runtimes: tuple[str, ...] = (),
+          progress: Callable[[str], None] | None = None) -> dict:
+    """Compare torch, ONNX Runtime, engines and (`runtimes`, e.g. ("cuda",)) the serving runtime; returns the
+    report (report["ok"]: every backend that ran passed, and at least one ran; report["not_run"]: the
+    backends that did not run).
 
     `engine_dir`'s engines are checked before any work (HymbaDeployError when missing or unreadable);
-    `plugin_library` (`--plugins`) is the plugin library they may load (default: the project's build)."""
-    from ..checkpoint import parse_dtype
-    from ..runtime import OnnxRuntimeRunner, TensorRTRunner, TorchRunner
-    from ..runtime.tensorrt_runner import engine_unavailable
-
+    `plugin_library` (`--plugins`) is the plugin library they may load (default: the project's build).
+    Steps: plan (inputs, metadata, reference) -> candidates (which runtimes run) -> run and compare ->
+    localise each failure -> report."""
     say = progress or (lambda msg: None)
     t_start = time.perf_counter()
     if prompts < 1 or steps < 0 or batch_size < 1:
         raise HymbaDeployError("--prompts and --batch-size must be ≥ 1 and --steps ≥ 0")
+    unknown = sorted(set(runtimes) - set(RUNTIMES))
+    if unknown:
+        raise HymbaDeployError(f"--runtime {', '.join(unknown)}: choose among {', '.join(RUNTIMES)}")
+    plan = _plan(model, onnx_dir, steps, dtype, seed, max_prompt_len, device, tolerances, say)
+    engines = _engines(engine_dir, plan.needed) if engine_dir is not None else None
+    # In this order: the engines' profile may narrow the prompt length the serving runtime is sized for.
+    candidates = {"onnxruntime": _onnxruntime(plan, device),
+                  "tensorrt": _tensorrt(plan, engine_dir, engines, plugin_library, batch_size, steps),
+                  "cuda": _serving_cuda(plan, model, seed, batch_size, steps) if "cuda" in runtimes
+                  else _Candidate({"status": "not requested", "reason": "no --runtime cuda given"})}
+    ref_factory = {g: (lambda cap, g=g: TorchRunner(plan.reference_model, g, plan.eviction, capture_layers=cap,
+                                                     logits_to_keep=plan.logits_to_keep))
+                   for g in plan.needed}
+    rng = np.random.default_rng(seed)                             # prompt lengths, then prompts
+    lengths = _prompt_lengths(plan, prompts, steps, rng)
+    rows, first_failure = _run_and_compare(plan, ref_factory, candidates, lengths, batch_size, steps, rng, say)
+    for name, cand in candidates.items():
+        if cand.status["status"] == "pending":
+            _conclude(name, cand, rows, first_failure.get(name), ref_factory, plan.tolerances, say)
+    status = {name: cand.status for name, cand in candidates.items()}
+    ran = [n for n, s in status.items() if s["status"] in ("passed", "failed", "error")]
+    ok = bool(ran) and all(status[n]["status"] == "passed" for n in ran)
+    return {"ok": ok, "not_run": [n for n, s in status.items() if s["status"] == "not run"],
+            "model": model if isinstance(model, str) else type(model).__name__, "onnx": str(plan.onnx_dir),
+            "engine": str(engine_dir) if engine_dir else None,
+            "reference": {"backend": REFERENCE, "dtype": plan.ref_dtype, "device": device},
+            "onnx_dtype": plan.onnx_dtype, "eviction": plan.eviction, "tolerances": plan.tolerances, "seed": seed,
+            "prompts": [{"batch": batch_size, "tokens": n} for n in lengths], "steps": steps,
+            "backends": status, "results": rows, "seconds": round(time.perf_counter() - t_start, 2)}
+
+
+# ---- 1. plan -------------------------------------------------------------------------------------------
+def _plan(model, onnx_dir, steps, dtype, seed, max_prompt_len, device, tolerances, say) -> _Plan:
+    """The export's graphs (verified against their manifest), metadata, tolerances and the reference model."""
+    from ..checkpoint import parse_dtype
     onnx_dir = Path(onnx_dir)
-    graphs = {"prefill": onnx_dir / "prefill.onnx", "decode": onnx_dir / "decode.onnx"}
+    graphs = {g: onnx_dir / graph_file(g) for g in GRAPHS}
     needed = ["prefill"] + (["decode"] if steps else [])
     missing = [str(graphs[g]) for g in needed if not graphs[g].is_file()]
     if missing:
         raise HymbaDeployError(f"--onnx {onnx_dir}: {', '.join(missing)} not found; run `hymba-deploy export` first")
     verify_export(onnx_dir, needed, progress=say)
-    engines = _engines(engine_dir, needed) if engine_dir is not None else None
     meta = _metadata(graphs["prefill"])
     if "config" not in meta:
         raise HymbaDeployError(f"{graphs['prefill']}: no hymba.config metadata; export it with `hymba-deploy export`")
     onnx_dtype = meta.get("dtype", "float32")
     ref_dtype = str(parse_dtype(dtype or onnx_dtype)).replace("torch.", "")
-    eviction = meta.get("eviction", "upstream")
-    max_seq_len = int(meta.get("max_seq_len", 8192))
     tols = _tolerances(ref_dtype, onnx_dtype, tolerances)
     say(f"reference: PyTorch {ref_dtype} on {device}; ONNX exported in {onnx_dtype}; tolerance {tols['']}")
     ref_model = _load_reference(model, ref_dtype, seed, json.loads(meta["config"]), device)
-    cache_io = _cache_io(meta, ref_model.config)
+    return _Plan(onnx_dir, graphs, needed, meta, onnx_dtype, ref_dtype, meta.get("eviction", "upstream"), tols,
+                 ref_model, _cache_io(meta, ref_model.config),
+                 1 if meta.get("prefill_logits") == "last" else 0,     # the export's `--prefill-logits`
+                 max_prompt_len, int(meta.get("max_seq_len", 8192)))
 
-    # Which backends run, and the runner factory of each graph (capture_layers -> inactive runner).
-    status: dict[str, dict] = {}
-    factories: dict[str, dict[str, Callable]] = {}
+
+def _prompt_lengths(plan: _Plan, prompts: int, steps: int, rng: np.random.Generator) -> list[int]:
+    """Prompt lengths, the longest allowed first (within --max-prompt-len, the export's max_seq_len and any
+    engine profile)."""
+    upper = max(1, min(plan.max_prompt_len, plan.max_seq_len - steps))
+    return [upper] + [int(x) for x in rng.integers(1, upper + 1, prompts - 1)]
+
+
+# ---- 2. candidates: which runtimes run, and their runners ---------------------------------------------
+def _onnxruntime(plan: _Plan, device: str) -> _Candidate:
     try:
         import onnxruntime as ort
-        providers = (["CUDAExecutionProvider"] if device.startswith("cuda")
-                     and "CUDAExecutionProvider" in ort.get_available_providers() else []) + ["CPUExecutionProvider"]
-        factories["onnxruntime"] = {g: (lambda cap, p=graphs[g]: OnnxRuntimeRunner(p, providers, capture_layers=cap))
-                                    for g in needed}
-        status["onnxruntime"] = {"status": "pending", "detail": f"onnxruntime {ort.__version__} {providers[0]}"}
     except ImportError:
-        status["onnxruntime"] = {"status": "not run", "reason": "onnxruntime is not installed (pip install onnxruntime)"}
-    if engine_dir is None:
-        status["tensorrt"] = {"status": "not requested", "reason": "no --engine DIR given"}
-    else:
-        reason = next((r for r in (engine_unavailable(p, plugin_library) for p in engines.values()) if r), None)
-        if reason:
-            status["tensorrt"] = {"status": "not run", "reason": reason}
-        else:
-            factories["tensorrt"] = {g: (lambda cap, p=engines[g]: TensorRTRunner(p, user_library=plugin_library))
-                                     for g in needed}
-            status["tensorrt"] = {"status": "pending", "detail": str(engine_dir)}
-            # Prompts and decode steps must stay inside the engines' optimisation profile.
-            axes = _profile_axes(engines["prefill"])
-            max_prompt_len = min(max_prompt_len, axes["seq"][2] - steps)
-            if batch_size > axes["batch"][2] or max_prompt_len < 1:
-                raise HymbaDeployError(f"the engines' profile (batch <= {axes['batch'][2]}, seq <= {axes['seq'][2]}) "
-                                       f"cannot hold --batch-size {batch_size} with {steps} decode steps")
-    keep = 1 if meta.get("prefill_logits") == "last" else 0     # the export's `--prefill-logits`
-    ref_factory = {g: (lambda cap, g=g: TorchRunner(ref_model, g, eviction, capture_layers=cap, logits_to_keep=keep))
-                   for g in needed}
+        return _Candidate({"status": "not run", "reason": "onnxruntime is not installed (pip install onnxruntime)"})
+    providers = (["CUDAExecutionProvider"] if device.startswith("cuda")
+                 and "CUDAExecutionProvider" in ort.get_available_providers() else []) + ["CPUExecutionProvider"]
+    return _Candidate({"status": "pending", "detail": f"onnxruntime {ort.__version__} {providers[0]}"},
+                      {g: (lambda cap, p=plan.graphs[g]: OnnxRuntimeRunner(p, providers, capture_layers=cap))
+                       for g in plan.needed})
 
-    rng = np.random.default_rng(seed)
-    upper = max(1, min(max_prompt_len, max_seq_len - steps))
-    lengths = [upper] + [int(x) for x in rng.integers(1, upper + 1, prompts - 1)]  # the longest first
-    vocab = ref_model.config.vocab_size
+
+def _tensorrt(plan: _Plan, engine_dir, engines, plugin_library, batch_size: int, steps: int) -> _Candidate:
+    """The engines of --engine; narrows `plan.max_prompt_len` to their optimisation profile."""
+    if engine_dir is None:
+        return _Candidate({"status": "not requested", "reason": "no --engine DIR given"})
+    reason = next((r for r in (engine_unavailable(p, plugin_library) for p in engines.values()) if r), None)
+    if reason:
+        return _Candidate({"status": "not run", "reason": reason})
+    # Prompts and decode steps must stay inside the engines' optimisation profile.
+    axes = _profile_axes(engines["prefill"])
+    plan.max_prompt_len = min(plan.max_prompt_len, axes["seq"][2] - steps)
+    if batch_size > axes["batch"][2] or plan.max_prompt_len < 1:
+        raise HymbaDeployError(f"the engines' profile (batch <= {axes['batch'][2]}, seq <= {axes['seq'][2]}) "
+                               f"cannot hold --batch-size {batch_size} with {steps} decode steps")
+    return _Candidate({"status": "pending", "detail": str(engine_dir)},
+                      {g: (lambda cap, p=engines[g]: TensorRTRunner(p, user_library=plugin_library))
+                       for g in plan.needed})
+
+
+def _serving_cuda(plan: _Plan, model, seed: int, batch_size: int, steps: int) -> _Candidate:
+    """The serving runtime on the cuda kernels, in the export's dtype, on a copy of MODEL (its weights get
+    packed); "not run" without a CUDA GPU."""
+    import torch
+
+    from ..checkpoint import parse_dtype
+    if not torch.cuda.is_available():
+        return _Candidate({"status": "not run", "reason": "no CUDA GPU on this machine"})
+    from ..cuda import load_model as load_on_cuda, kernel_backend
+    from ..serving import ServingConfig, ServingRuntime
+    try:
+        kernels = kernel_backend("cuda")
+        if isinstance(model, str):
+            served = load_on_cuda(model, dtype=plan.onnx_dtype, seed=seed, kernels=kernels)
+        else:
+            served = copy.deepcopy(plan.reference_model).to("cuda", parse_dtype(plan.onnx_dtype)).use_kernels(kernels)
+        runtime = ServingRuntime(served, ServingConfig(max_context=plan.max_prompt_len + steps, buckets=(batch_size,),
+                                                       eviction=plan.eviction))
+    except HymbaDeployError as e:
+        return _Candidate({"status": "error", "reason": str(e)})
+    return _Candidate({"status": "pending", "detail": f"serving runtime, cuda kernels, {plan.onnx_dtype}, "
+                                                      f"GEMMs {runtime.decode_gemms}"},
+                      {g: (lambda cap, g=g: ServingRunner(runtime, g, plan.logits_to_keep, name=f"cuda-{g}"))
+                       for g in plan.needed})
+
+
+# ---- 3. run and compare ---------------------------------------------------------------------------------
+def _run_and_compare(plan: _Plan, ref_factory, candidates: dict[str, _Candidate], lengths: list[int],
+                     batch_size: int, steps: int, rng: np.random.Generator, say) -> tuple[list[dict], dict[str, dict]]:
+    """Every prompt through prefill and `steps` decode steps in the reference and each pending candidate, each
+    feeding its own present.* back (all decode the reference's greedy token). Returns the comparison rows and
+    each candidate's first failing step (with its feed, for localisation). A candidate that raises is marked
+    "error" and drops out."""
+    vocab = plan.reference_model.config.vocab_size
+    pending = {name: c for name, c in candidates.items() if c.status["status"] == "pending"}
+    runners = {name: {g: c.factories[g](False) for g in plan.needed} for name, c in pending.items()}
+    reference = {g: ref_factory[g](False) for g in plan.needed}
     rows: list[dict] = []
     first_failure: dict[str, dict] = {}
-
-    runners = {name: {g: f[g](False) for g in needed} for name, f in factories.items()}
-    reference = {g: ref_factory[g](False) for g in needed}
     active = [r for rs in [reference, *runners.values()] for r in rs.values()]
     try:
         for r in active:
@@ -158,56 +262,46 @@ def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dt
                 graph = "prefill" if step == 0 else "decode"
                 label = "prefill" if step == 0 else f"decode {step}"
                 ref_out = reference[graph].infer(feeds["ref"])
+                token = ref_out["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)   # (B, 1)
+                feeds["ref"] = _next_feed(ref_out, token, plan.cache_io)
                 for name, rs in runners.items():
-                    if status[name]["status"] == "error":
+                    if pending[name].status["status"] == "error":
                         continue
                     try:
                         out = rs[graph].infer(feeds[name])
                     except Exception as e:                          # a runtime failure is a result too
-                        status[name] = {"status": "error", "reason": f"{type(e).__name__}: {e}"}
+                        pending[name].status = {"status": "error", "reason": f"{type(e).__name__}: {e}"}
                         continue
-                    step_rows = compare_outputs(out, ref_out, tols, names=list(ref_out))
-                    for row in step_rows:
-                        rows.append({"backend": name, "prompt": p, "step": label, **row})
+                    step_rows = compare_outputs(out, ref_out, plan.tolerances, names=list(ref_out))
+                    rows.extend({"backend": name, "prompt": p, "step": label, **row} for row in step_rows)
                     bad = [r for r in step_rows if not r["ok"]]
                     if bad and name not in first_failure:
                         first_failure[name] = {"prompt": p, "step": label, "graph": graph,
-                                               "outputs": [r["output"] for r in bad][:8],
-                                               "feed": dict(feeds[name])}
-                    feeds[name]["__out"] = out
-                token = ref_out["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)   # (B, 1)
-                feeds["ref"] = _next_feed(ref_out, token, cache_io)
-                for name in runners:
-                    if "__out" in feeds[name]:
-                        feeds[name] = _next_feed(feeds[name].pop("__out"), token, cache_io)
+                                               "outputs": [r["output"] for r in bad][:8], "feed": dict(feeds[name])}
+                    feeds[name] = _next_feed(out, token, plan.cache_io)
     finally:
         for r in active:
             r.deactivate()
+    return rows, first_failure
 
-    for name in runners:
-        if status[name]["status"] == "error":
-            continue
-        mine = [r for r in rows if r["backend"] == name]
-        worst = max(mine, key=lambda r: r.get("rel_l2", float("inf")), default=None)
-        status[name].update({"status": "failed" if name in first_failure else "passed",
-                             "compared": len(mine), "failed": sum(not r["ok"] for r in mine),
-                             "worst": {k: worst[k] for k in ("prompt", "step", "output", "max_abs", "rel_l2", "cosine")
-                                       if k in worst} if worst else None})
-        if name in first_failure:
-            ff = first_failure[name]
-            feed = ff.pop("feed")
-            say(f"{name} fails at prompt {ff['prompt'] + 1} {ff['step']}: localising")
-            loc = localize(ref_factory[ff["graph"]], factories[name][ff["graph"]], feed, tols)
-            status[name]["first_failure"] = ff
-            status[name]["localization"] = loc
-    ran = [n for n, s in status.items() if s["status"] in ("passed", "failed", "error")]
-    ok = bool(ran) and all(status[n]["status"] == "passed" for n in ran)
-    return {"ok": ok, "not_run": [n for n, s in status.items() if s["status"] == "not run"], "model": model if isinstance(model, str) else type(model).__name__, "onnx": str(onnx_dir),
-            "engine": str(engine_dir) if engine_dir else None, "reference": {"backend": REFERENCE, "dtype": ref_dtype,
-                                                                              "device": device},
-            "onnx_dtype": onnx_dtype, "eviction": eviction, "tolerances": tols, "seed": seed,
-            "prompts": [{"batch": batch_size, "tokens": n} for n in lengths], "steps": steps,
-            "backends": status, "results": rows, "seconds": round(time.perf_counter() - t_start, 2)}
+
+# ---- 4. localise, conclude ------------------------------------------------------------------------------
+def _conclude(name: str, cand: _Candidate, rows: list[dict], failure: dict | None, ref_factory, tolerances,
+              say) -> None:
+    """A candidate that ran: passed or failed with its counts and worst output; a failure localised to the
+    first divergent layer by re-running its first failing step."""
+    mine = [r for r in rows if r["backend"] == name]
+    worst = max(mine, key=lambda r: r.get("rel_l2", float("inf")), default=None)
+    cand.status.update({"status": "failed" if failure else "passed",
+                        "compared": len(mine), "failed": sum(not r["ok"] for r in mine),
+                        "worst": {k: worst[k] for k in ("prompt", "step", "output", "max_abs", "rel_l2", "cosine")
+                                  if k in worst} if worst else None})
+    if failure:
+        feed = failure.pop("feed")
+        say(f"{name} fails at prompt {failure['prompt'] + 1} {failure['step']}: localising")
+        cand.status["first_failure"] = failure
+        cand.status["localization"] = localize(ref_factory[failure["graph"]], cand.factories[failure["graph"]],
+                                               feed, tolerances)
 
 
 def _engines(engine_dir, needed: list[str]) -> dict[str, Path]:

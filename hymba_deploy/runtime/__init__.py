@@ -4,6 +4,7 @@
     TorchRunner        the PyTorch reference (`PrefillGraph`/`DecodeGraph` around the model), CPU or CUDA
     OnnxRuntimeRunner  one exported graph in ONNX Runtime (the `hymba` function bodies, or any provider)
     TensorRTRunner     one built engine (TensorRT or TensorRT-RTX, through Polygraphy's TrtRunner)
+    ServingRunner      the serving runtime (`hymba_deploy.serving`), e.g. on the cuda kernels
 
 Every runner of a graph takes and returns the exported graph's tensor names (`input_ids`, `past.*`,
 `conv_state.*`, `ssm_state.*` -> `logits`, `present.*`). With `capture_layers=True`, torch and ONNX
@@ -13,7 +14,8 @@ Runtime runners also return each decoder layer's output hidden state as `layer.{
 
 from .base import Runner
 from .onnxruntime_runner import OnnxRuntimeRunner
+from .serving_runner import ServingRunner
 from .tensorrt_runner import TensorRTRunner
 from .torch_runner import TorchRunner
 
-__all__ = ["OnnxRuntimeRunner", "Runner", "TensorRTRunner", "TorchRunner"]
+__all__ = ["OnnxRuntimeRunner", "Runner", "ServingRunner", "TensorRTRunner", "TorchRunner"]

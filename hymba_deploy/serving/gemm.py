@@ -7,13 +7,14 @@ runs beside attention. Two kernels:
 - `linear_splitk`: y = x @ w.T with K split as well as N, so that an output-narrow GEMM (out_proj, down_proj:
   N = hidden = 1600, 13 tiles of 128 for 132 SMs; x_proj: N = 136) still spreads over every SM. Each split
   writes fp32 partial sums (S, M, N); the consumer adds them up in its own kernel (`add_partials_rms_norm`
-  in engine.py, `ssm_inputs` below), so the split costs no launch of its own.
+  in runtime.py, `ssm_inputs` below), so the split costs no launch of its own.
 - `ssm_inputs`: the SSM branch between x_proj and the scan in one kernel: sum of x_proj's partials, the
   three RMSNorms of dt, B and C (§2.3 step 3b), and dt_proj (step 3c). cuBLAS + inductor took six
   launches here (x_proj's split-K reduce, four norm kernels, dt_proj).
 
 References beside them (`linear_reference`, `ssm_inputs_reference`); the numerics differ from cuBLAS and the
-eager ops only in summation order. Timings and the sweep behind the engine's tilings: `gemm_bench.py`.
+eager ops only in summation order. Which GEMMs a runtime uses is its `ServingConfig.decode_gemms`, resolved
+once by `resolve_decode_gemms`; triton is an optional dependency, imported here only.
 """
 
 from __future__ import annotations
@@ -28,12 +29,39 @@ from ..errors import HymbaDeployError
 try:
     import triton
     import triton.language as tl
-except ImportError:          # CPU installs: the engine never selects these kernels there
+except ImportError:          # CPU installs: `resolve_decode_gemms` never selects these kernels there
     triton = None
+
+DECODE_GEMMS = ("auto", "cublas", "triton")
 
 
 def available() -> bool:
     return triton is not None and torch.cuda.is_available()
+
+
+def triton_unavailable(device: torch.device, dtype: torch.dtype) -> str | None:
+    """None when the Triton GEMMs can run for a model on `device` in `dtype`, else why not."""
+    if triton is None:
+        return "triton is not installed (pip install triton; it comes with CUDA builds of torch)"
+    if torch.device(device).type != "cuda":
+        return f"the Triton GEMMs run on CUDA models (this one is on {torch.device(device).type})"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"the Triton GEMMs run in float16/bfloat16 (this model is {str(dtype).replace('torch.', '')})"
+    return None
+
+
+def resolve_decode_gemms(choice: str, device: torch.device, dtype: torch.dtype) -> str:
+    """'cublas' (F.linear everywhere) or 'triton' (these kernels where the runtime has tilings). 'auto':
+    'triton' where it can run (CUDA, fp16/bf16, triton installed), else 'cublas'; 'triton' where it cannot
+    is an error saying why."""
+    if choice not in DECODE_GEMMS:
+        raise HymbaDeployError(f"decode_gemms {choice!r}: choose one of {', '.join(DECODE_GEMMS)}")
+    reason = triton_unavailable(device, dtype)
+    if choice == "triton" and reason:
+        raise HymbaDeployError(f"decode_gemms='triton': {reason}")
+    if choice == "auto":
+        return "cublas" if reason else "triton"
+    return choice
 
 
 def rows_block(M: int, cap: int = 128) -> int:
@@ -177,7 +205,7 @@ if triton is not None:
 
 def _check(x: torch.Tensor, w: torch.Tensor, what: str) -> tuple[int, int, int]:
     if triton is None:
-        raise RuntimeError(f"{what} needs triton (a CUDA build of torch)")
+        raise HymbaDeployError(f"{what} needs triton (a CUDA build of torch)")
     M, K = x.shape
     N, Kw = w.shape
     if Kw != K or x.stride(1) != 1 or w.stride(1) != 1 or x.dtype != w.dtype:
@@ -205,9 +233,9 @@ def ssm_inputs(partials: torch.Tensor, w_dt: torch.Tensor, w_B: torch.Tensor, w_
                dt_proj: torch.Tensor, eps: float, cfg: SsmInputsConfig):
     """x_proj's partial sums (S, M, ≥ R + 2N) (`linear_splitk`; S = 1 in the activation dtype allowed) ->
     dt (M, I) = dt_proj(RMSNorm(dt)), B (M, N), C (M, N) = RMSNorm(B), RMSNorm(C), in w_dt's dtype.
-    dt_proj (I, ≥ R): zero columns past R (the engine's padded copy) are never read."""
+    dt_proj (I, ≥ R): zero columns past R (`PackedWeights.dt_proj`) are never read."""
     if triton is None:
-        raise RuntimeError("ssm_inputs needs triton (a CUDA build of torch)")
+        raise HymbaDeployError("ssm_inputs needs triton (a CUDA build of torch)")
     S, M, W = partials.shape
     R, N, I = w_dt.shape[0], w_B.shape[0], dt_proj.shape[0]
     if W < R + 2 * N or partials.stride(2) != 1 or dt_proj.shape[1] < R or dt_proj.stride(1) != 1:

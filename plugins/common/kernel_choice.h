@@ -28,7 +28,8 @@ namespace hymba
 
 enum class KernelFamily : int
 {
-    kAttention, //!< windowedAttentionLaunchT (AttnPath)
+    kAttention,   //!< windowedAttentionLaunchT (AttnPath)
+    kScanPrefill, //!< selectiveScanLaunchT for T > 1 (ScanPrefill)
     kCount,
 };
 
@@ -41,6 +42,7 @@ struct KernelFamilyInfo
 
 inline constexpr KernelFamilyInfo kKernelFamilies[int(KernelFamily::kCount)] = {
     {"attention", "HYMBA_ATTN_DECODE", {"auto", "split", "mma", "prefill", "flash", nullptr}},
+    {"scan_prefill", "HYMBA_SCAN_PREFILL", {"auto", "sequential", "state", "chunked", nullptr}},
 };
 
 namespace kernel_choice_detail

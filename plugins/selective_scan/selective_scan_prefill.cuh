@@ -10,23 +10,21 @@
  *     (channel, state), each walking all of T;
  *   - the sequential kernel (ssk::selectiveScanKernel): one thread per channel holding all of its states;
  *     the fastest once batch · dim fills the GPU.
- * HYMBA_SCAN_PREFILL forces one of them (scanPrefillFromEnv).
+ * The kernel choice `scan_prefill` (plugins/common/kernel_choice.h; initial value $HYMBA_SCAN_PREFILL) forces one.
  */
 #pragma once
 
+#include "../common/kernel_choice.h"
 #include "selective_scan_chunked_kernel.cuh"
 #include "selective_scan_kernel.cuh"
 #include "selective_scan_state_kernel.cuh"
 
-#include <cstdlib>
-#include <cstring>
-
 namespace hymba
 {
 
-//! Which prefill kernel serves a call with T > 1. `HYMBA_SCAN_PREFILL` (read per launch; for A/B runs and
-//! tests) forces one: `sequential` (ssk::selectiveScanKernel), `state` (ssst) or `chunked` (sscc); unset or
-//! `auto`: autoPrefill.
+//! Which prefill kernel serves a call with T > 1: the kernel choice `scan_prefill` (for A/B runs and tests)
+//! forces one: `sequential` (ssk::selectiveScanKernel), `state` (ssst) or `chunked` (sscc); `auto`: autoPrefill.
+//! The values follow the choice names of kKernelFamilies' `scan_prefill` row.
 enum class ScanPrefill
 {
     kAuto,
@@ -34,20 +32,6 @@ enum class ScanPrefill
     kStateParallel,
     kChunked,
 };
-
-inline ScanPrefill scanPrefillFromEnv()
-{
-    char const* v = std::getenv("HYMBA_SCAN_PREFILL");
-    if (v == nullptr)
-        return ScanPrefill::kAuto;
-    if (std::strcmp(v, "sequential") == 0)
-        return ScanPrefill::kSequential;
-    if (std::strcmp(v, "state") == 0)
-        return ScanPrefill::kStateParallel;
-    if (std::strcmp(v, "chunked") == 0)
-        return ScanPrefill::kChunked;
-    return ScanPrefill::kAuto;
-}
 
 //! The launcher's own choice for T > 1 (the one place the rule lives). One thread per channel (the sequential
 //! kernel) leaves the GPU idle at small batch · dim: from kChunkedMinSeqlen steps (enough chunks to fill it) the
@@ -76,7 +60,7 @@ cudaError_t launchPrefill(SelectiveScanParams const& p, cudaStream_t stream)
     int numSms = 0;
     if (cudaError_t const err = currentSmCount(numSms); err != cudaSuccess)
         return err;
-    ScanPrefill path = scanPrefillFromEnv();
+    ScanPrefill path = static_cast<ScanPrefill>(kernelChoice(KernelFamily::kScanPrefill));
     if (path == ScanPrefill::kAuto)
         path = autoPrefill(p, numSms);
     if (path == ScanPrefill::kStateParallel)

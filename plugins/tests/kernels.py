@@ -7,17 +7,17 @@ Used by tests/gpu (correctness), bench/kernels.py (timings) and tools/ (tuning).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import math
-import os
 import platform
 import re
 import subprocess
 from pathlib import Path
 
 import torch
+
+from hymba_deploy.contract import SOFTPLUS_THRESHOLD
 
 import harness as H
 
@@ -90,7 +90,7 @@ class Kernels:
             raise RuntimeError(f"{name} returned {rc}: {self.shim.error()}")
 
     def selective_scan(self, x, dt, A, B, C, D=None, z=None, dt_bias=None, initial_state=None, y=None,
-                       last_state=None, softplus_threshold=20.0):
+                       last_state=None, softplus_threshold=SOFTPLUS_THRESHOLD):
         Bt, T, Dd = x.shape
         N = A.shape[1]
         y = torch.empty_like(x) if y is None else y
@@ -130,22 +130,6 @@ class Kernels:
 
 def _stream():
     return torch.cuda.current_stream().cuda_stream
-
-
-@contextlib.contextmanager
-def forced_scan_prefill(path: str):
-    """Inside the block the library serves prefill scans (T > 1) with one kernel: HYMBA_SCAN_PREFILL =
-    sequential | state | auto, which selective_scan_prefill.cuh reads per launch; the previous value comes back
-    after. ("auto" leaves the launcher's own choice.)"""
-    old = os.environ.get("HYMBA_SCAN_PREFILL")
-    os.environ["HYMBA_SCAN_PREFILL"] = path
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HYMBA_SCAN_PREFILL", None)
-        else:
-            os.environ["HYMBA_SCAN_PREFILL"] = old
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""SelectiveScan prefill: each kernel (HYMBA_SCAN_PREFILL = sequential | state | chunked | auto) checked against a
+"""SelectiveScan prefill: each kernel (kernel choice `scan_prefill` = sequential | state | chunked | auto) checked against a
 float64 reference and timed on the same inputs, in one run on one GPU.
 
     python3 plugins/tests/scan_chunked_bench.py --lib build/plugins-gpu-90/libhymba_plugins.so \
@@ -34,9 +34,9 @@ import harness as H  # noqa: E402
 import kernels as KN  # noqa: E402
 
 from hymba_deploy.ops.selective_scan import selective_scan_ref  # noqa: E402
+from hymba_deploy.parity.tolerances import OP_BOUNDS  # noqa: E402
 
 PATHS = ("sequential", "state", "chunked", "auto")
-TOL = {"float32": 1e-5, "float16": 1e-2, "bfloat16": 1e-2}
 # name, B, T, D, N, variant: "" | "noncontig" (strided x, dt, z, B, C) | "Tstate" (initial state in the I/O dtype)
 # | "none" (no D, z, dt_bias, initial state) | "inplace" (y over x, last_state over the fp32 initial state)
 # | "offset" (B and C rows start one element into a wider buffer: not 16-byte aligned, staged by elements)
@@ -97,7 +97,7 @@ def run_kernel(K, inp, variant, path):
     else:
         y = torch.full_like(inp["x"], float("nan"))
         ls = torch.full((inp["x"].shape[0], inp["x"].shape[2], inp["A"].shape[1]), float("nan"), device="cuda")
-    with KN.forced_scan_prefill(path):
+    with K.shim.forced("scan_prefill", path):
         K.selective_scan(**kin, y=y, last_state=ls)
     torch.cuda.synchronize()
     return y, ls
@@ -108,7 +108,7 @@ def check_case(K, rows, name, B, T, D, N, variant, dtypes, gen, label):
     for dn in dtypes:
         inp = make_inputs(B, T, D, N, dn, variant, gen)
         y_ref, s_ref = reference(inp)
-        tol = 1e-4 if (dn == "float32" and T >= 4096) else TOL[dn]
+        tol = 1e-4 if (dn == "float32" and T >= 4096) else OP_BOUNDS[dn]
         for path in PATHS:
             y, ls = run_kernel(K, inp, variant, path)
             ey, es = rel_err(y, y_ref), rel_err(ls, s_ref)
@@ -131,7 +131,7 @@ def time_case(K, rows, B, T, reps, exp_limit, gen):
     exps = B * T * D * N
     times = {}
     for path in PATHS:
-        with KN.forced_scan_prefill(path):
+        with K.shim.forced("scan_prefill", path):
             r = KN.bench(lambda: K.selective_scan(**inp, y=y, last_state=ls), reps=reps, warmup=2)
         times[path] = r["median_ms"]
         row = dict(kind="time", case=f"B{B}_T{T}", B=B, T=T, D=D, N=N, dtype="bfloat16", path=path, **r,

@@ -1,5 +1,5 @@
 """What the GPU tests share: the architectures the plugin library is built for, fixed seeds, and the check of
-outputs against a float64 ground truth under hymba_deploy.parity.kernel_tolerance's rule."""
+outputs against a float64 ground truth under hymba_deploy.parity.tolerances's rule."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from hymba_deploy.parity.kernel_tolerance import dtype_name, kernel_bound, rel_err
+from hymba_deploy.parity.tolerances import dtype_name, kernel_bound, rel_err
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "plugins" / "tests"))

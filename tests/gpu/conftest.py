@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from hymba_deploy.fileio import atomic_write_json
-from hymba_deploy.parity.kernel_tolerance import KERNEL_TOLERANCES
+from hymba_deploy.parity.tolerances import KERNEL_TOLERANCES
 
 from .common import ARCHS, REPO
 

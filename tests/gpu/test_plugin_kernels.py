@@ -2,9 +2,9 @@
 
 Each case runs (a) the kernel launcher through the extern "C" shim, on strided tensors where the case says so,
 under the launcher's own choice (`kernel`) and under each kernel forced (`kernel[<choice>]`: the attention kernel
-choice, the scan's HYMBA_SCAN_PREFILL), and (b) the plugin object the way TensorRT drives it (`plugin`:
+choice, the scan's `scan_prefill`), and (b) the plugin object the way TensorRT drives it (`plugin`:
 create → serialize → recreate → configure → enqueue). Outputs start as NaN, so an unwritten element fails.
-The bound is hymba_deploy.parity.kernel_tolerance's rule; inputs come from a fixed seed per case and dtype.
+The bound is hymba_deploy.parity.tolerances's rule; inputs come from a fixed seed per case and dtype.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import NamedTuple
 import pytest
 import torch
 
+from hymba_deploy.contract import SOFTPLUS_THRESHOLD
 from hymba_deploy.ops import causal_conv1d_ref, selective_scan_ref, windowed_attention_ref
 
 from .common import ARCHS, check, generator, ground_truth, seed_of
@@ -61,7 +62,7 @@ SCAN_CASES = [
     Scan("prefill_T3000_b4_N16", 4, 3000, 3200, 16),
     *(Scan(f"inplace_state_and_y_T{T}", 2, T, 300, 16, inplace=True) for T in (1, 2, 700)),
 ]
-SCAN_PREFILL_KERNELS = ("sequential", "state")       # HYMBA_SCAN_PREFILL, forced on every T > 1 case
+SCAN_PREFILL_KERNELS = ("sequential", "state", "chunked")   # kernel choice scan_prefill, forced on every T > 1 case
 
 CONV_CASES = [
     Conv("tiny", 2, 37, 128, 4),
@@ -182,7 +183,7 @@ def test_selective_scan(case, dtype, path, arch, plugins, record):
     inp = prep.inputs
     if path == "plugin":
         ins = [inp[k].contiguous() for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_state")]
-        y, ls = KN.run_plugin(P.h, "SelectiveScan", {"softplus_threshold": 20.0}, ins,
+        y, ls = KN.run_plugin(P.h, "SelectiveScan", {"softplus_threshold": SOFTPLUS_THRESHOLD}, ins,
                               [(case.B, case.T, case.D), (case.B, case.D, case.N)], [KN.DTYPES[dtype], torch.float32])
     else:
         kin = dict(prep.kernel_in)
@@ -192,7 +193,7 @@ def test_selective_scan(case, dtype, path, arch, plugins, record):
         else:
             y = KN.nan_like(inp["x"])
             ls = torch.full((case.B, case.D, case.N), float("nan"), device="cuda")
-        with KN.forced_scan_prefill(forced_choice(path)):
+        with P.shim.forced("scan_prefill", forced_choice(path)):
             P.K.selective_scan(**kin, y=y, last_state=ls)
         torch.cuda.synchronize()
     check(record, meta("SelectiveScan", case, dtype, path, arch), {"y": y, "last_state": ls}, prep.ref64,

@@ -2,7 +2,7 @@
 
 - The torch extension's ops (the plugin kernels through hymba_deploy/cuda/csrc) in the forms the serving runtime
   calls them: in-place decode states, strided inputs, a device-side key count over a larger K/V buffer, each
-  decode-attention kernel forced; float64 ground truth, hymba_deploy.parity.kernel_tolerance's rule.
+  decode-attention kernel forced; float64 ground truth, hymba_deploy.parity.tolerances's rule.
 - The Triton decode GEMMs (serving/gemm.py) against their float64 references.
 - Greedy tokens, fp32: the serving runtime with and without CUDA graphs and the model on the cuda backend give
   exactly the reference backend's tokens (tiny: prompt past its 16-token window; hymba-1.5b shapes: 136 tokens
@@ -18,8 +18,10 @@ import torch
 
 from hymba_deploy import cuda as backend
 from hymba_deploy.checkpoint import random_model
+from hymba_deploy.contract import SOFTPLUS_THRESHOLD
+from hymba_deploy.kernels import REFERENCE
 from hymba_deploy.ops import causal_conv1d_ref, selective_scan_ref, windowed_attention_ref
-from hymba_deploy.parity.kernel_tolerance import kernel_bound, rel_err
+from hymba_deploy.parity.tolerances import kernel_bound, rel_err
 
 from .common import check, generator, ground_truth, seed_of
 
@@ -55,7 +57,7 @@ def test_extension_selective_scan(ext, record, dtype, T, in_place):
                initial_state=_rnd(g, b, I, N) if in_place else None)
     ref64, torch_out = ground_truth(selective_scan_ref, inp)
     state = inp["initial_state"].clone() if in_place else None
-    y, s = ext.selective_scan(**dict(inp, initial_state=state), softplus_threshold=20.0, y=None, last_state=state)
+    y, s = ext.selective_scan(**dict(inp, initial_state=state), softplus_threshold=SOFTPLUS_THRESHOLD, y=None, last_state=state)
     if in_place:
         assert s.data_ptr() == state.data_ptr(), "last_state was not written in place"
     check(record, _meta("selective_scan", f"T{T}_in_place{in_place}", dtype), {"y": y, "last_state": s},
@@ -119,7 +121,7 @@ def _gemm():
 
 def _splitk_cases():
     from hymba_deploy.serving import gemm
-    from hymba_deploy.serving.engine import TRITON_GEMMS
+    from hymba_deploy.serving.runtime import TRITON_GEMMS
     return [("x_proj", (136, 3200), TRITON_GEMMS.get("x_proj")), ("out_proj", (1600, 3200), TRITON_GEMMS.get("out_proj")),
             ("down_proj", (1600, 5504), TRITON_GEMMS.get("down_proj")),
             ("odd_K", (200, 1000), gemm.GemmConfig(64, 64, 3, 4, 3)), ("small", (40, 96), gemm.GemmConfig(32, 64, 2, 4, 3))]
@@ -153,7 +155,7 @@ def test_triton_ssm_inputs(cuda, record, dtype, M, name, dims):
     (R = 100, N = 16, padded rows and columns) and tiny ones; PyTorch's own error: the float64 result rounded
     to the dtype (the least any result in that dtype has)."""
     gemm = _gemm()
-    from hymba_deploy.serving.engine import TRITON_GEMMS
+    from hymba_deploy.serving.runtime import TRITON_GEMMS
     I, R, N, pad, S = dims
     cfg = {"hymba_1.5b": TRITON_GEMMS.get("ssm_inputs"), "tiny_widths": gemm.SsmInputsConfig(32, 64, 3),
            "no_pad_1_split": gemm.SsmInputsConfig(16, 128, 1)}[name]
@@ -190,26 +192,19 @@ GREEDY = [("tiny", 2, 24, 96), ("hymba-1.5b", 2, 1000, 160)]
 
 @pytest.mark.parametrize("spec,batch,prompt,new", GREEDY, ids=[g[0] for g in GREEDY])
 def test_greedy_tokens_equal_the_reference(cuda, record, spec, batch, prompt, new):
-    from hymba_deploy.serving.engine import HymbaServingEngine
-
     seed = seed_of("greedy", spec)
-    model = _model(spec, seed)
+    model = _model(spec, seed).use_kernels(REFERENCE)
     ids = _prompt(model, batch, prompt, seed)
-    backend.set_backend("reference")
     ref = model.generate(ids, new)
-    backend.set_backend("cuda")
-    model.backend = "cuda"
-    try:
-        outs = {"model_cuda_backend": model.generate(ids, new)}
-        graphs = HymbaServingEngine(model, max_context=prompt + new, buckets=(batch,))
-        outs["runtime_graphs"] = graphs.generate(ids, new)
-        eager = HymbaServingEngine(model, max_context=prompt + new, buckets=(batch,), use_graphs=False)
-        outs["runtime_eager"] = eager.generate(ids, new)
-        # recorded, not bounded: the runtime's prefill body against the model's own forward into the same cache
-        body = HymbaServingEngine(model, max_context=prompt + new, buckets=(batch,), prefill_impl="model")
-        prefill_err = rel_err(eager.prefill(ids, eager.cache(batch)), body.prefill(ids, body.cache(batch)))
-    finally:
-        backend.set_backend("reference")
+    model.use_kernels(backend.kernel_backend("cuda"))
+    outs = {"model_cuda_backend": model.generate(ids, new)}
+    graphs = _runtime(model, prompt + new, batch)
+    outs["runtime_graphs"] = graphs.generate(ids, new)
+    eager = _runtime(model, prompt + new, batch, use_graphs=False)
+    outs["runtime_eager"] = eager.generate(ids, new)
+    # recorded, not bounded: the runtime's prefill body against the model's own forward into the same cache
+    body = _runtime(model, prompt + new, batch, prefill_impl="model")
+    prefill_err = rel_err(eager.prefill(ids, eager.cache(batch)), body.prefill(ids, body.cache(batch)))
     first_diff = {k: _first_diff(v, ref, prompt) for k, v in outs.items()}
     record(dict(op="greedy", case=spec, dtype="float32", seed=seed, batch=batch, prompt=prompt, new_tokens=new,
                 tokens_past_window=max(0, prompt + new - model.config.sliding_window - 1),
@@ -218,6 +213,11 @@ def test_greedy_tokens_equal_the_reference(cuda, record, spec, batch, prompt, ne
                 prefill_logits_rel_err_vs_model_forward=prefill_err,
                 passed=all(d is None for d in first_diff.values())))
     assert all(d is None for d in first_diff.values()), f"first differing new token: {first_diff} [seed {seed}]"
+
+
+def _runtime(model, max_context: int, batch: int, **config):
+    from hymba_deploy.serving import ServingConfig, ServingRuntime
+    return ServingRuntime(model, ServingConfig(max_context=max_context, buckets=(batch,), **config))
 
 
 def _first_diff(out, ref, prompt):
@@ -249,31 +249,24 @@ def test_bf16_logits_within_the_reference_backends_own_error(cuda, record, spec,
     """bf16 logits of the runtime (its default decode GEMMs, and cuBLAS; bf16 and fp32 SSM state), teacher-forced
     on the fp32 reference's greedy tokens: the largest per-step error against the fp32 reference within the
     rule's bound of the reference backend's own bf16 error against it."""
-    from hymba_deploy.serving.engine import HymbaServingEngine
-
     seed = seed_of("bf16", spec)
-    model = _model(spec, seed)
+    model = _model(spec, seed).use_kernels(REFERENCE)
     ids = _prompt(model, batch, prompt, seed)
-    backend.set_backend("reference")
     ref32, tokens = _teacher_forced(model, ids, new)
     model = model.to(torch.bfloat16)
     ref16, _ = _teacher_forced(model, ids, new, tokens)
     own = max(rel_err(a, b) for a, b in zip(ref16, ref32))
     bound = kernel_bound(torch.bfloat16, own)
-    backend.set_backend("cuda")
-    model.backend = "cuda"
+    model.use_kernels(backend.kernel_backend("cuda"))
     errs = {}
-    try:
-        for name, kw in VARIANTS.items():
-            runtime = HymbaServingEngine(model, max_context=prompt + new, buckets=(batch,), **kw)
-            c = runtime.cache(batch)
-            if runtime.graphs_possible(c) and prompt + new - 1 >= c.ring:
-                runtime.capture(batch)
-            lg = [runtime.prefill(ids, c)] + [runtime.decode(c, tokens[t - 1]).clone() for t in range(1, new)]
-            errs[name] = {"decode_gemms": runtime.decode_gemms, "max_rel_err": max(map(rel_err, lg, ref32))}
-            runtime.release()
-    finally:
-        backend.set_backend("reference")
+    for name, kw in VARIANTS.items():
+        runtime = _runtime(model, prompt + new, batch, **kw)
+        c = runtime.cache(batch)
+        if runtime.graphs_possible(c) and prompt + new - 1 >= c.ring:
+            runtime.capture(batch)
+        lg = [runtime.prefill(ids, c)] + [runtime.decode(c, tokens[t - 1]).clone() for t in range(1, new)]
+        errs[name] = {"decode_gemms": runtime.decode_gemms, "max_rel_err": max(map(rel_err, lg, ref32))}
+        runtime.release()
     passed = all(e["max_rel_err"] <= bound for e in errs.values())
     record(dict(op="bf16_logits", case=spec, dtype="bfloat16", seed=seed, batch=batch, prompt=prompt, steps=new,
                 reference_bf16_vs_fp32=own, bound=bound, runtime=errs, passed=passed))

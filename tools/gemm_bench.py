@@ -6,7 +6,7 @@ writes JSON with each variant's µs per call, effective weight GB/s and relative
 split-K rows time the kernel writing its fp32 partials (the engine adds them up inside the consumer's
 kernel); `--with-reduce` adds a separate sum.
 
-    python3 -m hymba_deploy.serving.gemm_bench --rows 128 --out bench/results/gemm_decode_<gpu>.json
+    PYTHONPATH=. python3 tools/gemm_bench.py --rows 128 --out bench/results/gemm_decode_<gpu>.json
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ import time
 import torch
 import torch.nn.functional as F
 
-from ..config import PRESETS
-from ..fileio import atomic_write_json
-from .bench import copy_bandwidth
-from .gemm import GemmConfig, SsmInputsConfig, linear_reference, rows_block, linear_splitk, ssm_inputs, ssm_inputs_reference
+from hymba_deploy.bench.timing import copy_bandwidth, events_ms
+from hymba_deploy.config import PRESETS
+from hymba_deploy.fileio import atomic_write_json
+from hymba_deploy.parity.compare import metrics
+from hymba_deploy.serving.gemm import (GemmConfig, SsmInputsConfig, linear_reference, linear_splitk, rows_block,
+                                       ssm_inputs, ssm_inputs_reference)
 
 
 def decode_shapes(cfg) -> dict[str, tuple[int, int]]:
@@ -48,19 +50,19 @@ def time_graph(fn, reps: int = 20) -> float:
         fn()
     graph.replay()
     torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / reps
+    return events_ms(graph.replay, reps)
 
 
 def rel_err(out, ref) -> float:
-    out = out.double()
-    e = (torch.linalg.vector_norm(out - ref) / torch.linalg.vector_norm(ref)).item()
-    return float("inf") if math.isnan(e) else e
+    """||out - ref|| / ||ref|| in float64 (`parity.compare.metrics`; NaN or Inf: inf)."""
+    return metrics(out.double().cpu().numpy(), ref.double().cpu().numpy())["rel_l2"]
+
+
+def padded(w: torch.Tensor, rows: int = 1, cols: int = 1) -> torch.Tensor:
+    """w (n, k) in a zero buffer of n and k rounded up to multiples of `rows` and `cols`: the serving
+    runtime's packed x_proj (rows) and dt_proj (columns) layouts."""
+    n, k = w.shape
+    return F.pad(w, (0, -k % cols, 0, -n % rows))
 
 
 def sweep(M: int, N: int, K: int, sms: int):
@@ -131,16 +133,16 @@ def bench_ssm_chain(cfg, M, args, dtype, log):
     """The SSM branch from the conv output to the scan's inputs, per layer: x_proj, the dt/B/C norms and
     dt_proj as the engine runs them on cuBLAS + inductor, against split-K x_proj + `ssm_inputs` over a sweep
     of both launches' tilings."""
-    from .engine import _pad_cols_, _pad_rows_, dbc_norms
+    from hymba_deploy.serving.runtime import dbc_norms
 
     I, R, N, eps = cfg.d_inner, cfg.mamba_dt_rank, cfg.mamba_d_state, cfg.rms_norm_eps
     copies = 32
     layers = []
     for _ in range(copies):
-        xw = torch.nn.Parameter(torch.randn(R + 2 * N, I, device="cuda", dtype=dtype) / math.sqrt(I))
-        dw = torch.nn.Parameter(torch.randn(I, R, device="cuda", dtype=dtype) / math.sqrt(R))
+        xw = torch.randn(R + 2 * N, I, device="cuda", dtype=dtype) / math.sqrt(I)
+        dw = torch.randn(I, R, device="cuda", dtype=dtype) / math.sqrt(R)
         norms = [torch.rand(n, device="cuda", dtype=dtype) + 0.5 for n in (R, N, N)]
-        layers.append((_pad_rows_(xw, 8), _pad_cols_(dw, 8), norms))
+        layers.append((padded(xw, rows=8), padded(dw, cols=8), norms))
     bytes_w = sum(t.numel() * t.element_size() for t in layers[0][:2])
     x = torch.randn(M, I, device="cuda", dtype=dtype)
     dbc = torch.compile(dbc_norms, fullgraph=True)

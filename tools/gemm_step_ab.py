@@ -2,10 +2,11 @@
 
 gemm_bench times each kernel back to back; inside a step the same kernels share the GPU with attention on
 the side stream, and the fastest tiling alone can be the slowest there (H200: x_proj split 25 ways won alone
-and cost 0.9 ms per step). This runs the serving benchmark's decode (hymba-1.5b shape, bf16, 8k context)
+and cost 0.9 ms per step). This runs the cuda runtime's decode measurement (`hymba_deploy.bench.serving.decode`;
+hymba-1.5b shape, bf16, 8k context)
 with each candidate set of tilings, interleaved over `--rounds`, and writes the fastest at the largest batch.
 
-    python3 -m hymba_deploy.serving.gemm_step_ab --candidates best.json --out ab.json --best-out chosen.json
+    PYTHONPATH=. python3 tools/gemm_step_ab.py --candidates best.json --out ab.json --best-out chosen.json
 
 Candidates: cuBLAS, the engine's defaults, defaults with out_proj/down_proj back on cuBLAS, and each
 `--candidates` file (gemm_bench --best-out). Each is merged over the defaults.
@@ -20,7 +21,7 @@ import time
 
 import torch
 
-from ..fileio import atomic_write_json
+from hymba_deploy.fileio import atomic_write_json
 
 
 def main(argv=None) -> int:
@@ -36,15 +37,13 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("gemm_step_ab needs a CUDA GPU", file=sys.stderr)
         return 2
-    from .. import cuda as backend
-    from .bench import copy_bandwidth, decode_cuda, weight_bytes
-    from .engine import TRITON_GEMMS, HymbaServingEngine
-    from .gemm import load_configs
-    from ..checkpoint import random_model
+    from hymba_deploy.bench.serving import cuda_model, decode, weight_bytes
+    from hymba_deploy.bench.timing import copy_bandwidth
+    from hymba_deploy.serving import ServingConfig, ServingRuntime
+    from hymba_deploy.serving.runtime import TRITON_GEMMS
+    from hymba_deploy.serving.gemm import load_configs
 
-    backend.set_backend("cuda")
-    model = random_model("hymba-1.5b", torch.bfloat16, "cuda", 0)
-    model.backend = "cuda"
+    model = cuda_model("hymba-1.5b", torch.bfloat16)
     bw, wbytes = copy_bandwidth(), weight_bytes(model)
     candidates = {"cublas": dict(decode_gemms="cublas"), "defaults": {},
                   "defaults_mlp_cublas": dict(gemm_configs={"out_proj": None, "down_proj": None})}
@@ -57,15 +56,16 @@ def main(argv=None) -> int:
            "candidates": {}, "ms_per_step": ms}
     for r in range(args.rounds):
         for name, kw in candidates.items():
-            engine = HymbaServingEngine(model, max_context=args.context + args.steps + 16, buckets=args.batches, **kw)
-            res["candidates"][name] = {"decode_gemms": engine.decode_gemms,
-                                       "configs": {k: c.as_dict() for k, c in engine.gemm_configs.items()}}
+            runtime = ServingRuntime(model, ServingConfig(max_context=args.context + args.steps + 16,
+                                                          buckets=args.batches, **kw))
+            res["candidates"][name] = {"decode_gemms": runtime.decode_gemms,
+                                       "configs": {k: c.as_dict() for k, c in runtime.gemm_configs.items()}}
             for b in args.batches:
-                out = decode_cuda(engine, b, args.context, args.steps, 0, bw, wbytes)
+                out = decode(runtime, b, args.context, args.steps, 0, bw, wbytes)
                 ms[name][b].append(out["ms_per_step"])
                 print(f"round {r} {name:28s} batch {b:4d} {out['ms_per_step']:.3f} ms "
                       f"({100 * out['fraction_of_floor']:.1f}% of floor)", flush=True)
-            del engine
+            del runtime
             torch.cuda.empty_cache()
     top = max(args.batches)
     res["median_ms"] = {name: {b: statistics.median(v) for b, v in per.items()} for name, per in ms.items()}

@@ -1,9 +1,12 @@
-"""HymbaServingEngine: batched generation over a `HymbaServingCache`, decode steps replayed as CUDA graphs.
+"""ServingRuntime: batched generation over a `HymbaServingCache`, decode steps replayed as CUDA graphs.
+
+Configured by one `ServingConfig`; runs its model's kernel backend (`model.kernels`: `hymba_deploy.kernels`,
+`hymba_deploy.cuda`); owns the decode weight layouts (`PackedWeights`). As a parity runner:
+`hymba_deploy.runtime.ServingRunner`.
 
 Prefill runs `_prefill_body` and decode `_decode_body`: the layer math of `HymbaModel.forward` and
 `HymbaBlock.forward` (§2.3; each step numbered alike) over the whole prompt (meta tokens prepended) and at
-T = 1, with the decode weight layouts (`_pack`), the compiled elementwise glue (`self.fn`) and the plugin
-kernels. Prefill stores each producer's K/V (`HymbaServingCache.store_prefill`) and the final conv and SSM
+T = 1, with the packed weights, the compiled elementwise glue (`self.fn`) and the model's kernels. Prefill stores each producer's K/V (`HymbaServingCache.store_prefill`) and the final conv and SSM
 states; decode updates the cache in place: K/V written into their slot, conv state and (fp32) SSM state
 updated by the kernels themselves. `prefill_impl="model"` runs the model's own forward through
 `DynamicCacheView` instead (eager glue; kept as the A/B baseline of the benchmark).
@@ -20,12 +23,11 @@ Streams: attention (at decode: SWA layers', and global layers' inside graphs) ru
 parallel with the layer's SSM branch (conv, x_proj, dt_proj, scan), and joins before the fusion; in
 captured graphs of large batches the SSM branch's stream has the higher priority (`ssm_priority`).
 
-Decode GEMMs (`decode_gemms`): on a CUDA fp16/bf16 model with triton installed, the SSM branch between the
-conv and the scan is two Triton launches (x_proj split over K, then `gemm.ssm_inputs`: its sum, the dt/B/C
-RMSNorms and dt_proj) where cuBLAS + inductor took seven, and out_proj / down_proj are split over K with
-their partial sums added inside the next RMSNorm kernel. Otherwise (or decode_gemms='cublas') F.linear and
-the compiled glue. H200, batch 128: 6.51 vs 6.75 ms per step; batch 8: 3.21 vs 3.83 ms
-(bench/results/serving_cuda_h200_triton_gemms_2026-11-27.md).
+Decode GEMMs (`ServingConfig.decode_gemms`, resolved once by `gemm.resolve_decode_gemms`): with 'triton'
+the SSM branch between the conv and the scan is two Triton launches (x_proj split over K, then
+`gemm.ssm_inputs`: its sum, the dt/B/C RMSNorms and dt_proj) where cuBLAS + inductor took seven, and
+out_proj / down_proj are split over K with their partial sums added inside the next RMSNorm kernel; with
+'cublas' F.linear and the compiled glue. Timings: bench/results/.
 
 Batch buckets: a batch of b sequences runs in the smallest bucket ≥ b (rows beyond b are padding whose
 results are dropped; every kernel is row-independent).
@@ -33,22 +35,23 @@ results are dropped; every kernel is row-independent).
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Mapping
 
 import torch
 import torch.nn.functional as F
 
-from .. import cuda as cuda_backend
+from ..cache import EVICTION_RULES
 from ..errors import HymbaDeployError
+from ..kernels import ReferenceKernels
 from ..model import apply_rotary
 from . import gemm
-from .cache import DynamicCacheView, HymbaServingCache
-from .gemm import GemmConfig, SsmInputsConfig
+from .cache import KV_LAYOUTS, DynamicCacheView, HymbaServingCache
+from .gemm import DECODE_GEMMS, GemmConfig, SsmInputsConfig
 from .sampling import SamplingParams, make_generator, sample
 
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
-PREFILL_IMPLS = ("engine", "model")     # _prefill_body, or the model's own forward (eager glue; A/B baseline)
-SOFTPLUS_THRESHOLD = 20.0
+PREFILL_IMPLS = ("runtime", "model")    # _prefill_body, or the model's own forward (eager glue; A/B baseline)
 
 
 # Elementwise pieces of a decode step, written as pure functions with the model's exact op order
@@ -111,9 +114,8 @@ _ELEMENTWISE = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "rope": rope
 # Triton kernels of the decode step (`gemm.py`), by the GEMM they replace: x_proj split over K, then its sum,
 # the dt/B/C norms and dt_proj in one kernel ("ssm_inputs": that kernel's launch); out_proj and down_proj
 # split over K with their partials summed in add_partials_rms_norm. Tilings chosen on an H200 at batch 128 by
-# whole decode steps (gemm_step_ab; bench/results/serving_cuda_h200_triton_gemms_2026-11-27.md: the fastest
-# tilings of the kernels alone lost inside the step); used at every batch. A name mapped to None in
-# `gemm_configs` keeps that GEMM on cuBLAS.
+# whole decode steps (the fastest tilings of the kernels alone lost inside the step; bench/results/); used at
+# every batch. A name mapped to None in `ServingConfig.gemm_configs` keeps that GEMM on cuBLAS.
 TRITON_GEMMS = {"x_proj": GemmConfig(block_n=32, block_k=64, splits=5, num_warps=4, num_stages=3),
                 "ssm_inputs": SsmInputsConfig(block_m=16, block_i=64, programs_i=20),
                 "out_proj": GemmConfig(block_n=64, block_k=64, splits=4, num_warps=8, num_stages=5),
@@ -147,68 +149,122 @@ def _pad_cols_(w: torch.Tensor, multiple: int) -> torch.Tensor:
     return buf
 
 
-class ServingKernels:
-    """The three ops for the engine, conv and scan writing their final state into a cache buffer in place:
-    the plugin kernels through the extension (backend 'cuda', CUDA tensors), else `torch.ops.hymba.*`
-    followed by a copy into the buffer. `fresh=True` (prefill): the state buffer is not read, the op starts
-    from zeros; otherwise (decode) it is the initial state."""
+class PackedWeights:
+    """Decode-friendly layouts of some of one model's weights, made once and owned by the runtime(s) that
+    use them (pass one to several `ServingRuntime`s of the same model to share it). No second copy is kept:
+    the model's parameters become views of the packed buffers (same values, so its own forward is unchanged).
 
-    def __init__(self, backend: str):
-        self.ext = cuda_backend.extension() if backend == "cuda" else None
+    - `gate_up[i]` (2F, H): each MLP's gate_proj and up_proj rows in one buffer: one GEMM instead of two.
+    - `lm_head` (V rounded up to 8, H): the tied embedding / lm_head with zero rows appended, so the logits
+      GEMM writes 16-byte aligned rows (V = 32001 otherwise drops cuBLAS to an align-1 kernel); the padded
+      logits are sliced back to `vocab`.
+    - `x_proj[i]` (R + 2N rounded up to 8, I) and `dt_proj[i]` (I, R rounded up to 8; dt zero-padded to
+      match): tiny GEMMs that cuBLAS otherwise runs with 2-element alignment.
+    Zeros add exactly nothing, so results are unchanged.
 
-    def conv_(self, x, weight, bias, state, fresh: bool = False):
-        """x (B, T, I) -> y (B, T, I); state (B, I, K) set to the last K inputs."""
-        init = None if fresh else state
-        if self.ext is not None and x.is_cuda:
-            return self.ext.causal_conv1d(x, weight, bias, init, True, None, state)[0]
-        y, new_state = torch.ops.hymba.causal_conv1d(x, weight, bias, init, activation="silu")
-        state.copy_(new_state)
-        return y
+    Per-layer constants the reference recomputes each call (same values): `A[i]` (I, N) fp32 stored
+    channel-fastest (strides (1, I): the scan kernel's thread per channel reads A[:, n] as one coalesced row),
+    `D[i]` (I,) and `dt_bias[i]` (I,) fp32, `conv_w[i]` (I, K).
+    """
 
-    def scan_(self, x, dt, A, B, C, D, z, dt_bias, state, fresh: bool = False):
-        """The recurrence over T positions; state (B, I, N) set to the last one (written by the kernel itself
-        when fp32)."""
-        init = None if fresh else state
-        if self.ext is not None and x.is_cuda:
-            if state.dtype == torch.float32:
-                return self.ext.selective_scan(x, dt, A, B, C, D, z, dt_bias, init, SOFTPLUS_THRESHOLD, None, state)[0]
-            y, new_state = self.ext.selective_scan(x, dt, A, B, C, D, z, dt_bias, init, SOFTPLUS_THRESHOLD,
-                                                   None, None)
-        else:
-            y, new_state = torch.ops.hymba.selective_scan(x, dt, A, B, C, D, z, dt_bias, init)
-        state.copy_(new_state)
-        return y
+    @torch.no_grad()
+    def __init__(self, model):
+        self.model = model
+        I = model.config.d_inner
+        self.x_proj, self.dt_proj, self.gate_up = [], [], []
+        for layer in model.model.layers:
+            blk = layer.mamba
+            self.x_proj.append(_pad_rows_(blk.x_proj[0].weight, 8))                 # (136, I)
+            self.dt_proj.append(_pad_cols_(blk.dt_proj[0].weight, 8))               # (I, 104)
+            mlp = layer.moe.experts[0]
+            F_ = mlp.gate_proj.weight.shape[0]
+            buf = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])             # (2F, H)
+            mlp.gate_proj.weight.data = buf[:F_]
+            mlp.up_proj.weight.data = buf[F_:]
+            self.gate_up.append(buf)
+        emb = model.model.embed_tokens.weight
+        self.lm_head = _pad_rows_(emb, 8)                   # lm_head.weight is the same Parameter when tied
+        if model.lm_head.weight is not emb:                 # untied checkpoints: pad lm_head on its own
+            self.lm_head = _pad_rows_(model.lm_head.weight, 8)
+        self.vocab = model.lm_head.weight.shape[0]
+        blocks = [layer.mamba for layer in model.model.layers]
+        self.A = [(-torch.exp(b.A_log[0].float())).t().contiguous().t() for b in blocks]   # (I, N)
+        self.D = [b.D[0].float() for b in blocks]                                      # (I,)
+        self.dt_bias = [b.dt_proj[0].bias.float() for b in blocks]                     # (I,)
+        self.conv_w = [b.conv1d.weight.view(I, -1) for b in blocks]                   # (I, K)
 
-    def device_kv_len(self, device) -> bool:
-        """True if `attn` can take the key count as a device tensor (then graphs need no eager holes)."""
-        return self.ext is not None and torch.device(device).type == "cuda"
 
-    def attn(self, q, k, v, window, num_meta, scale, out=None, kv_len=None):
-        """kv_len: None, or (device_kv_len only) an int32 (1,) device tensor of valid keys in k/v[:, :kv_len]."""
-        if self.ext is not None and q.is_cuda:
-            return self.ext.windowed_attention(q, k, v, window, num_meta, scale, out, kv_len)
-        if kv_len is not None:
-            raise HymbaDeployError("a device-side key count needs the cuda kernel backend")
-        res = torch.ops.hymba.windowed_attention(q, k, v, window, num_meta, scale)
-        return res if out is None else out.copy_(res)
+@dataclass(frozen=True)
+class ServingConfig:
+    """How a `ServingRuntime` serves a model (everything but the model and its kernels).
+
+    max_context          text tokens a cache row holds (per-bucket caches of this size)
+    buckets              batch buckets: a batch of b runs in the smallest bucket ≥ b
+    eviction             SWA eviction rule, as `HybridMambaAttentionDynamicCache` ("upstream" | "exact")
+    ssm_state_dtype      dtype of the cached SSM state; None: fp32 where the kernels update it in place
+                         (cuda kernels), else the model dtype
+    use_graphs           capture decode steps as CUDA graphs (CUDA models only)
+    compile_elementwise  torch.compile the elementwise glue; None: on CUDA models
+    overlap_attention    attention on a side stream beside the SSM branch (CUDA models only)
+    kv_layout            "head_major" | "time_major" (`HymbaServingCache`)
+    prioritize_ssm       SSM branch at high stream priority in captured steps; None: `ServingRuntime.ssm_priority`
+    decode_gemms         "auto" | "cublas" | "triton" (`gemm.resolve_decode_gemms`)
+    gemm_configs         tilings overriding `TRITON_GEMMS` by name (None for a name: that GEMM on cuBLAS)
+    prefill_impl         "runtime" (`_prefill_body`) | "model" (the model's own forward; the A/B baseline)
+    """
+
+    max_context: int
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    eviction: str = "upstream"
+    ssm_state_dtype: torch.dtype | None = None
+    use_graphs: bool = True
+    compile_elementwise: bool | None = None
+    overlap_attention: bool = True
+    kv_layout: str = "head_major"
+    prioritize_ssm: bool | None = None
+    decode_gemms: str = "auto"
+    gemm_configs: Mapping[str, GemmConfig | SsmInputsConfig | None] | None = field(default_factory=dict)
+    prefill_impl: str = "runtime"
+
+    def __post_init__(self):
+        object.__setattr__(self, "buckets", tuple(sorted(self.buckets)))
+        object.__setattr__(self, "gemm_configs", dict(self.gemm_configs or {}))    # None: no overrides
+        if self.max_context < 1:
+            raise HymbaDeployError(f"max_context must be ≥ 1, got {self.max_context}")
+        if not self.buckets or self.buckets[0] < 1:
+            raise HymbaDeployError(f"buckets must be batch sizes ≥ 1, got {self.buckets}")
+        for name, value, allowed in (("prefill_impl", self.prefill_impl, PREFILL_IMPLS),
+                                     ("decode_gemms", self.decode_gemms, DECODE_GEMMS),
+                                     ("kv_layout", self.kv_layout, KV_LAYOUTS),
+                                     ("eviction", self.eviction, EVICTION_RULES)):
+            if value not in allowed:
+                raise HymbaDeployError(f"{name} {value!r}: choose one of {', '.join(allowed)}")
+        unknown = sorted(set(self.gemm_configs) - set(TRITON_GEMMS))
+        if unknown:
+            raise HymbaDeployError(f"gemm_configs: no GEMM named {', '.join(unknown)} "
+                                   f"(known: {', '.join(TRITON_GEMMS)})")
+
+    def with_(self, **changes) -> "ServingConfig":
+        """A copy with some fields changed (validated again)."""
+        return replace(self, **changes)
 
 
 class _SegmentedGraph:
     """One decode step of one bucket as CUDA graph segments separated by eager global-attention holes."""
 
-    def __init__(self, engine: "HymbaServingEngine", cache: HymbaServingCache):
-        cfg = engine.config
+    def __init__(self, runtime: "ServingRuntime", cache: HymbaServingCache):
+        cfg = runtime.model_config
         B = cache.batch_size
         self.tokens = torch.zeros(B, 1, dtype=torch.int64, device=cache.device)
         self.graphs: list[torch.cuda.CUDAGraph] = []
         self.holes = []                                                     # (layer, producer, q, out)
         pool = torch.cuda.graph_pool_handle()
         # Capture stream = the SSM branch's stream, at a higher priority than the attention's side stream
-        # where `engine.ssm_priority(B)` says so (the priority is kept in the graph's kernel nodes).
-        stream = torch.cuda.Stream(device=cache.device, priority=-1 if engine.ssm_priority(B) else 0)
+        # where `runtime.ssm_priority(B)` says so (the priority is kept in the graph's kernel nodes).
+        stream = torch.cuda.Stream(device=cache.device, priority=-1 if runtime.ssm_priority(B) else 0)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            body = engine._decode_body(cache, self.tokens)
+            body = runtime._decode_body(cache, self.tokens)
             graph = torch.cuda.CUDAGraph()
             graph.capture_begin(pool=pool)
             try:
@@ -228,122 +284,55 @@ class _SegmentedGraph:
                 self.graphs.append(graph)
         torch.cuda.current_stream().wait_stream(stream)
 
-    def replay(self, engine: "HymbaServingEngine", cache: HymbaServingCache, tokens: torch.Tensor):
+    def replay(self, runtime: "ServingRuntime", cache: HymbaServingCache, tokens: torch.Tensor):
         self.tokens.copy_(tokens)
         for j, graph in enumerate(self.graphs):
             graph.replay()
             if j < len(self.holes):
                 layer, producer, q, out = self.holes[j]
-                engine._global_attention(cache, layer, producer, q, out)
+                runtime._global_attention(cache, layer, producer, q, out)
         cache.text_len += 1
         return self.logits
 
 
-class HymbaServingEngine:
-    """Generation for one model: per-bucket caches of `max_context` text tokens and captured decode steps."""
+class ServingRuntime:
+    """Generation for one model: per-bucket caches of `config.max_context` text tokens and captured decode
+    steps, on the model's kernels (`model.kernels`). `packed`: the model's `PackedWeights` when another
+    runtime of the same model already made them (default: packed here)."""
 
-    def __init__(self, model, max_context: int, buckets: Iterable[int] = DEFAULT_BUCKETS,
-                 eviction: str = "upstream", ssm_state_dtype: torch.dtype | None = None,
-                 use_graphs: bool = True, backend: str | None = None, compile_elementwise: bool | None = None,
-                 overlap_attention: bool = True, kv_layout: str = "head_major", prioritize_ssm: bool | None = None,
-                 decode_gemms: str | None = None, gemm_configs: dict | None = None, prefill_impl: str = "engine"):
-        if prefill_impl not in PREFILL_IMPLS:
-            raise HymbaDeployError(f"prefill_impl {prefill_impl!r}: choose one of {', '.join(PREFILL_IMPLS)}")
-        self.prefill_impl = prefill_impl
-        self.model = model
-        self.config = model.config
-        self.backend = backend or getattr(model, "backend", cuda_backend.get_backend())
-        self.kernels = ServingKernels(self.backend)
+    def __init__(self, model, config: ServingConfig, packed: PackedWeights | None = None):
+        if packed is not None and packed.model is not model:
+            raise HymbaDeployError("packed weights belong to another model: pass the PackedWeights of this model")
+        self.model, self.config = model, config
+        self.model_config = model.config
+        self.kernels: ReferenceKernels = model.kernels
         self.device, self.dtype = model.device, model.dtype
-        self.max_context, self.buckets, self.eviction = max_context, tuple(sorted(buckets)), eviction
-        self.kv_layout, self.prioritize_ssm = kv_layout, prioritize_ssm
-        if ssm_state_dtype is None:   # fp32 lets the plugin scan update the state in place
-            ssm_state_dtype = torch.float32 if self.kernels.ext is not None else model.dtype
-        self.ssm_state_dtype = ssm_state_dtype
-        self.use_graphs = use_graphs and self.device.type == "cuda"
-        if compile_elementwise is None:
-            compile_elementwise = self.device.type == "cuda"
-        self.compile_elementwise = compile_elementwise
+        self.ssm_state_dtype = config.ssm_state_dtype or (
+            torch.float32 if self.kernels.writes_state_in_place else model.dtype)   # fp32: the scan updates it in place
+        self.use_graphs = config.use_graphs and self.device.type == "cuda"
+        compile_elementwise = (self.device.type == "cuda" if config.compile_elementwise is None
+                               else config.compile_elementwise)
         self.fn = {name: torch.compile(f, fullgraph=True) if compile_elementwise else f
                    for name, f in _ELEMENTWISE.items()}
-        self.decode_gemms = self._resolve_decode_gemms(decode_gemms)
-        self.gemm_configs = {k: c for k, c in {**TRITON_GEMMS, **(gemm_configs or {})}.items() if c is not None}
-        I = self.config.d_inner
-        blocks = [layer.mamba for layer in model.model.layers]
-        # Per-layer constants the reference recomputes each call (same values): A, D, dt bias in fp32.
-        # A (I, N) stored channel-fastest (strides (1, I)): the scan kernel's thread per channel then reads
-        # A[:, n] as one coalesced row per n instead of N-strided words.
-        self._A = [(-torch.exp(b.A_log[0].float())).t().contiguous().t() for b in blocks]   # (I, N)
-        self._D = [b.D[0].float() for b in blocks]                          # (I,)
-        self._dt_bias = [b.dt_proj[0].bias.float() for b in blocks]         # (I,)
-        self._conv_w = [b.conv1d.weight.view(I, -1) for b in blocks]       # (I, K)
-        self._pack_weights(model)
+        self.decode_gemms = gemm.resolve_decode_gemms(config.decode_gemms, self.device, self.dtype)
+        self.gemm_configs = {k: c for k, c in {**TRITON_GEMMS, **config.gemm_configs}.items() if c is not None}
+        self.packed = packed or PackedWeights(model)
         # Side stream for attention (`_attention`); None: everything on the current stream.
-        self._side_stream = (torch.cuda.Stream(device=self.device) if overlap_attention and self.device.type == "cuda"
-                             else None)
+        self._side_stream = (torch.cuda.Stream(device=self.device)
+                             if config.overlap_attention and self.device.type == "cuda" else None)
         self.caches: dict[int, HymbaServingCache] = {}
         self.graphs: dict[int, _SegmentedGraph] = {}
 
-    @torch.no_grad()
-    def _pack_weights(self, model) -> None:
-        """Decode-friendly layouts of some weights (`_pack`), made once per model and shared by engines."""
-        packed = getattr(model, "_hymba_serving_packed", None)
-        if packed is None:
-            packed = self._pack(model)
-            model._hymba_serving_packed = packed
-        self._gate_up, self._x_proj, self._dt_proj, self._lm_head = packed
-        self._vocab = model.lm_head.weight.shape[0]
-
-    @staticmethod
-    def _pack(model):
-        """Re-pack weights for faster decode GEMMs without keeping two copies: the model's parameters become
-        views of the packed buffers (same values, so its own forward is unchanged).
-
-        - Each MLP's gate_proj and up_proj rows share one (2F, H) buffer: one GEMM instead of two.
-        - The tied embedding / lm_head (V, H) lives in a buffer of V rounded up to 8 rows (zeros below), so
-          the logits GEMM writes 16-byte aligned rows (V = 32001 otherwise drops cuBLAS to an align-1
-          kernel, ~5x slower at batch 128); the padded logits are sliced back to V.
-        - Likewise x_proj (R + 2N = 132 output rows, zero rows appended to 136) and dt_proj (R = 100 input
-          columns, zero columns appended to 104, with dt zero-padded to match): tiny GEMMs that cuBLAS
-          otherwise runs with 2-element alignment. Zeros add exactly nothing, so results are unchanged.
-        """
-        x_proj, dt_proj, gate_up = [], [], []
-        for layer in model.model.layers:
-            blk = layer.mamba
-            x_proj.append(_pad_rows_(blk.x_proj[0].weight, 8))                      # (136, I)
-            dt_proj.append(_pad_cols_(blk.dt_proj[0].weight, 8))                    # (I, 104)
-            mlp = layer.moe.experts[0]
-            F_ = mlp.gate_proj.weight.shape[0]
-            buf = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])             # (2F, H)
-            mlp.gate_proj.weight.data = buf[:F_]
-            mlp.up_proj.weight.data = buf[F_:]
-            gate_up.append(buf)
-        emb = model.model.embed_tokens.weight
-        lm_head = _pad_rows_(emb, 8)                        # lm_head.weight is the same Parameter when tied
-        if model.lm_head.weight is not emb:                 # untied checkpoints: pad lm_head on its own
-            lm_head = _pad_rows_(model.lm_head.weight, 8)
-        return gate_up, x_proj, dt_proj, lm_head            # lm_head: (V rounded up to 8, H)
-
-    def _resolve_decode_gemms(self, choice: str | None) -> str:
-        """'cublas' (F.linear and the compiled glue everywhere) or 'triton' (the gemm.py kernels where the
-        engine has tilings); None: 'triton' where it can run (CUDA, fp16/bf16, triton installed)."""
-        if choice not in (None, "cublas", "triton"):
-            raise HymbaDeployError(f"decode_gemms must be 'cublas' or 'triton', got {choice!r}")
-        runnable = self.device.type == "cuda" and self.dtype in (torch.float16, torch.bfloat16) and gemm.available()
-        if choice == "triton" and not runnable:
-            raise HymbaDeployError("decode_gemms='triton' needs a CUDA model in fp16/bf16 and triton installed "
-                                   f"(model: {self.device.type}, {self.dtype})")
-        return choice or ("triton" if runnable else "cublas")
-
     def _logits(self, u: torch.Tensor) -> torch.Tensor:
-        """u (B, H) final-normed hidden -> logits (B, V) fp32, through the padded lm_head buffer."""
-        return F.linear(u, self._lm_head)[:, :self._vocab].float()
+        """u (..., H) final-normed hidden -> logits (..., V) fp32, through the padded lm_head buffer."""
+        return F.linear(u, self.packed.lm_head)[..., :self.packed.vocab].float()
 
     # ---- resources ----------------------------------------------------------------------------------
     def cache(self, bucket: int) -> HymbaServingCache:
         if bucket not in self.caches:
-            self.caches[bucket] = HymbaServingCache(self.config, bucket, self.max_context, self.dtype, self.device,
-                                                    self.eviction, self.ssm_state_dtype, self.kv_layout)
+            c = self.config
+            self.caches[bucket] = HymbaServingCache(self.model_config, bucket, c.max_context, self.dtype, self.device,
+                                                    c.eviction, self.ssm_state_dtype, c.kv_layout)
         return self.caches[bucket]
 
     def release(self, bucket: int | None = None) -> None:
@@ -354,15 +343,14 @@ class HymbaServingEngine:
     def ssm_priority(self, batch: int) -> bool:
         """Whether a captured step runs the SSM branch at high stream priority (`prioritize_ssm`; None: where
         attention takes the tensor-core kernel, batch × kv heads ≥ SM count). There its short, latency-bound
-        kernels get SM slots first while both streams have blocks waiting: H200, batch 128, 6.92 -> 6.83 ms
-        per step; at batch 1 and 8 (split-KV attention, the long pole) the step got slower instead
-        (bench/results/serving_priority_ab_h200_2026-11-27.json, serving_cuda_h200_final_2026-11-27.json)."""
-        if self.prioritize_ssm is not None:
-            return self.prioritize_ssm
+        kernels get SM slots first while both streams have blocks waiting; at small batches (split-KV
+        attention, the long pole) it does not pay (measurements: bench/results/)."""
+        if self.config.prioritize_ssm is not None:
+            return self.config.prioritize_ssm
         if self.device.type != "cuda":
             return False
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
-        return batch * self.config.num_key_value_heads >= sms
+        return batch * self.model_config.num_key_value_heads >= sms
 
     def graphs_possible(self, cache: HymbaServingCache) -> bool:
         return self.use_graphs and cache.ring <= cache.max_context
@@ -386,26 +374,28 @@ class HymbaServingEngine:
 
     # ---- prefill --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, cache: HymbaServingCache) -> torch.Tensor:
-        """input_ids (b, n), b ≤ cache rows -> last-token logits (b, V) fp32; the cache holds n tokens."""
+    def prefill(self, input_ids: torch.Tensor, cache: HymbaServingCache, all_logits: bool = False) -> torch.Tensor:
+        """input_ids (b, n), b ≤ cache rows -> last-token logits (b, V) fp32 (`all_logits`: every prompt
+        token's, (b, n, V)); the cache holds n tokens."""
         b, n = input_ids.shape
         if b > cache.batch_size:
             raise HymbaDeployError(f"{b} prompts exceed the cache's {cache.batch_size} rows")
         if not 1 <= n <= cache.max_context:
             raise HymbaDeployError(f"prompt of {n} tokens: the cache takes 1 to max_context {cache.max_context}")
         cache.reset()
-        if self.prefill_impl == "model":
+        if self.config.prefill_impl == "model":
             h = self.model.model(input_ids, DynamicCacheView(cache, b))     # (b, n, H), model code unchanged
-            return self._logits(h[:, -1])
-        logits = self._prefill_body(input_ids, cache)
+            return self._logits(h if all_logits else h[:, -1])
+        logits = self._prefill_body(input_ids, cache, all_logits)
         cache.set_length(n)
         return logits
 
-    def _prefill_body(self, input_ids: torch.Tensor, cache: HymbaServingCache) -> torch.Tensor:
-        """`HymbaModel.forward` from an empty cache for prompts (b, n) -> last-token logits (b, V) fp32, with
-        rows [0, b) of the cache holding each producer's K/V and every layer's final conv and SSM states.
-        The last layer runs past its states for the last token only: the logits need nothing else."""
-        cfg, m, kern, fn = self.config, self.model.model, self.kernels, self.fn
+    def _prefill_body(self, input_ids: torch.Tensor, cache: HymbaServingCache, all_logits: bool = False):
+        """`HymbaModel.forward` from an empty cache for prompts (b, n) -> last-token logits (b, V) fp32 (or
+        all text tokens' (b, n, V)), with rows [0, b) of the cache holding each producer's K/V and every
+        layer's final conv and SSM states. For the last token only, the last layer runs past its states for
+        that token only: the logits need nothing else."""
+        cfg, m, kern, fn, pw = self.model_config, self.model.model, self.kernels, self.fn, self.packed
         b, n = input_ids.shape
         Hq, Hkv, d_qk, d_v, I = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim,
                                  cfg.d_inner)
@@ -420,7 +410,8 @@ class HymbaServingEngine:
         kv = {}                                                             # producer -> its (K, V), all T
         for i, layer in enumerate(layers):
             blk = layer.mamba
-            last = i == len(layers) - 1
+            final = i == len(layers) - 1
+            last = final and not all_logits                                 # the last token only from here
             # 1. Fused input projection, split in checkpoint row order.
             q, k, v, x, z = blk.in_proj(u).split([blk.q_dim, *blk.kv_dims, I, I], dim=-1)
             # 2. Attention heads: RoPE; a producer's K/V stored in the cache; attention over the prompt's K/V.
@@ -431,12 +422,12 @@ class HymbaServingEngine:
             attn, side = self._attention(q[:, -1:] if last else q, *kv[blk.producer], blk.window)
             # 3. SSM heads over the whole prompt (beside the attention when it runs on a side stream); the
             # final conv and SSM states go into the cache.
-            xc = kern.conv_(x, self._conv_w[i], blk.conv1d.bias, cache.conv[i][:b], fresh=True)  # (b, T, I)
-            dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, self._x_proj[i]), blk.dt_layernorm.weight,
+            xc = kern.conv_(x, pw.conv_w[i], blk.conv1d.bias, cache.conv_states[i][:b], fresh=True)  # (b, T, I)
+            dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, pw.x_proj[i]), blk.dt_layernorm.weight,
                                          blk.B_layernorm.weight, blk.C_layernorm.weight, R, N, eps,
-                                         self._dt_proj[i].shape[1])         # x_proj, dt_proj: padded copies
-            dt = F.linear(dt, self._dt_proj[i])                             # (b, T, I), bias joins in the scan
-            y = kern.scan_(xc, dt, self._A[i], Bm, Cm, self._D[i], z, self._dt_bias[i], cache.ssm[i][:b],
+                                         pw.dt_proj[i].shape[1])         # x_proj, dt_proj: padded copies
+            dt = F.linear(dt, pw.dt_proj[i])                             # (b, T, I), bias joins in the scan
+            y = kern.scan_(xc, dt, pw.A[i], Bm, Cm, pw.D[i], z, pw.dt_bias[i], cache.ssm_states[i][:b],
                            fresh=True)                                      # (b, T, I)
             if side is not None:
                 torch.cuda.current_stream().wait_stream(side)
@@ -446,18 +437,18 @@ class HymbaServingEngine:
             # 4. Fusion, out_proj, residual; then the MLP and the next layer's input norm.
             fused = fn["fuse_branches"](attn, blk.pre_avg_layernorm1.weight, y, blk.pre_avg_layernorm2.weight, eps)
             mlp = layer.moe.experts[0]
-            next_w = m.final_layernorm.weight if last else layers[i + 1].input_layernorm.weight
+            next_w = m.final_layernorm.weight if final else layers[i + 1].input_layernorm.weight
             h, v_ = fn["add_rms_norm"](h, F.linear(fused, blk.out_proj.weight), layer.pre_moe_layernorm.weight, eps)
-            gate, up = F.linear(v_, self._gate_up[i]).chunk(2, dim=-1)      # packed gate/up rows
+            gate, up = F.linear(v_, pw.gate_up[i]).chunk(2, dim=-1)      # packed gate/up rows
             # u: the next layer's input norm (or the final norm) of the new residual stream.
             h, u = fn["add_rms_norm"](h, F.linear(fn["silu_mul"](gate, up), mlp.down_proj.weight), next_w, eps)
-        return self._logits(u[:, -1])                                       # (b, V)
+        return self._logits(u[:, T - n:] if all_logits else u[:, -1])      # (b, n, V) or (b, V)
 
     def _attention(self, q, k, v, window: int, kv_len=None):
-        """Windowed attention of q over k, v (`ServingKernels.attn`) -> (out, side): with a side stream, out is
+        """Windowed attention of q over k, v (the kernels' `attn`) -> (out, side): with a side stream, out is
         written there after the work queued so far, overlapping what follows on the current stream, and `side`
         must be joined before out is read (the inputs stay referenced until then); else side is None."""
-        cfg = self.config
+        cfg = self.model_config
         args = (q, k, v, window, cfg.num_memory_tokens, cfg.qk_head_dim ** -0.5)
         side = self._side_stream
         if side is None:
@@ -473,8 +464,8 @@ class HymbaServingEngine:
         """Attention of layer `layer` over global producer `producer`'s keys (the new token's included)."""
         L = cache.kv_len(producer, cache.text_len + 1)
         blk = self.model.model.layers[layer].mamba
-        return self.kernels.attn(q, cache.key[producer][:, :L], cache.value[producer][:, :L], blk.window,
-                                 cache.meta, self.config.qk_head_dim ** -0.5, out)
+        return self.kernels.attn(q, cache.key_cache[producer][:, :L], cache.value_cache[producer][:, :L], blk.window,
+                                 cache.meta, self.model_config.qk_head_dim ** -0.5, out)
 
     def _gemm_add_norm(self, tri: dict, name: str, x, w, h, norm_w, eps: float):
         """Residual step: (h + x @ w.T, RMSNorm of that); through split-K partials summed inside the norm's
@@ -487,7 +478,7 @@ class HymbaServingEngine:
     def _decode_body(self, cache: HymbaServingCache, tokens: torch.Tensor):
         """One decode step for all cache rows (generator): yields (layer, producer, q) where attention
         over a global producer is needed and receives its output; returns logits (B, V) fp32."""
-        cfg, m, kern, fn = self.config, self.model.model, self.kernels, self.fn
+        cfg, m, kern, fn, pw = self.model_config, self.model.model, self.kernels, self.fn, self.packed
         B = tokens.shape[0]
         Hq, Hkv, d_qk, d_v, I = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim,
                                  cfg.d_inner)
@@ -510,7 +501,7 @@ class HymbaServingEngine:
             # 2. Attention heads: RoPE, K/V written into this token's slot, attention over held keys.
             if blk.producer == i:                                           # RoPE'd q (B, 1, Hq, d_qk)
                 q = fn["rope_store"](q.view(B, 1, Hq, d_qk), k.view(B, 1, Hkv, d_qk), v.view(B, 1, Hkv, d_v),
-                                     cos, sin, cache.key[i], cache.value[i], pos if cfg.is_global(i) else ring_slot)
+                                     cos, sin, cache.key_cache[i], cache.value_cache[i], pos if cfg.is_global(i) else ring_slot)
             else:
                 q = fn["rope"](q.view(B, 1, Hq, d_qk), cos, sin)
             # Attention (bandwidth-bound) on the side stream where there is one, overlapping the SSM branch
@@ -519,22 +510,22 @@ class HymbaServingEngine:
             if cfg.is_global(p) and global_kv_len is None:
                 attn, side = (yield (i, p, q)), None                        # length grows: run outside graphs
             elif cfg.is_global(p):                                          # whole buffer, device key count
-                attn, side = self._attention(q, cache.key[p], cache.value[p], blk.window, global_kv_len)
+                attn, side = self._attention(q, cache.key_cache[p], cache.value_cache[p], blk.window, global_kv_len)
             else:
                 L = cache.kv_len(p, cache.text_len + 1)                     # fixed once the ring is full
-                attn, side = self._attention(q, cache.key[p][:, :L], cache.value[p][:, :L], blk.window)
+                attn, side = self._attention(q, cache.key_cache[p][:, :L], cache.value_cache[p][:, :L], blk.window)
             # 3. SSM heads: conv and scan at T = 1, states updated in place.
-            xc = kern.conv_(x, self._conv_w[i], blk.conv1d.bias, cache.conv[i])            # (B, 1, I)
+            xc = kern.conv_(x, pw.conv_w[i], blk.conv1d.bias, cache.conv_states[i])            # (B, 1, I)
             norms = (blk.dt_layernorm.weight, blk.B_layernorm.weight, blk.C_layernorm.weight)
             if "x_proj" in tri:                                             # 2 launches: x_proj, then the rest
-                part = gemm.linear_splitk(xc.reshape(B, I), self._x_proj[i], tri["x_proj"])
+                part = gemm.linear_splitk(xc.reshape(B, I), pw.x_proj[i], tri["x_proj"])
                 dt, Bm, Cm = (t.unsqueeze(1) for t in gemm.ssm_inputs(
-                    part, *norms, self._dt_proj[i], eps, tri.get("ssm_inputs", TRITON_GEMMS["ssm_inputs"])))
+                    part, *norms, pw.dt_proj[i], eps, tri.get("ssm_inputs", TRITON_GEMMS["ssm_inputs"])))
             else:
-                dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, self._x_proj[i]), *norms, R, N, eps,
-                                             self._dt_proj[i].shape[1])     # x_proj, dt_proj: padded copies
-                dt = F.linear(dt, self._dt_proj[i])                         # (B, 1, I), bias joins in the scan
-            y = kern.scan_(xc, dt, self._A[i], Bm, Cm, self._D[i], z, self._dt_bias[i], cache.ssm[i])
+                dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, pw.x_proj[i]), *norms, R, N, eps,
+                                             pw.dt_proj[i].shape[1])     # x_proj, dt_proj: padded copies
+                dt = F.linear(dt, pw.dt_proj[i])                         # (B, 1, I), bias joins in the scan
+            y = kern.scan_(xc, dt, pw.A[i], Bm, Cm, pw.D[i], z, pw.dt_bias[i], cache.ssm_states[i])
             if side is not None:
                 torch.cuda.current_stream().wait_stream(side)
             attn = attn.reshape(B, 1, Hq * d_v)                             # (B, 1, I)
@@ -544,7 +535,7 @@ class HymbaServingEngine:
             next_w = layers[i + 1].input_layernorm.weight if i + 1 < len(layers) else m.final_layernorm.weight
             h, v_ = self._gemm_add_norm(tri, "out_proj", fused, blk.out_proj.weight, h,
                                         layer.pre_moe_layernorm.weight, eps)
-            gate, up = F.linear(v_, self._gate_up[i]).chunk(2, dim=-1)      # packed gate/up rows
+            gate, up = F.linear(v_, pw.gate_up[i]).chunk(2, dim=-1)      # packed gate/up rows
             act = fn["silu_mul"](gate, up)
             # u: the next layer's input norm (or the final norm) of the new residual stream.
             h, u = self._gemm_add_norm(tri, "down_proj", act, mlp.down_proj.weight, h, next_w, eps)
@@ -588,11 +579,11 @@ class HymbaServingEngine:
         b, n = input_ids.shape
         if max_new_tokens < 0:
             raise HymbaDeployError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
-        if n + max_new_tokens - 1 > self.max_context:
-            raise HymbaDeployError(f"{n} + {max_new_tokens} tokens exceed max_context {self.max_context}")
+        if n + max_new_tokens - 1 > self.config.max_context:
+            raise HymbaDeployError(f"{n} + {max_new_tokens} tokens exceed max_context {self.config.max_context}")
         if max_new_tokens == 0:
             return input_ids
-        bucket = select_bucket(b, self.buckets)
+        bucket = select_bucket(b, self.config.buckets)
         cache = self.cache(bucket)
         if self.graphs_possible(cache) and n + max_new_tokens - 1 >= cache.ring:
             self.capture(bucket)
