@@ -330,14 +330,16 @@ def test_cuda_report_keeps_the_committed_layout(committed, prefill_only, monkeyp
 
     def profile(*a, **k):
         raise RuntimeError("CUPTI unavailable (simulated)")
-    fake = SimpleNamespace(decode_gemms="triton", gemm_configs={})
+    fake = SimpleNamespace(decode_gemms="triton", gemm_configs={}, packed=None)
     for name, value in {"cuda_unavailable": lambda: None, "copy_bandwidth": lambda: 4e12,
                         "_runtime": lambda *a, **k: fake}.items():
         monkeypatch.setattr(serving_run, name, value)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "simulated GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (9, 0))
-    model = SimpleNamespace(config=preset("tiny"), dtype=torch.bfloat16, parameters=lambda: [torch.zeros(4, 4)])
-    for name, value in {"use_kernels": lambda *a: None, "cuda_model": lambda *a: model,
+    model = SimpleNamespace(config=preset("tiny"), dtype=torch.bfloat16, parameters=lambda: [torch.zeros(4, 4)],
+                            kernels="cuda kernels", use_kernels=lambda k: model)
+    monkeypatch.setattr(serving_run.cuda, "load_extension", lambda: None)
+    for name, value in {"cuda_model": lambda *a: model,
                         "decode": decode, "prefill": lambda rt, n, reps: {"tokens": n, "ms": 1.0},
                         "profile_decode": profile, "profile_prefill": lambda rt, n: {"tokens": n},
                         "decode_reference_eager": decode, "decode_reference_compiled": decode}.items():
