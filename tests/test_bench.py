@@ -247,6 +247,7 @@ def test_profile_categories_cover_the_plugin_kernels():
     names = {"void hymba::wap::prefillKernel<128, 128>(hymba::WindowedAttentionParams)": "attention (plugin kernel)",
              "void hymba::wad::decodeKernel<float>(hymba::WindowedAttentionParams, int)": "attention (plugin kernel)",
              "void hymba::ssst::stateParallelKernel<__nv_bfloat16, 1>(hymba::SelectiveScanParams)": "scan (plugin kernel)",
+             "void hymba::sscc::chunkedKernel<__nv_bfloat16, 16, true>(hymba::SelectiveScanParams, int)": "scan (plugin kernel)",
              "void hymba::ssk::selectiveScanKernel<__nv_bfloat16, 16, true>(hymba::SelectiveScanParams)":
                  "scan (plugin kernel)",
              "void hymba::cck::causalConv1dKernel<float>(hymba::CausalConv1dParams, int)": "conv (plugin kernel)",

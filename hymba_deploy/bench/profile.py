@@ -8,7 +8,7 @@ Glue = the two elementwise categories.
 from __future__ import annotations
 
 CATEGORIES = (("attention (plugin kernel)", ("windowedAttention", "wak::", "wad::", "wam::", "wap::")),
-              ("scan (plugin kernel)", ("selectiveScan", "ssk::", "ssst::")),
+              ("scan (plugin kernel)", ("selectiveScan", "ssk::", "ssst::", "sscc::")),
               ("conv (plugin kernel)", ("causalConv1d", "cck::")),
               ("matmul", ("gemm", "gemv", "cutlass", "xmma", "cublas", "splitK", "Kernel2", "nvjet",
                           "_splitk_kernel", "_ssm_inputs_kernel")),
