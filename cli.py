@@ -166,12 +166,12 @@ def inspect(engine, all_layers, as_json, plugin_library):
 @click.option("--runtime", "runtimes", multiple=True, type=click.Choice(["cuda"]),
               help="Also compare this runtime: cuda = the serving runtime on our CUDA kernels, in the ONNX's dtype "
                    "(needs a GPU; else 'not run').")
-@click.option("--strict", is_flag=True, help="Exit 1 when any backend did not run (for CI jobs).")
+@click.option("--strict", is_flag=True, help="Exit 1 when any runtime did not run (for CI jobs).")
 @_user_errors
 def check(model, onnx_dir, engine_dir, prompts, steps, dtype, seed, max_prompt_len, device, json_out,
           plugin_library, runtimes, strict):
     """Parity of PyTorch, ONNX Runtime, engines and (--runtime cuda) the serving runtime over prefill and K
-    decode steps; exit 1 on failure (with --strict also when a backend did not run)."""
+    decode steps; exit 1 on failure (with --strict also when a runtime did not run)."""
     from hymba_deploy.parity.check import check as run, format_report, write_report
     report = run(model, onnx_dir, engine_dir=engine_dir, prompts=prompts, steps=steps, dtype=dtype, seed=seed,
                  max_prompt_len=max_prompt_len, device=device, plugin_library=plugin_library,

@@ -33,19 +33,19 @@ def test_torch_and_onnxruntime_agree_engine_not_run(onnx_dir, tmp_path, tmp_path
                                        "--prompts", "2", "--steps", "3", "--json-out", str(report_path)])
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
-    ort = report["backends"]["onnxruntime"]
+    ort = report["runtimes"]["onnxruntime"]
     # 2 prompts x (prefill + 3 decode steps) x (logits + 26 cache tensors of tiny)
     assert ort["status"] == "passed" and ort["compared"] == 2 * 4 * 27 and ort["failed"] == 0
     steps = {r["step"] for r in report["results"]}
     assert steps == {"prefill", "decode 1", "decode 2", "decode 3"}
     outputs = {r["output"] for r in report["results"]}
     assert {"logits", "present.0.key", "present.1.value", "present.conv_state.7", "present.ssm_state.7"} <= outputs
-    trt = report["backends"]["tensorrt"]
+    trt = report["runtimes"]["tensorrt"]
     if rtx_available() is None:                                     # valid engines that cannot run here
         assert trt["status"] == "not run" and "GPU" in trt["reason"]  # a reason, never "passed"
         assert f"tensorrt     not run: {trt['reason']}" in result.output
         assert report["not_run"] == ["tensorrt"]
-        assert result.output.rstrip().endswith("PASS (1 of 2 backends ran; 1 not run: tensorrt)")
+        assert result.output.rstrip().endswith("PASS (1 of 2 runtimes ran; 1 not run: tensorrt)")
     else:
         assert trt["status"] == "not requested" and report["not_run"] == []
         assert "tensorrt     not requested: no --engine DIR given" in result.output
@@ -62,15 +62,15 @@ def test_strict_makes_not_run_exit_1(onnx_dir, tmp_path_factory):
     assert result.exit_code == 1 and "1 not run: tensorrt" in result.output, result.output
 
 
-def test_summary_line_counts_backends_not_run():
+def test_summary_line_counts_runtimes_not_run():
     from hymba_deploy.parity.check import summary_line
     two = {"onnxruntime": {"status": "passed"}, "tensorrt": {"status": "not run"}}
-    assert summary_line({"ok": True, "backends": two, "not_run": ["tensorrt"]}) == \
-        "PASS (1 of 2 backends ran; 1 not run: tensorrt)"
+    assert summary_line({"ok": True, "runtimes": two, "not_run": ["tensorrt"]}) == \
+        "PASS (1 of 2 runtimes ran; 1 not run: tensorrt)"
     unasked = {"onnxruntime": {"status": "passed"}, "tensorrt": {"status": "not requested"}}
-    assert summary_line({"ok": True, "backends": unasked, "not_run": []}) == "PASS (1 of 1 backends ran)"
-    assert summary_line({"ok": False, "backends": two, "not_run": ["onnxruntime", "tensorrt"]}) == \
-        "FAIL: no backend ran (2 not run: onnxruntime, tensorrt)"
+    assert summary_line({"ok": True, "runtimes": unasked, "not_run": []}) == "PASS (1 of 1 runtimes ran)"
+    assert summary_line({"ok": False, "runtimes": two, "not_run": ["onnxruntime", "tensorrt"]}) == \
+        "FAIL: no runtime ran (2 not run: onnxruntime, tensorrt)"
 
 
 @pytest.mark.parametrize("make, needle", [
@@ -116,7 +116,7 @@ def test_perturbed_layer_is_caught_and_localised(onnx_dir):
         w.add_(0.05 * torch.randn(w.shape, generator=torch.Generator().manual_seed(1)))
     report = check(model, onnx_dir, prompts=1, steps=1)
     assert not report["ok"]
-    ort = report["backends"]["onnxruntime"]
+    ort = report["runtimes"]["onnxruntime"]
     assert ort["status"] == "failed" and ort["first_failure"]["step"] == "prefill"
     found = ort["localization"]["first_divergent"]
     # Layer 3's caches come before out_proj and still match; its output hidden state does not.
@@ -251,11 +251,11 @@ def test_check_compares_the_serving_runtime_and_localises_its_failure(onnx_dir, 
 
     monkeypatch.setattr(check_mod, "_serving_cuda", stand_in(False))
     report = check("tiny", onnx_dir, prompts=1, steps=2, runtimes=("cuda",))
-    cuda = report["backends"]["cuda"]
+    cuda = report["runtimes"]["cuda"]
     assert report["ok"] and cuda["status"] == "passed" and cuda["compared"] == 3 * 27 and cuda["failed"] == 0
     monkeypatch.setattr(check_mod, "_serving_cuda", stand_in(True))
     report = check("tiny", onnx_dir, prompts=1, steps=2, runtimes=("cuda",))
-    cuda = report["backends"]["cuda"]
+    cuda = report["runtimes"]["cuda"]
     assert not report["ok"] and cuda["status"] == "failed" and cuda["first_failure"]["step"] == "prefill"
     assert cuda["localization"]["first_divergent"]["layer"] == 3         # layer 2's output feeds layer 3's caches
     assert cuda["localization"]["method"] == "cache tensors (no layer outputs)"

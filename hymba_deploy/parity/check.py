@@ -2,8 +2,8 @@
 engines and (on request, `--runtime cuda`) the serving runtime on the cuda kernels, compared after prefill
 and after each of K decode steps.
 
-Multi-step and stateful: every backend feeds its own `present.*` outputs back as the next step's
-`past.*` inputs (as a deployment does), and all backends decode the same token (the reference's
+Multi-step and stateful: every runtime feeds its own `present.*` outputs back as the next step's
+`past.*` inputs (as a deployment does), and all runtimes decode the same token (the reference's
 greedy choice), so errors that accumulate in the cache show up step by step. Every output is compared:
 logits and each cache tensor (max abs, rel L2, cosine; NaN/Inf separately) against the tolerance of
 the lower of the two precisions. On a failure, the first failing step is re-run with per-layer outputs
@@ -106,8 +106,8 @@ def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dt
           tolerances: dict | None = None, plugin_library=None, runtimes: tuple[str, ...] = (),
           progress: Callable[[str], None] | None = None) -> dict:
     """Compare torch, ONNX Runtime, engines and (`runtimes`, e.g. ("cuda",)) the serving runtime; returns the
-    report (report["ok"]: every backend that ran passed, and at least one ran; report["not_run"]: the
-    backends that did not run).
+    report (report["ok"]: every runtime that ran passed, and at least one ran; report["not_run"]: the
+    runtimes that did not run).
 
     `engine_dir`'s engines are checked before any work (HymbaDeployError when missing or unreadable);
     `plugin_library` (`--plugins`) is the plugin library they may load (default: the project's build).
@@ -142,10 +142,10 @@ def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dt
     return {"ok": ok, "not_run": [n for n, s in status.items() if s["status"] == "not run"],
             "model": model if isinstance(model, str) else type(model).__name__, "onnx": str(plan.onnx_dir),
             "engine": str(engine_dir) if engine_dir else None,
-            "reference": {"backend": REFERENCE, "dtype": plan.ref_dtype, "device": device},
+            "reference": {"runtime": REFERENCE, "dtype": plan.ref_dtype, "device": device},
             "onnx_dtype": plan.onnx_dtype, "eviction": plan.eviction, "tolerances": plan.tolerances, "seed": seed,
             "prompts": [{"batch": batch_size, "tokens": n} for n in lengths], "steps": steps,
-            "backends": status, "results": rows, "seconds": round(time.perf_counter() - t_start, 2)}
+            "runtimes": status, "results": rows, "seconds": round(time.perf_counter() - t_start, 2)}
 
 
 # ---- 1. plan -------------------------------------------------------------------------------------------
@@ -273,7 +273,7 @@ def _run_and_compare(plan: _Plan, ref_factory, candidates: dict[str, _Candidate]
                         pending[name].status = {"status": "error", "reason": f"{type(e).__name__}: {e}"}
                         continue
                     step_rows = compare_outputs(out, ref_out, plan.tolerances, names=list(ref_out))
-                    rows.extend({"backend": name, "prompt": p, "step": label, **row} for row in step_rows)
+                    rows.extend({"runtime": name, "prompt": p, "step": label, **row} for row in step_rows)
                     bad = [r for r in step_rows if not r["ok"]]
                     if bad and name not in first_failure:
                         first_failure[name] = {"prompt": p, "step": label, "graph": graph,
@@ -290,7 +290,7 @@ def _conclude(name: str, cand: _Candidate, rows: list[dict], failure: dict | Non
               say) -> None:
     """A candidate that ran: passed or failed with its counts and worst output; a failure localised to the
     first divergent layer by re-running its first failing step."""
-    mine = [r for r in rows if r["backend"] == name]
+    mine = [r for r in rows if r["runtime"] == name]
     worst = max(mine, key=lambda r: r.get("rel_l2", float("inf")), default=None)
     cand.status.update({"status": "failed" if failure else "passed",
                         "compared": len(mine), "failed": sum(not r["ok"] for r in mine),
@@ -336,17 +336,17 @@ def _profile_axes(engine: Path) -> dict:
 
 
 def summary_line(report: dict) -> str:
-    """PASS or FAIL, with how many of the requested backends did not run (one that did not run never
+    """PASS or FAIL, with how many of the requested runtimes did not run (one that did not run never
     passes; the engines are requested by --engine)."""
     not_run = report.get("not_run", [])
     verdict = "PASS" if report["ok"] else "FAIL"
-    requested = sum(s.get("status") != "not requested" for s in report["backends"].values())
+    requested = sum(s.get("status") != "not requested" for s in report["runtimes"].values())
     ran = requested - len(not_run)
     if ran == 0:
-        return f"{verdict}: no backend ran ({len(not_run)} not run: {', '.join(not_run)})"
+        return f"{verdict}: no runtime ran ({len(not_run)} not run: {', '.join(not_run)})"
     if not not_run:
-        return f"{verdict} ({ran} of {ran} backends ran)"
-    return f"{verdict} ({ran} of {requested} backends ran; {len(not_run)} not run: {', '.join(not_run)})"
+        return f"{verdict} ({ran} of {ran} runtimes ran)"
+    return f"{verdict} ({ran} of {requested} runtimes ran; {len(not_run)} not run: {', '.join(not_run)})"
 
 
 def _fmt(x, spec):
@@ -355,21 +355,21 @@ def _fmt(x, spec):
 
 def format_report(report: dict) -> str:
     ref = report["reference"]
-    lines = [f"reference: {ref['backend']} {ref['dtype']} ({ref['device']}); ONNX {report['onnx_dtype']}; "
+    lines = [f"reference: {ref['runtime']} {ref['dtype']} ({ref['device']}); ONNX {report['onnx_dtype']}; "
              f"prompts {', '.join(str(p['tokens']) for p in report['prompts'])} tokens; {report['steps']} decode steps; "
              f"tolerance rel_l2 <= {report['tolerances']['']['rel_l2']:g}, cosine >= {report['tolerances']['']['cosine']:g}",
-             f"{'backend':<12} {'prompt':>6} {'step':<9} {'outputs':>7} {'failed':>6}  {'worst output':<24} "
+             f"{'runtime':<12} {'prompt':>6} {'step':<9} {'outputs':>7} {'failed':>6}  {'worst output':<24} "
              f"{'max_abs':>9} {'rel_l2':>9} {'cosine':>10}  result"]
     groups: dict[tuple, list] = {}
     for row in report["results"]:
-        groups.setdefault((row["backend"], row["prompt"], row["step"]), []).append(row)
-    for (backend, prompt, step), rows in groups.items():
+        groups.setdefault((row["runtime"], row["prompt"], row["step"]), []).append(row)
+    for (runtime, prompt, step), rows in groups.items():
         worst = max(rows, key=lambda r: r.get("rel_l2", float("inf")))
         failed = sum(not r["ok"] for r in rows)
-        lines.append(f"{backend:<12} {prompt + 1:>6} {step:<9} {len(rows):>7} {failed:>6}  {worst['output']:<24} "
+        lines.append(f"{runtime:<12} {prompt + 1:>6} {step:<9} {len(rows):>7} {failed:>6}  {worst['output']:<24} "
                      f"{_fmt(worst.get('max_abs'), '9.2e')} {_fmt(worst.get('rel_l2'), '9.2e')} "
                      f"{_fmt(worst.get('cosine'), '10.7f')}  {'FAIL' if failed else 'pass'}")
-    for name, s in report["backends"].items():
+    for name, s in report["runtimes"].items():
         if s["status"] in ("not run", "not requested", "error"):
             lines.append(f"{name:<12} {s['status']}: {s['reason']}")
         else:
