@@ -76,8 +76,8 @@ def load_extension(verbose: bool = False):
     if _ext is not None:
         return _ext
     if not torch.cuda.is_available():
-        raise HymbaDeployError("the 'cuda' kernels need a CUDA GPU; use the reference kernels on this machine "
-                               "(--backend reference)")
+        raise HymbaDeployError("the 'cuda' kernels need a CUDA GPU; on this machine use the reference kernels "
+                               "(kernel_backend('reference'), every model's default)")
     from torch.utils.cpp_extension import load
 
     major, minor = torch.cuda.get_device_capability()
