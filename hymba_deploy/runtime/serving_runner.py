@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from ..contract import GRAPHS
 from ..errors import HymbaDeployError
 from .base import Runner
 from .torch_runner import to_numpy
@@ -32,8 +33,8 @@ class ServingRunner(Runner):
 
     def __init__(self, runtime, graph: str, logits_to_keep: int = 0, capture_layers: bool = False,
                  name: str | None = None):
-        if graph not in ("prefill", "decode"):
-            raise HymbaDeployError(f"graph {graph!r}: choose prefill or decode")
+        if graph not in GRAPHS:
+            raise HymbaDeployError(f"graph {graph!r}: choose one of {', '.join(GRAPHS)}")
         super().__init__(name or f"serving-{graph}")
         from ..cache import HybridMambaAttentionDynamicCache as Cache
         from ..exporters.graphs import position_layer
