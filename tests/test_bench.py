@@ -230,7 +230,7 @@ def test_cuda_report_markdown_from_committed_results():
 
     decode = serving_markdown(json.loads((ROOT / "bench/results/serving_cuda_h200_triton_gemms_2026-11-27.json")
                                          .read_text()))
-    assert "| 128 | 6.51 | 19663 | 31.30 | 3.30 | 50.7 | 13.41 | - |" in decode
+    assert "| 128 | 6.51 | 19663 | 31.30 | 3.30 | 50.7 | - | - | 13.41 | - |" in decode   # no per-layer floor then
     assert "| decode_graphs_cublas_gemms | 128 | 6.75 | 18969 |" in decode
     prefill = serving_markdown(json.loads((ROOT / "bench/results/serving_prefill_h200_2026-11-30.json").read_text()))
     assert "| 8192 | 81.25 | 129.15 | 2072.04 |" in prefill
@@ -391,3 +391,18 @@ def test_cuda_measurements_drive_a_real_runtime_on_the_cpu(monkeypatch, tiny_mod
     assert (p["tokens"], p["ms"], p["all_ms"], p["prefill_impl"]) == (24, 2.0, [2.0], "runtime")
     r = serving.decode_reference_eager(model, 2, 40, steps=1)
     assert (r["batch"], r["tokens_per_s"], r["peak_memory_bytes"]) == (2, 1e3, 123)
+
+
+def test_per_layer_floor_counts_every_attending_layers_keys_and_the_fp32_state():
+    """Issue 15's per-layer floor for hymba-1.5b at 8k context, bf16, by hand: 29 SWA layers read 128 + 1,024 keys
+    and 3 global layers 128 + 8,192 (KV-sharing consumers re-read their producer's cache), 5 KV heads × (64 + 128)
+    values of 2 bytes per key: (29 · 1,152 + 3 · 8,320) · 1,920 B = 112,066,560 B; each of 32 layers reads and
+    writes its SSM state, 3,200 × 16 fp32 (409,600 B), and its conv state, 3,200 × 4 bf16 (51,200 B)."""
+    from hymba_deploy.bench.serving import per_layer_bytes
+
+    per_row = (29 * 1152 + 3 * 8320) * 1920 + 32 * (409_600 + 51_200)
+    assert per_layer_bytes(preset("hymba-1.5b"), 1, 8192, 2) == per_row == 126_812_160
+    assert per_layer_bytes(preset("hymba-1.5b"), 128, 8192, 2) == 128 * per_row
+    # the issue's figures at 4.24 TB/s with 3.05 GB of weights: ~0.75 ms at batch 1, ~4.5 ms at 128
+    assert (3.05e9 + per_row) / 4.24e12 * 1e3 == pytest.approx(0.75, abs=0.01)
+    assert (3.05e9 + 128 * per_row) / 4.24e12 * 1e3 == pytest.approx(4.55, abs=0.05)

@@ -183,14 +183,17 @@ def serving_markdown(res: dict) -> str:
              f"- decode over {res['context_tokens']} text + {res['meta_tokens']} meta tokens of "
              f"{res['cache_contents']}",
              f"- copy bandwidth {_f(res.get('copy_bandwidth_GBps'), '.0f')} GB/s (read + write); weights "
-             f"{_f(res.get('weight_bytes', 0) / 1e9)} GB; floor = (weight bytes + cache bytes read per step) / "
-             f"copy bandwidth", f"- decode GEMMs: {res.get('decode_gemms', {}).get('mode')}; timing: {res['timing']}",
+             f"{_f(res.get('weight_bytes', 0) / 1e9)} GB; storage floor = (weight bytes + cache bytes read per step) / "
+             f"copy bandwidth; per-layer floor = (weight bytes + each layer's K/V, a consumer re-reading its "
+             f"producer's, + SSM state read and written in fp32 + conv state) / copy bandwidth", f"- decode GEMMs: {res.get('decode_gemms', {}).get('mode')}; timing: {res['timing']}",
              f"- complete: {bool(res.get('complete'))}", "", "## Decode (CUDA graphs)", ""]
-    lines += _table(["batch", "ms/step", "tokens/s", "eager ms/step", "floor ms", "% of floor", "peak GiB",
-                     "OOM at"],
+    lines += _table(["batch", "ms/step", "tokens/s", "eager ms/step", "floor ms", "% of floor", "per-layer floor ms",
+                     "% of per-layer floor", "peak GiB", "OOM at"],
                     [[r.get("batch", r["requested_batch"]), _ms_row(r), _f(r.get("tokens_per_s"), ".0f"),
                       _f(r.get("eager_ms_per_step")), _f(r.get("decode_floor_ms")),
                       _f(100 * r["fraction_of_floor"] if "fraction_of_floor" in r else None, ".1f"),
+                      _f(r.get("per_layer_floor_ms")),
+                      _f(100 * r["fraction_of_per_layer_floor"] if "fraction_of_per_layer_floor" in r else None, ".1f"),
                       _f(r["peak_memory_bytes"] / gib if "peak_memory_bytes" in r else None),
                       ", ".join(map(str, r.get("oom_batches", []))) or "-"] for r in cuda.get("decode", [])])
     forward = {r["tokens"]: r for r in cuda.get("prefill_model_forward", [])}

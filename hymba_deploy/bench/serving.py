@@ -14,6 +14,7 @@ releases the cache bucket it used and the allocator's free blocks before it retu
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 
@@ -68,6 +69,8 @@ def _decode_inputs(runtime, cache, batch: int, context: int, seed: int):
 def decode(runtime, batch: int, context: int, steps: int, eager_steps: int, bandwidth: float, wbytes: int) -> dict:
     """ms per decode step (CUDA graphs; `eager_steps` > 0: eager too) at `batch` over `context` tokens, with
     memory figures and the storage floor at `bandwidth` bytes/s for `wbytes` weight bytes."""
+    import torch
+
     from ..cache import HybridMambaAttentionDynamicCache
 
     _fresh_peak()
@@ -83,6 +86,8 @@ def decode(runtime, batch: int, context: int, steps: int, eager_steps: int, band
         nominal = HybridMambaAttentionDynamicCache.size_bytes(runtime.model_config, context, runtime.dtype, batch)
         read = cache.nbytes_read_per_step(context)
         floor = floor_ms(wbytes + read, bandwidth)
+        item = torch.empty((), dtype=runtime.dtype).element_size()
+        layer_floor = floor_ms(wbytes + per_layer_bytes(runtime.model_config, batch, context, item), bandwidth)
         return {
             "batch": batch, "ms_per_step": ms, "tokens_per_s": batch / (ms / 1e3),
             "eager_ms_per_step": ms_eager,
@@ -92,9 +97,26 @@ def decode(runtime, batch: int, context: int, steps: int, eager_steps: int, band
             "cache_bytes_allocated": cache.nbytes(), "cache_bytes_read_per_step": read,
             "cache_bytes_nominal": nominal,
             "decode_floor_ms": floor, "fraction_of_floor": floor / ms,
+            "per_layer_floor_ms": layer_floor, "fraction_of_per_layer_floor": layer_floor / ms,
             "decode_floor_nominal_cache_ms": floor_ms(wbytes + nominal, bandwidth),
             "fraction_of_floor_nominal_cache": floor_ms(wbytes + nominal, bandwidth) / ms,
         }
+
+
+def per_layer_bytes(config, batch: int, context: int, item: int) -> int:
+    """Bytes beyond the weights that a decode step at `batch` rows over `context` text tokens must move, layer by
+    layer (issue 15's per-layer floor): every layer reads the K/V it attends over (meta + context keys on a global
+    layer, meta + window on an SWA layer; a consumer of a KV-sharing group reads its producer's cache again), and
+    reads and writes its SSM state in fp32 and its conv state in the model dtype (`item` bytes per element)."""
+    from ..cache import HybridMambaAttentionDynamicCache as Cache
+    total = 0
+    for layer in range(config.num_hidden_layers):
+        window = config.layer_window(layer)
+        keys = config.num_memory_tokens + (context if window <= 0 else min(context, window))
+        total += sum(math.prod(Cache.state_shape(config, kind, batch, keys)) for kind in ("key", "value")) * item
+        total += 2 * math.prod(Cache.state_shape(config, "ssm_state", batch)) * 4
+        total += 2 * math.prod(Cache.state_shape(config, "conv_state", batch)) * item
+    return total
 
 
 def _peak() -> int:
