@@ -173,6 +173,13 @@ class HybridMambaAttentionDynamicCache:
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     @staticmethod
+    def attended_keys(config: HymbaConfig, layer: int, context: int) -> int:
+        """Keys layer `layer` attends over at decode after `context` text tokens, the meta tokens included:
+        meta + context on a global layer, meta + window on an SWA layer (the spec's and paper's convention)."""
+        window = config.layer_window(layer)
+        return config.num_memory_tokens + (context if window <= 0 else min(context, window))
+
+    @staticmethod
     def size_bytes(config: HymbaConfig, context: int, dtype: torch.dtype, batch_size: int = 1) -> int:
         """Bytes held by a full cache after `context` text tokens, computed without allocating.
 
@@ -181,8 +188,7 @@ class HybridMambaAttentionDynamicCache:
         """
         item = torch.empty((), dtype=dtype).element_size()
         total = 0
-        for _, kind, layer in HybridMambaAttentionDynamicCache.state_names(config):
-            window = config.layer_window(layer)
-            length = config.num_memory_tokens + (context if window <= 0 else min(context, window))
-            total += math.prod(HybridMambaAttentionDynamicCache.state_shape(config, kind, batch_size, length))
+        cls = HybridMambaAttentionDynamicCache
+        for _, kind, layer in cls.state_names(config):
+            total += math.prod(cls.state_shape(config, kind, batch_size, cls.attended_keys(config, layer, context)))
         return total * item

@@ -111,8 +111,7 @@ def per_layer_bytes(config, batch: int, context: int, item: int) -> int:
     from ..cache import HybridMambaAttentionDynamicCache as Cache
     total = 0
     for layer in range(config.num_hidden_layers):
-        window = config.layer_window(layer)
-        keys = config.num_memory_tokens + (context if window <= 0 else min(context, window))
+        keys = Cache.attended_keys(config, layer, context)
         total += sum(math.prod(Cache.state_shape(config, kind, batch, keys)) for kind in ("key", "value")) * item
         total += 2 * math.prod(Cache.state_shape(config, "ssm_state", batch)) * 4
         total += 2 * math.prod(Cache.state_shape(config, "conv_state", batch)) * item
