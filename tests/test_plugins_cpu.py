@@ -31,11 +31,11 @@ OPS = ("SelectiveScan", "CausalConv1d", "WindowedAttention")
 SCAN_IN = [(2, 7, 64), (2, 7, 64), (64, 16), (2, 7, 16), (2, 7, 16), (64,), (2, 7, 64), (64,), (2, 64, 16)]
 SCAN_T = [F16, F16, F32, F16, F16, F32, F16, F32, F32]
 CONV_IN = [(3, 5, 32), (32, 4), (32,), (3, 32, 4)]
-ATTN_IN = [(2, 3, 25, 64), (2, 9, 5, 64), (2, 9, 5, 128)]
+ATTN_IN = [(2, 3, 25, 64), (2, 9, 5, 64), (2, 9, 5, 128), (2,)]     # q, k, v, kv_lengths
 CASES = {
     "SelectiveScan": ({"softplus_threshold": 15.5}, SCAN_IN, SCAN_T, [(2, 7, 64), (2, 64, 16)], [F16, F32]),
     "CausalConv1d": ({"activation": 0}, CONV_IN, [F16] * 4, [(3, 5, 32), (3, 32, 4)], [F16, F16]),
-    "WindowedAttention": ({"window": 1024, "num_meta": 128, "scale": 0.125}, ATTN_IN, [F16] * 3,
+    "WindowedAttention": ({"window": 1024, "num_meta": 128, "scale": 0.125}, ATTN_IN, [F16] * 3 + [I32],
                           [(2, 3, 25, 128)], [F16]),
 }
 EXPECTED_FIELDS = {
@@ -74,8 +74,10 @@ def _all(name):
 # ---------------------------------------------------------------------------------------------- creators
 
 def test_creators_registered_in_both_namespaces(h):
+    """Each op once per namespace, at the contract's plugin version (one version for the library)."""
+    from hymba_deploy.contract import PLUGIN_VERSION
     got = {(c["name"], c["version"], c["namespace"]) for c in h.creators()}
-    want = {(op, "1", ns) for op in OPS for ns in ("hymba", "")}
+    want = {(op, PLUGIN_VERSION, ns) for op in OPS for ns in ("hymba", "")}
     assert got == want
     assert all(c["interface"] == "PLUGIN CREATOR_V3ONE 1.0" for c in h.creators())
 
@@ -188,7 +190,7 @@ def test_serialize_round_trip_clone_attach(hc, name):
     for other in (p.clone(), q.attach()):
         assert other is not None and other.serialize() == ser
     info = q.info
-    assert (info["name"], info["version"], info["namespace"]) == (name, "1", "hymba")
+    assert (info["name"], info["version"], info["namespace"]) == (name, hc.plugin_version(name), "hymba")
     assert info["interfaces"] == ["PLUGIN 1.0", "PLUGIN_V3ONE_CORE 1.0", "PLUGIN_V3ONE_BUILD 1.0",
                                   "PLUGIN_V3ONE_RUNTIME 1.0"]
 
@@ -246,8 +248,13 @@ def test_stale_engine_fails_loudly(hc):
     assert hc.create("CausalConv1d", "activation=i:1", H.PHASE_BUILD) is not None
 
 
-def test_unknown_creator_version(hc):
-    assert hc.create("CausalConv1d", {}, version="2") is None
+@pytest.mark.parametrize("name", OPS)
+def test_unknown_creator_version(hc, name):
+    """Version 1 (before per-row key counts) is removed: a version-1 engine or graph finds no creator."""
+    fields = _all(name)[0]
+    for version in ("1", "3"):
+        assert hc.create(name, fields, version=version) is None
+    assert hc.create(name, fields) is not None      # the library's own version
     assert hc.create("CausalConv1d", {}, namespace="") is not None  # the TensorRT-RTX alias
 
 
@@ -260,7 +267,7 @@ def test_output_shapes_and_types(hc, name):
     r, shapes = p.output_shapes(ins, len(outs))
     assert r == 0 and shapes == outs
     for t in (F32, F16, BF16):
-        tt = [t if x != F32 else F32 for x in types] if name == "SelectiveScan" else [t] * len(types)
+        tt = [t if x == F16 else x for x in types] if name != "CausalConv1d" else [t] * len(types)
         r, ot = p.output_types(tt, len(outs))
         want = [t if x != F32 else F32 for x in otypes] if name == "SelectiveScan" else [t] * len(outs)
         assert r == 0 and ot == want
@@ -275,7 +282,7 @@ def test_output_shapes_are_symbolic_copies(hc):
     r, shapes = p.output_shapes(ins, 2)
     assert r == 0 and shapes == [(-1, -2, 64), (-1, 64, 16)]
     p = hc.create("WindowedAttention", {"scale": 0.125})
-    r, shapes = p.output_shapes([(-1, -3, 25, 64), (-1, -4, 5, 64), (-1, -4, 5, 128)], 1)
+    r, shapes = p.output_shapes([(-1, -3, 25, 64), (-1, -4, 5, 64), (-1, -4, 5, 128), (-1,)], 1)
     assert r == 0 and shapes == [(-1, -3, 25, 128)]
     p = hc.create("CausalConv1d", {})
     r, shapes = p.output_shapes([(-1, -2, 3200), (3200, 4), (3200,), (-1, 3200, 4)], 2)
@@ -322,6 +329,11 @@ def test_supports_format_combination(hc, name):
         t = list(all_types)
         t[10] = F16  # last_state is fp32
         assert not p.supports(10, shapes, t, linear, len(ins))
+    if name == "WindowedAttention":
+        for bad in (F16, F32):  # kv_lengths is int32 only
+            t = list(all_types)
+            t[3] = bad
+            assert not p.supports(3, shapes, t, linear, len(ins))
 
 
 def _reshape(ins, idx, shape):
@@ -339,11 +351,13 @@ def _reshape(ins, idx, shape):
     ("CausalConv1d", _reshape(_reshape(CONV_IN, 1, (32, 5)), 3, (3, 32, 5)), "kernel width K"),
     ("CausalConv1d", _reshape(CONV_IN, 2, (31,)), "bias and x dim disagree"),
     ("CausalConv1d", _reshape(CONV_IN, 3, (3, 32, 3)), "conv_state and weight width disagree"),
-    ("WindowedAttention", [(2, 10, 25, 64), (2, 9, 5, 64), (2, 9, 5, 128)], "10 queries over only 9 keys"),
-    ("WindowedAttention", [(2, 3, 24, 64), (2, 9, 5, 64), (2, 9, 5, 128)], "not a multiple of 5 kv heads"),
-    ("WindowedAttention", [(2, 3, 25, 64), (2, 9, 5, 64), (2, 9, 5, 96)], "v head dim 96 unsupported"),
-    ("WindowedAttention", [(2, 3, 25, 66), (2, 9, 5, 66), (2, 9, 5, 128)], "q/k head dim 66 unsupported"),
-    ("WindowedAttention", [(2, 3, 25, 64), (2, 9, 5, 32), (2, 9, 5, 128)], "q and k head dim disagree"),
+    ("WindowedAttention", [(2, 10, 25, 64), (2, 9, 5, 64), (2, 9, 5, 128), (2,)], "10 queries over only 9 keys"),
+    ("WindowedAttention", [(2, 3, 24, 64), (2, 9, 5, 64), (2, 9, 5, 128), (2,)], "not a multiple of 5 kv heads"),
+    ("WindowedAttention", [(2, 3, 25, 64), (2, 9, 5, 64), (2, 9, 5, 96), (2,)], "v head dim 96 unsupported"),
+    ("WindowedAttention", [(2, 3, 25, 66), (2, 9, 5, 66), (2, 9, 5, 128), (2,)], "q/k head dim 66 unsupported"),
+    ("WindowedAttention", [(2, 3, 25, 64), (2, 9, 5, 32), (2, 9, 5, 128), (2,)], "q and k head dim disagree"),
+    ("WindowedAttention", _reshape(ATTN_IN, 3, (3,)), "kv_lengths and k batch disagree"),
+    ("WindowedAttention", _reshape(ATTN_IN, 3, (2, 1)), "'kv_lengths' must have rank 1"),
 ])
 def test_shape_rules(hc, name, ins, needle):
     fields, _, types, outs, otypes = _all(name)
@@ -379,10 +393,10 @@ def test_kernel_shim_rejects_bad_arguments_without_touching_the_gpu(libs):
                                  None)
     assert rc != 0 and "dtype codes" in shim.error()
     rc = lib.hymba_windowed_attention(1, 2, 4, 4, 2, 64, 96, 0, 0, 0, 0.125, fake, None, fake, None, fake, None,
-                                      fake, None, None)
+                                      fake, None, fake, None)
     assert rc != 0 and "v head dim must be 32, 64 or 128" in shim.error()
     rc = lib.hymba_windowed_attention(1, 5, 4, 4, 2, 64, 64, 0, 0, 0, 0.125, fake, None, fake, None, fake, None,
-                                      fake, None, None)
+                                      fake, None, fake, None)
     assert rc != 0 and "Tq > Tk" in shim.error()
     rc = lib.hymba_selective_scan(1, 4, 8, 40, 0, 0, 20.0, fake, None, fake, None, fake, None, fake, None, fake,
                                   None, None, None, None, None, None, None, fake, None, None, None, None)
@@ -406,18 +420,20 @@ from onnx import helper, TensorProto as TP
 import tensorrt_rtx as trt
 
 lib, dt = sys.argv[1], {"bf16": TP.BFLOAT16, "fp16": TP.FLOAT16, "fp32": TP.FLOAT}[sys.argv[2]]
+version = sys.argv[3]
 B, T, D, N, K, Hq, Hkv, Dqk, Dv = "batch", "seq", 64, 8, 4, 4, 2, 16, 32
 vi = helper.make_tensor_value_info
 inputs = [vi("x", dt, [B, T, D]), vi("w", dt, [D, K]), vi("cb", dt, [D]), vi("cs", dt, [B, D, K]),
           vi("dt", dt, [B, T, D]), vi("A", TP.FLOAT, [D, N]), vi("Bm", dt, [B, T, N]), vi("Cm", dt, [B, T, N]),
           vi("Dv", TP.FLOAT, [D]), vi("z", dt, [B, T, D]), vi("dtb", TP.FLOAT, [D]), vi("h0", TP.FLOAT, [B, D, N]),
-          vi("q", dt, [B, T, Hq, Dqk]), vi("k", dt, [B, "kv", Hkv, Dqk]), vi("v", dt, [B, "kv", Hkv, Dv])]
+          vi("q", dt, [B, T, Hq, Dqk]), vi("k", dt, [B, "kv", Hkv, Dqk]), vi("v", dt, [B, "kv", Hkv, Dv]),
+          vi("kv_lengths", TP.INT32, [B])]
 nodes = [helper.make_node("CausalConv1d", ["x", "w", "cb", "cs"], ["xc", "cs_out"], domain="hymba", activation=1,
-                          plugin_version="1"),
+                          plugin_version=version),
          helper.make_node("SelectiveScan", ["xc", "dt", "A", "Bm", "Cm", "Dv", "z", "dtb", "h0"], ["y", "h_out"],
-                          domain="hymba", softplus_threshold=20.0, plugin_version="1"),
-         helper.make_node("WindowedAttention", ["q", "k", "v"], ["o"], domain="hymba", window=8, num_meta=4,
-                          scale=0.25, plugin_version="1")]
+                          domain="hymba", softplus_threshold=20.0, plugin_version=version),
+         helper.make_node("WindowedAttention", ["q", "k", "v", "kv_lengths"], ["o"], domain="hymba", window=8,
+                          num_meta=4, scale=0.25, plugin_version=version)]
 outputs = [vi("y", dt, [B, T, D]), vi("h_out", TP.FLOAT, [B, D, N]), vi("cs_out", dt, [B, D, K]),
            vi("o", dt, [B, T, Hq, Dv])]
 model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs), ir_version=10,
@@ -449,7 +465,8 @@ print("engine_bytes", len(bytes(eng)))
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
 def test_tensorrt_rtx_builds_an_engine_with_the_plugins(libs, tmp_path, dtype):
-    """The real parser and builder (TensorRT-RTX 1.7, CPU-only, SM80): hymba nodes → PLUGIN_V3 layers → engine."""
+    """The real parser and builder (TensorRT-RTX 1.7, CPU-only, SM80): hymba nodes of the contract's plugin version
+    (WindowedAttention with its kv_lengths input) → PLUGIN_V3 layers → engine."""
     import importlib.util
     for mod in ("tensorrt_rtx", "onnx"):
         if importlib.util.find_spec(mod) is None:
@@ -463,8 +480,9 @@ def test_tensorrt_rtx_builds_an_engine_with_the_plugins(libs, tmp_path, dtype):
         env["LD_LIBRARY_PATH"] = f"{e.directory}:{env.get('LD_LIBRARY_PATH', '')}"
     script = tmp_path / "rtx_build.py"
     script.write_text(RTX_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(libs[0]), dtype], capture_output=True, text=True,
-                          timeout=600, env=env)
+    from hymba_deploy.contract import PLUGIN_VERSION
+    proc = subprocess.run([sys.executable, str(script), str(libs[0]), dtype, PLUGIN_VERSION], capture_output=True,
+                          text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "layers ['LayerType.PLUGIN_V3', 'LayerType.PLUGIN_V3', 'LayerType.PLUGIN_V3']" in proc.stdout
     assert "engine_bytes" in proc.stdout

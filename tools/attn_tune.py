@@ -131,7 +131,7 @@ def main(argv=None):
             def call():
                 rc = shim.lib.hymba_windowed_attention(
                     B, 1, Tk, Hq, Hkv, Dqk, Dv, 2, window, meta, 0.125, q.data_ptr(), st(q), k.data_ptr(), st(k),
-                    v.data_ptr(), st(v), out.data_ptr(), st(out), torch.cuda.current_stream().cuda_stream)
+                    v.data_ptr(), st(v), out.data_ptr(), st(out), None, torch.cuda.current_stream().cuda_stream)
                 if rc != 0:
                     raise RuntimeError(shim.error())
             err, bound, ms = measure(call, out, q, k, v, window, meta, 0.125)

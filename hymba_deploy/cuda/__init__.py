@@ -129,10 +129,16 @@ class CudaKernels(ReferenceKernels):
             new_state = new_state.to(conv_state.dtype)
         return y, new_state
 
-    def windowed_attention(self, q, k, v, window: int, num_meta: int, scale: float):
+    def windowed_attention(self, q, k, v, window: int, num_meta: int, scale: float, kv_lengths=None):
+        """kv_lengths: None (every row sees all Tk keys) or (B,) integer counts, row b's valid keys
+        k/v[b, :kv_lengths[b]] (the op's contract, hymba_deploy/ops/windowed_attention.py)."""
         if not q.is_cuda:
-            return super().windowed_attention(q, k, v, window, num_meta, scale)
-        return self.ext.windowed_attention(q, k, v, window, num_meta, scale, None)
+            if kv_lengths is None:
+                return super().windowed_attention(q, k, v, window, num_meta, scale)
+            return super().windowed_attention(q, k, v, window, num_meta, scale, kv_lengths=kv_lengths)
+        if kv_lengths is not None:
+            kv_lengths = kv_lengths.to(device=q.device, dtype=torch.int32).contiguous()
+        return self.ext.windowed_attention(q, k, v, window, num_meta, scale, None, kv_lengths)
 
     # ---- the serving runtime's in-place calls: the kernels write the state buffer themselves ---------
     def conv_(self, x, weight, bias, state, fresh: bool = False):
@@ -155,6 +161,8 @@ class CudaKernels(ReferenceKernels):
         return torch.device(device).type == "cuda"
 
     def attn(self, q, k, v, window, num_meta, scale, out=None, kv_len=None):
+        """kv_len: None, or an int32 device tensor of shape (1,) (one key count for every row) or (B,) (one per
+        row), read when the kernel runs: a captured graph replays over caches whose rows grow."""
         if not q.is_cuda:
             return super().attn(q, k, v, window, num_meta, scale, out, kv_len)
         return self.ext.windowed_attention(q, k, v, window, num_meta, scale, out, kv_len)

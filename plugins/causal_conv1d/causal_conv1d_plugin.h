@@ -1,5 +1,6 @@
 /*
- * CausalConv1d plugin (IPluginV3), version "1": TensorRT glue around causal_conv1d_kernel.h.
+ * CausalConv1d plugin (IPluginV3), version kPLUGIN_VERSION (plugin_common.h): TensorRT glue around
+ * causal_conv1d_kernel.h.
  * I/O and fields: plugins/causal_conv1d/README.md.
  */
 #pragma once
@@ -27,7 +28,7 @@ class CausalConv1dPlugin : public PluginBase<CausalConv1dPlugin, CausalConv1dFie
 {
 public:
     static constexpr char const* kNAME = "CausalConv1d";
-    static constexpr char const* kVERSION = "1";
+    static constexpr char const* kVERSION = kPLUGIN_VERSION;
     static constexpr int32_t kNB_INPUTS = 4;
     static constexpr int32_t kNB_OUTPUTS = 2;
     //! x, weight, bias, conv_state | y, new_conv_state

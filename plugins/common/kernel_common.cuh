@@ -87,12 +87,14 @@ __device__ __forceinline__ float fastSilu(float v)
     return v / (1.0f + __expf(-v));
 }
 
-//! The key count of a WindowedAttention-style call: `kv_len`, or the device-side count clamped to
-//! [q_len, kv_len] when the params carry one (see WindowedAttentionParams::kv_len_device).
+//! The key count of batch row b of a WindowedAttention-style call: `kv_len`, or the row's device-side count
+//! clamped to [q_len, kv_len] when the params carry them (see WindowedAttentionParams::kv_len_device).
 template <typename P>
-__device__ __forceinline__ int keyCount(P const& p)
+__device__ __forceinline__ int keyCount(P const& p, int b)
 {
-    return p.kv_len_device != nullptr ? max(p.q_len, min(*p.kv_len_device, p.kv_len)) : p.kv_len;
+    return p.kv_len_device != nullptr
+        ? max(p.q_len, min(p.kv_len_device[int64_t(b) * p.kv_len_device_stride], p.kv_len))
+        : p.kv_len;
 }
 
 //! `kLOG2E` turns exp(x) into exp2(x * kLOG2E), one MUFU.EX2 on the GPU.

@@ -120,7 +120,7 @@ extern "C" int hymba_causal_conv1d(int batch, int seqlen, int dim, int width, in
 extern "C" int hymba_windowed_attention(int batch, int q_len, int kv_len, int num_q_heads, int num_kv_heads,
     int qk_dim, int v_dim, int dtype, int window, int num_meta, float scale, void const* q, int64_t const* q_strides,
     void const* k, int64_t const* k_strides, void const* v, int64_t const* v_strides, void* out,
-    int64_t const* out_strides, void* stream)
+    int64_t const* out_strides, int32_t const* kv_lengths, void* stream)
 {
     if (!isValidDType(dtype))
         return fail("hymba_windowed_attention: dtype codes are 0 (fp32), 1 (fp16), 2 (bf16)");
@@ -140,6 +140,8 @@ extern "C" int hymba_windowed_attention(int batch, int q_len, int kv_len, int nu
     p.k = k;
     p.v = v;
     p.out = out;
+    p.kv_len_device = kv_lengths;
+    p.kv_len_device_stride = 1;
     // Default (batch, time, head) strides of a contiguous (batch, time, heads, head_dim) tensor.
     auto bth = [](int64_t const* given, int64_t len, int64_t heads, int64_t hd) {
         return given != nullptr ? Strides3{given[0], given[1], given[2]} : Strides3{len * heads * hd, heads * hd, hd};

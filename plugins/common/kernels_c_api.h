@@ -34,11 +34,13 @@ HYMBA_API int hymba_causal_conv1d(int batch, int seqlen, int dim, int width, int
     void const* conv_state, int64_t const* state_strides, void* y, int64_t const* y_strides, void* new_conv_state,
     int64_t const* new_state_strides, void* stream);
 
-//! q/k/v/out strides: (batch, time, head); head dims contiguous.
+//! q/k/v/out strides: (batch, time, head); head dims contiguous. kv_lengths: null (every row has kv_len keys) or
+//! a device array of `batch` int32 key counts (row b's valid keys k/v[b, :kv_lengths[b]], each clamped to
+//! [q_len, kv_len]; the plugin's kv_lengths input).
 HYMBA_API int hymba_windowed_attention(int batch, int q_len, int kv_len, int num_q_heads, int num_kv_heads,
     int qk_dim, int v_dim, int dtype, int window, int num_meta, float scale, void const* q, int64_t const* q_strides,
     void const* k, int64_t const* k_strides, void const* v, int64_t const* v_strides, void* out,
-    int64_t const* out_strides, void* stream);
+    int64_t const* out_strides, int32_t const* kv_lengths, void* stream);
 
 //! Forces one kernel of a family for every later launch in this process (common/kernel_choice.h):
 //! family "attention", choice auto | split | mma | prefill | flash. Returns 0, or nonzero for an unknown family

@@ -29,6 +29,11 @@ using namespace nvinfer1;
 //! TensorRT-RTX 1.7's parser looks custom-domain nodes up there (docs/tensorrt-notes.md).
 constexpr char const* kPLUGIN_NAMESPACE = "hymba";
 
+//! The version of every plugin of this library (hymba_deploy/contract.py PLUGIN_VERSION): the three move
+//! together. "2" (issue 14): WindowedAttention takes the per-row key counts `kv_lengths`. TensorRT finds a
+//! creator by name and version, so an engine or graph of another version does not load with this library.
+constexpr char const* kPLUGIN_VERSION = "2";
+
 //! Serialized with every plugin; a rebuild (TensorRTPhase::kRUNTIME) must carry exactly this value.
 //! Bump it when the meaning of serialized fields changes, so stale engines fail loudly.
 constexpr char const* kLAYOUT_FIELD = "layout_version";
@@ -165,6 +170,7 @@ enum class TypeRule : int32_t
     kT,      //!< fp32, fp16 or bf16, the same as input 0
     kF32,    //!< fp32 only
     kF32OrT, //!< fp32 or input 0's type
+    kI32,    //!< int32 only
 };
 
 //! IPluginV3 with the OneCore/OneBuild/OneRuntime capabilities; Derived supplies kNAME, kVERSION, the
@@ -349,6 +355,7 @@ protected:
         case TypeRule::kT: return isT;
         case TypeRule::kF32: return t == DataType::kFLOAT;
         case TypeRule::kF32OrT: return t == DataType::kFLOAT || isT;
+        case TypeRule::kI32: return t == DataType::kINT32;
         }
         return false;
     }
@@ -359,6 +366,7 @@ protected:
         case TypeRule::kT: return "must be kFLOAT, kHALF or kBF16, the same as input 0";
         case TypeRule::kF32: return "must be kFLOAT";
         case TypeRule::kF32OrT: return "must be kFLOAT or the type of input 0";
+        case TypeRule::kI32: return "must be kINT32";
         }
         return "";
     }

@@ -1,5 +1,6 @@
 /*
- * SelectiveScan plugin (IPluginV3), version "1": TensorRT glue around selective_scan_kernel.h.
+ * SelectiveScan plugin (IPluginV3), version kPLUGIN_VERSION (plugin_common.h): TensorRT glue around
+ * selective_scan_kernel.h.
  * I/O and fields: plugins/selective_scan/README.md.
  */
 #pragma once
@@ -27,7 +28,7 @@ class SelectiveScanPlugin : public PluginBase<SelectiveScanPlugin, SelectiveScan
 {
 public:
     static constexpr char const* kNAME = "SelectiveScan";
-    static constexpr char const* kVERSION = "1";
+    static constexpr char const* kVERSION = kPLUGIN_VERSION;
     static constexpr int32_t kNB_INPUTS = 9;
     static constexpr int32_t kNB_OUTPUTS = 2;
     //! x, dt, A, B, C, D, z, dt_bias, initial_state | y, last_state

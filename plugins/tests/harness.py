@@ -217,8 +217,17 @@ class Harness:
     def _wrap(self, ptr):
         return Plugin(self, ptr) if ptr else None
 
-    def create(self, name: str, fields: dict | str, phase: int = PHASE_BUILD, version: str = "1",
+    def plugin_version(self, name: str) -> str:
+        """The version of the library's creator of `name` (plugins/common/plugin_common.h kPLUGIN_VERSION)."""
+        found = {c["version"] for c in self.creators() if c.get("name") == name}
+        if len(found) != 1:
+            raise KeyError(f"{self.plugin_lib_path}: creators of {name!r} have versions {sorted(found)}")
+        return found.pop()
+
+    def create(self, name: str, fields: dict | str, phase: int = PHASE_BUILD, version: str | None = None,
                namespace: str = "hymba") -> Plugin | None:
+        """createPlugin on the creator (name, version, namespace); version None: the library's own."""
+        version = self.plugin_version(name) if version is None else version
         spec = fields if isinstance(fields, str) else fields_spec(fields)
         ptr = self.lib.hh_create(name.encode(), version.encode(), namespace.encode(), spec.encode(), phase)
         return self._wrap(ptr)
@@ -241,7 +250,7 @@ class KernelShim:
         self.lib.hymba_causal_conv1d.argtypes = [ci, ci, ci, ci, ci, ci, vp, p64, vp, p64, vp, vp, p64, vp, p64, vp,
                                                  p64, vp]
         self.lib.hymba_windowed_attention.argtypes = [ci, ci, ci, ci, ci, ci, ci, ci, ci, ci, cf, vp, p64, vp, p64,
-                                                      vp, p64, vp, p64, vp]
+                                                      vp, p64, vp, p64, vp, vp]
         for f in ("hymba_selective_scan", "hymba_causal_conv1d", "hymba_windowed_attention"):
             getattr(self.lib, f).restype = ci
         self.lib.hymba_set_kernel_choice.argtypes = [ctypes.c_char_p, ctypes.c_char_p]

@@ -24,7 +24,7 @@ import harness as H
 REPO = Path(__file__).resolve().parents[2]
 DEV = "cuda"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-TRT_TYPE = {torch.float32: H.KFLOAT, torch.float16: H.KHALF, torch.bfloat16: H.KBF16}
+TRT_TYPE = {torch.float32: H.KFLOAT, torch.float16: H.KHALF, torch.bfloat16: H.KBF16, torch.int32: H.KINT32}
 CODE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}  # hymba::DType
 
 
@@ -117,13 +117,19 @@ class Kernels:
         self._check(rc, "hymba_causal_conv1d")
         return y, new_state
 
-    def windowed_attention(self, q, k, v, window, num_meta, scale, out=None):
+    def windowed_attention(self, q, k, v, window, num_meta, scale, out=None, kv_lengths=None):
+        """kv_lengths: None (every row sees all Tk keys) or a contiguous int32 (B,) CUDA tensor of per-row key
+        counts."""
         Bt, Tq, Hq, _ = q.shape
         out = torch.empty(Bt, Tq, Hq, v.shape[3], device=q.device, dtype=q.dtype) if out is None else out
         s = lambda t: self.shim.strides(t, (0, 1, 2))  # noqa: E731
+        if kv_lengths is not None:
+            assert kv_lengths.dtype == torch.int32 and kv_lengths.is_cuda and kv_lengths.shape == (Bt,) \
+                and kv_lengths.is_contiguous(), "kv_lengths: a contiguous int32 (B,) CUDA tensor"
         rc = self.lib.hymba_windowed_attention(
             Bt, Tq, k.shape[1], Hq, k.shape[2], q.shape[3], v.shape[3], CODE[q.dtype], window, num_meta, scale,
-            q.data_ptr(), s(q), k.data_ptr(), s(k), v.data_ptr(), s(v), out.data_ptr(), s(out), _stream())
+            q.data_ptr(), s(q), k.data_ptr(), s(k), v.data_ptr(), s(v), out.data_ptr(), s(out),
+            self._ptr(kv_lengths), _stream())
         self._check(rc, "hymba_windowed_attention")
         return out
 

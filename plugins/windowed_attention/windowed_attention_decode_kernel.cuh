@@ -83,7 +83,7 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
     int const b = int(blockIdx.x / unsigned(p.num_kv_heads));
     int const G = p.num_q_heads / p.num_kv_heads;
     int const nRows = p.q_len * G; // <= kMaxRows (launcher)
-    int const Tk = keyCount(p);
+    int const Tk = keyCount(p, b);
     int const qOffset = Tk - p.q_len;
     bool const windowed = p.window > 0;
 

@@ -30,6 +30,8 @@ char const* windowedAttentionCheck(WindowedAttentionParams const& p)
         return "WindowedAttention: scale must be finite";
     if (p.batch > 65535 || p.num_kv_heads > 65535)
         return "WindowedAttention: batch and kv heads must be <= 65535";
+    if (p.kv_len_device_stride != 0 && p.kv_len_device_stride != 1)
+        return "WindowedAttention: kv_len_device_stride must be 0 (one count for all rows) or 1 (one per row)";
     if (p.batch > 0 && p.q_len > 0 && (p.q == nullptr || p.k == nullptr || p.v == nullptr || p.out == nullptr))
         return "WindowedAttention: q, k, v and out must not be null";
     return nullptr;

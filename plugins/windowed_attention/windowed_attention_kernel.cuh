@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kThreads) windowedAttentionKernel(WindowedAtte
     int const tid = threadIdx.x;
     int const rg = tid / CG;
     int const cg = tid % CG;
-    int const Tk = keyCount(p);
+    int const Tk = keyCount(p, b);
     int const qOffset = Tk - p.q_len; // key index of query 0
 
     T const* qg = static_cast<T const*>(p.q) + b * p.q_batch_stride;
@@ -406,7 +406,7 @@ __global__ void __launch_bounds__(kThreads) decodeKernel(WindowedAttentionParams
     int const nr = min(R, p.q_len * G - row0); // rows of this tile (block-uniform)
     int const lane = threadIdx.x & 31;
     int const warp = threadIdx.x >> 5;
-    int const qOffset = keyCount(p) - p.q_len;
+    int const qOffset = keyCount(p, b) - p.q_len;
     bool const windowed = p.window > 0;
 
     // 1. q rows (scaled to log2 units), this lane's K chunk only; padding rows see nothing.

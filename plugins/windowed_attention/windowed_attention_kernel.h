@@ -2,7 +2,7 @@
  * WindowedAttention kernel: causal GQA attention with a sliding window and always-visible meta tokens
  * (hymba_deploy/ops/windowed_attention.py).
  *
- * Query i sits at key index Tk - Tq + i and sees key kv when
+ * Query i sits at key index Tk - Tq + i (Tk: the row's key count, see kv_len_device) and sees key kv when
  *     kv <= q  and  (window <= 0  or  q - kv <= window  or  kv < num_meta)
  * Query head h reads kv head h / (Hq / Hkv). out = softmax(scale · q·kᵀ + mask) · v, fp32 inside.
  *
@@ -43,10 +43,13 @@ struct WindowedAttentionParams
     int64_t v_batch_stride, v_time_stride, v_head_stride;
     int64_t out_batch_stride, out_time_stride, out_head_stride;
 
-    // Optional (nullptr: unused): the key count Tk read on the device when the kernel starts, clamped to
-    // [q_len, kv_len]; k and v then hold kv_len rows of capacity. A captured CUDA graph replays with a
-    // growing cache this way (PyTorch front door only; the TensorRT plugin always passes nullptr).
+    // Optional (nullptr: every row has kv_len keys): the key counts read on the device when the kernel
+    // starts; row b's is kv_len_device[b * kv_len_device_stride], clamped to [q_len, kv_len], and k and v then
+    // hold kv_len rows of capacity (keys past a row's count are never read). Row b's query i sits at key index
+    // count_b - q_len + i. Stride 0: one count for every row (a captured CUDA graph replays over a growing
+    // cache); stride 1: one count per row (ragged batches: the plugin's kv_lengths input, the serving runtime).
     int32_t const* kv_len_device;
+    int32_t kv_len_device_stride; // 0 (broadcast) or 1 (per row)
 };
 
 constexpr int32_t kWindowedAttentionMaxQkDim = 128;

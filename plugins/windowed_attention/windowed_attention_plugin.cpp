@@ -30,12 +30,14 @@ void WindowedAttentionFields::validate(WindowedAttentionFields const& f)
 
 void WindowedAttentionPlugin::checkShapes(Dims const* in) const
 {
-    // 0 q (B,Tq,Hq,Dqk) 1 k (B,Tk,Hkv,Dqk) 2 v (B,Tk,Hkv,Dv)
+    // 0 q (B,Tq,Hq,Dqk) 1 k (B,Tk,Hkv,Dqk) 2 v (B,Tk,Hkv,Dv) 3 kv_lengths (B,)
     requireRank(kN, "q", in[0], 4);
     requireRank(kN, "k", in[1], 4);
     requireRank(kN, "v", in[2], 4);
+    requireRank(kN, "kv_lengths", in[3], 1);
     requireDim(kN, "q and k batch", in[0].d[0], in[1].d[0]);
     requireDim(kN, "v and k batch", in[2].d[0], in[1].d[0]);
+    requireDim(kN, "kv_lengths and k batch", in[3].d[0], in[1].d[0]);
     requireDim(kN, "v and k length", in[2].d[1], in[1].d[1]);
     requireDim(kN, "v and k heads", in[2].d[2], in[1].d[2]);
     requireDim(kN, "q and k head dim", in[0].d[3], in[1].d[3]);
@@ -59,7 +61,8 @@ int32_t WindowedAttentionPlugin::getOutputShapes(DimsExprs const* inputs, int32_
 {
     try
     {
-        HYMBA_VALIDATE(nbInputs == kNB_INPUTS && nbOutputs == kNB_OUTPUTS, "WindowedAttention: expects 3 inputs, 1 output");
+        HYMBA_VALIDATE(nbInputs == kNB_INPUTS && nbOutputs == kNB_OUTPUTS,
+            "WindowedAttention: expects 4 inputs (q, k, v, kv_lengths), 1 output");
         HYMBA_VALIDATE(inputs[0].nbDims == 4 && inputs[2].nbDims == 4, "WindowedAttention: q and v must be rank 4");
         outputs[0] = inputs[0]; // (B, Tq, Hq, Dv)
         outputs[0].d[3] = inputs[2].d[3];
@@ -98,6 +101,9 @@ int32_t WindowedAttentionPlugin::enqueue(PluginTensorDesc const* inputDesc, Plug
         p.k = inputs[1];
         p.v = inputs[2];
         p.out = outputs[0];
+        // Row b's valid keys: k/v[b, :kv_lengths[b]], read on the device (clamped to [Tq, Tk]).
+        p.kv_len_device = static_cast<int32_t const*>(inputs[3]);
+        p.kv_len_device_stride = 1;
         int64_t const Hq = q.d[2], Hkv = k.d[2], Dqk = q.d[3], Dv = v.d[3];
         p.q_head_stride = Dqk;
         p.q_time_stride = Hq * Dqk;

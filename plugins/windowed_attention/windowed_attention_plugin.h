@@ -1,5 +1,6 @@
 /*
- * WindowedAttention plugin (IPluginV3), version "1": TensorRT glue around windowed_attention_kernel.h.
+ * WindowedAttention plugin (IPluginV3), version kPLUGIN_VERSION (plugin_common.h): TensorRT glue around
+ * windowed_attention_kernel.h.
  * I/O and fields: plugins/windowed_attention/README.md.
  */
 #pragma once
@@ -33,12 +34,12 @@ class WindowedAttentionPlugin : public PluginBase<WindowedAttentionPlugin, Windo
 {
 public:
     static constexpr char const* kNAME = "WindowedAttention";
-    static constexpr char const* kVERSION = "1";
-    static constexpr int32_t kNB_INPUTS = 3;
+    static constexpr char const* kVERSION = kPLUGIN_VERSION;
+    static constexpr int32_t kNB_INPUTS = 4;
     static constexpr int32_t kNB_OUTPUTS = 1;
-    //! q, k, v | out
+    //! q, k, v, kv_lengths | out
     static constexpr TypeRule kTYPES[kNB_INPUTS + kNB_OUTPUTS]
-        = {TypeRule::kT, TypeRule::kT, TypeRule::kT, TypeRule::kT};
+        = {TypeRule::kT, TypeRule::kT, TypeRule::kT, TypeRule::kI32, TypeRule::kT};
 
     using PluginBase::PluginBase;
 

@@ -104,7 +104,7 @@ __global__ void __launch_bounds__(kThreads, Shape<DQK, DV>::kMinBlocks)
     int const G = p.num_q_heads / p.num_kv_heads;
     int const nRows = p.q_len * G;
     int const row0 = tile * S::kBM;
-    int const Tk = keyCount(p);
+    int const Tk = keyCount(p, b);
     int const qOffset = Tk - p.q_len; // key index of query 0
     bool const windowed = p.window > 0;
     int const qLo = qOffset + row0 / G;

@@ -1,9 +1,12 @@
 """The plugin library on a GPU: every op × dtype × shape × kernel × architecture against a float64 ground truth.
+WindowedAttention also over ragged batches: per-row key counts (kv_lengths), keys past a row's count NaN.
 
 Each case runs (a) the kernel launcher through the extern "C" shim, on strided tensors where the case says so,
 under the launcher's own choice (`kernel`) and under each kernel forced (`kernel[<choice>]`: the attention kernel
 choice, the scan's `scan_prefill`), and (b) the plugin object the way TensorRT drives it (`plugin`:
 create → serialize → recreate → configure → enqueue). Outputs start as NaN, so an unwritten element fails.
+The ragged attention cases also run through the `cuda` kernel backend (hymba_deploy.cuda: the torch extension
+compiled from the same kernels, for this GPU's architecture), the model's and the serving runtime's calls.
 The bound is hymba_deploy.parity.tolerances's rule; inputs come from a fixed seed per case and dtype.
 """
 
@@ -114,6 +117,24 @@ ATTN_CASES = [
     Attn("prefill_d20_general", 2, 45, 45, 4, 2, 20, 32, 8, 4),
     Attn("prefill_swa_T1025_b2", 2, 1025, 1025, 25, 5, 64, 128, 1024, 128),
 ]
+# Ragged batches: row b's valid keys are k/v[b, :lens[b]] (the plugin's kv_lengths input, the shim's kv_lengths),
+# its queries the last Tq of them; keys past lens[b] hold NaN (never read, else the output is NaN). Rows with
+# counts equal to Tq and to Tk, below num_meta, inside and past window + meta; decode (Tq = 1: split-KV under auto
+# while batch × kv heads < the SM count, the tensor-core decode kernel above it) and prefill shapes (chunked,
+# Tq > 1), GQA ratios 1 and 5, window and global.
+RaggedAttn = namedtuple("RaggedAttn", "name B Tq Tk Hq Hkv Dqk Dv window meta lens noncontig", defaults=(False,))
+RAGGED_CASES = [
+    RaggedAttn("ragged_decode_swa_g5", 4, 1, 1300, 25, 5, 64, 128, 1024, 128, (1, 129, 1300, 777)),
+    RaggedAttn("ragged_decode_global_g1", 3, 1, 2049, 4, 4, 64, 64, 0, 0, (2049, 1, 1000)),
+    RaggedAttn("ragged_decode_tq3_g5", 3, 3, 1500, 25, 5, 64, 128, 1024, 128, (3, 1500, 1153)),
+    # 40 × 5 kv heads >= 132 SMs: the tensor-core decode kernel under auto (fp16 / bf16)
+    RaggedAttn("ragged_decode_mma_b40", 40, 1, 1500, 25, 5, 64, 128, 1024, 128,
+               (1, 1500, 2, 128, 129, 1153, 1152) + tuple(1 + (37 * i) % 1500 for i in range(33))),
+    RaggedAttn("ragged_prefill_swa_g5", 3, 37, 300, 25, 5, 64, 128, 64, 8, (37, 300, 151)),
+    RaggedAttn("ragged_prefill_swa_g1", 3, 130, 1200, 3, 3, 64, 128, 200, 70, (1200, 130, 777)),
+    RaggedAttn("ragged_prefill_global_g5", 2, 200, 2049, 10, 2, 64, 128, 0, 128, (200, 2049)),
+]
+
 # Decode-shaped cases (Tq · G <= 32) run under every attention kernel forced (the launcher falls back to the
 # general kernel where the forced one does not apply); prefill-shaped ones also under `flash`, the general kernel.
 ATTN_KERNELS = ("split", "mma", "prefill", "flash")
@@ -272,16 +293,53 @@ def run_attention(P, c: Attn, kin: dict, path: str):
     return out
 
 
+def run_attention_plugin(P, c, inp: dict, kv_lengths):
+    """The plugin (create → serialize → recreate → attach → enqueue) on q, k, v and int32 (B,) kv_lengths."""
+    (out,) = KN.run_plugin(P.h, "WindowedAttention", {"window": c.window, "num_meta": c.meta, "scale": _scale(c)},
+                           [inp["q"], inp["k"], inp["v"], kv_lengths], [(c.B, c.Tq, c.Hq, c.Dv)], [inp["q"].dtype])
+    return out
+
+
 @pytest.mark.parametrize("case,dtype,path,arch", params(ATTN_CASES, attn_paths))
 def test_windowed_attention(case, dtype, path, arch, plugins, record):
+    """Uniform batches: the plugin's kv_lengths say Tk for every row (as the prefill graphs do)."""
     P, prep = plugins(arch), attn_case(case, dtype)
     if path == "plugin":
-        inp = prep.inputs
-        (out,) = KN.run_plugin(P.h, "WindowedAttention", {"window": case.window, "num_meta": case.meta,
-                                                          "scale": _scale(case)}, [inp["q"], inp["k"], inp["v"]],
-                               [(case.B, case.Tq, case.Hq, case.Dv)], [KN.DTYPES[dtype]])
+        full = torch.full((case.B,), case.Tk, dtype=torch.int32, device="cuda")
+        out = run_attention_plugin(P, case, prep.inputs, full)
     else:
         out = run_attention(P, case, prep.kernel_in, path)
+    check(record, meta("WindowedAttention", case, dtype, path, arch), {"out": out}, prep.ref64, prep.torch_out)
+
+
+def ragged_attention_ref(q, k, v, window, num_meta, scale, lens):
+    """windowed_attention_ref row by row over each row's own keys k/v[b, :lens[b]] (the ragged contract: row b's
+    query i sits at key lens[b] - Tq + i)."""
+    return torch.cat([windowed_attention_ref(q[b:b + 1], k[b:b + 1, :n], v[b:b + 1, :n], window, num_meta, scale)
+                      for b, n in enumerate(lens)])
+
+
+@functools.lru_cache(maxsize=1)
+def ragged_case(c: RaggedAttn, dtype: str) -> Prepared:
+    assert len(c.lens) == c.B and all(c.Tq <= n <= c.Tk for n in c.lens), c
+    inp = KN.attn_inputs(c.B, c.Tq, c.Tk, c.Hq, c.Hkv, c.Dqk, c.Dv, KN.DTYPES[dtype], generator(c.name, dtype))
+    for b, n in enumerate(c.lens):
+        inp["k"][b, n:] = float("nan")
+        inp["v"][b, n:] = float("nan")
+    ref64, torch_out = ground_truth(ragged_attention_ref, inp, window=c.window, num_meta=c.meta, scale=_scale(c),
+                                    lens=c.lens)
+    inp["kv_lengths"] = torch.tensor(c.lens, dtype=torch.int32, device="cuda")
+    return Prepared(inp, inp, {"out": ref64[0]}, {"out": torch_out[0]})
+
+
+@pytest.mark.parametrize("case,dtype,path,arch", params(RAGGED_CASES, attn_paths))
+def test_windowed_attention_ragged(case, dtype, path, arch, plugins, record):
+    P, prep = plugins(arch), ragged_case(case, dtype)
+    inp = prep.inputs
+    if path == "plugin":
+        out = run_attention_plugin(P, case, inp, inp["kv_lengths"])
+    else:
+        out = run_attention(P, case, inp, path)
     check(record, meta("WindowedAttention", case, dtype, path, arch), {"out": out}, prep.ref64, prep.torch_out)
 
 
@@ -296,3 +354,40 @@ def test_forced_attention_kernels_are_different_kernels(dtype, forced, other, ar
     a, b = run_attention(P, c, kin, f"kernel[{forced}]"), run_attention(P, c, kin, f"kernel[{other}]")
     assert not torch.equal(a, b), f"kernel[{forced}] and kernel[{other}] gave bit-identical outputs"
     assert torch.equal(run_attention(P, c, kin, f"kernel[{forced}]"), a), "a forced kernel is not deterministic"
+
+
+# ---------------------------------------------------------------------------------------------- the cuda backend
+
+def backend_params():
+    """(case, dtype, call, choice): `windowed_attention` (the model's call: kv_lengths int64 on the CPU, converted
+    by the backend) and `attn` (the serving runtime's: an int32 (B,) device tensor, out preallocated), each under
+    the launcher's choice and each attention kernel forced where the case is decode-shaped."""
+    out = []
+    for c in RAGGED_CASES:
+        choices = ("auto", *ATTN_KERNELS) if c.Tq * (c.Hq // c.Hkv) <= 32 else ("auto", "flash")
+        out += [pytest.param(c, dt, call, ch, id=f"{c.name}-{dt}-{call}[{ch}]")
+                for dt in DTYPES for call in ("windowed_attention", "attn") for ch in choices]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cuda_kernels(cuda):
+    from hymba_deploy import cuda as backend
+    return backend.CudaKernels(backend.load_extension())
+
+
+@pytest.mark.parametrize("case,dtype,call,choice", backend_params())
+def test_cuda_backend_windowed_attention_ragged(case, dtype, call, choice, cuda_kernels, record):
+    from hymba_deploy import cuda as backend
+    prep = ragged_case(case, dtype)
+    inp = prep.inputs
+    args = (inp["q"], inp["k"], inp["v"], case.window, case.meta, _scale(case))
+    with backend.forced_decode_attention(choice):
+        if call == "windowed_attention":
+            out = cuda_kernels.windowed_attention(*args, kv_lengths=torch.tensor(case.lens))
+        else:
+            out = torch.full((case.B, case.Tq, case.Hq, case.Dv), float("nan"), device="cuda", dtype=inp["q"].dtype)
+            assert cuda_kernels.attn(*args, out=out, kv_len=inp["kv_lengths"]).data_ptr() == out.data_ptr()
+    torch.cuda.synchronize()
+    check(record, meta("WindowedAttention", case, dtype, f"cuda_backend.{call}[{choice}]", "extension"), {"out": out},
+          prep.ref64, prep.torch_out)

@@ -204,9 +204,10 @@ std::vector<at::Tensor> causal_conv1d(at::Tensor const& x, at::Tensor const& wei
 }
 
 // q (batch, Tq, Hq, d_qk); k (batch, Tk, Hkv, d_qk); v (batch, Tk, Hkv, d_v). Returns (batch, Tq, Hq, d_v).
-// kv_len: optional int32 (1,) tensor on q's device, the number of valid keys read when the kernel runs
-// (clamped to [Tq, Tk]); k and v are then buffers of capacity Tk. Lets a CUDA graph replay over a cache
-// that grows by one key per step.
+// kv_len: optional int32 tensor on q's device of shape (1,) (one count for every row) or (batch,) (one per row):
+// the numbers of valid keys, read when the kernel runs (each clamped to [Tq, Tk]); k and v are then buffers of
+// capacity Tk, row b's query i sits at key index kv_len[b] - Tq + i and keys past kv_len[b] are never read.
+// Lets a CUDA graph replay over a cache that grows by one key per step, rows at different positions.
 at::Tensor windowed_attention(at::Tensor const& q, at::Tensor const& k, at::Tensor const& v, int64_t window,
     int64_t num_meta, double scale, c10::optional<at::Tensor> const& out_opt,
     c10::optional<at::Tensor> const& kv_len_opt)
@@ -256,9 +257,12 @@ at::Tensor windowed_attention(at::Tensor const& q, at::Tensor const& k, at::Tens
     if (kv_len_opt.has_value())
     {
         at::Tensor const& n = *kv_len_opt;
-        TORCH_CHECK(n.is_cuda() && n.device() == q.device() && n.scalar_type() == at::kInt && n.numel() == 1,
-            "windowed_attention: kv_len must be a one-element int32 tensor on q's device");
+        TORCH_CHECK(n.is_cuda() && n.device() == q.device() && n.scalar_type() == at::kInt && n.dim() == 1
+                && (n.numel() == 1 || n.numel() == batch) && (n.numel() == 1 || n.stride(0) == 1),
+            "windowed_attention: kv_len must be a contiguous int32 tensor of shape (1,) or (batch,) = (", batch,
+            ",) on q's device, got ", n.scalar_type(), " ", n.sizes(), " on ", n.device());
         p.kv_len_device = n.data_ptr<int32_t>();
+        p.kv_len_device_stride = n.numel() == 1 ? 0 : 1;
     }
     checkLaunch(hymba::windowedAttentionLaunch(p, c10::cuda::getCurrentCUDAStream().stream()), attnCheck, &p,
         "windowed_attention");
