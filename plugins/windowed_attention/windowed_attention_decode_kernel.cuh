@@ -5,10 +5,15 @@
  * Ground truth: hymba_deploy.ops.windowed_attention_ref (the mask rule is in windowed_attention_kernel.h).
  *
  * A block (W = 4 or 8 warps, see `launch`) owns one (batch, kv head) and all R = Tq·G ≤ 8 rows of it (row
- * r: query r / G, query head kv·G + r % G; Hymba decode: the 5 heads of the GQA group). The visible keys
- * (the meta prefix below the window, then the window up to the last query) are cut into chunks of 16
- * keys; warp w takes chunks w, w + W, ... and keeps its own online softmax; the W warps merge in shared
- * memory at the end.
+ * r: query r / G, query head kv·G + r % G; Hymba decode: the 5 heads of the GQA group), and one of nSplit
+ * contiguous slices of its chunks. The visible keys (the meta prefix below the window, then the window up
+ * to the last query) are cut into chunks of 16 keys; warp w takes the slice's chunks w, w + W, ... and
+ * keeps its own online softmax; the W warps merge in shared memory at the end.
+ *
+ * Split-KV (nSplit > 1, small batches: fewer (batch, kv head) tiles than SMs): the nSplit blocks of a
+ * tile form a thread-block cluster (sm_90) and merge their (max, sum, acc) partials through distributed
+ * shared memory, each block normalising and storing a slice of the tile's outputs: one launch, no
+ * workspace. Where the kernel is compiled below sm_90 the launcher keeps nSplit = 1.
  *
  * Per warp, a chunk is one m16n8k16 step of each product (mma.sync, fp32 accumulators):
  *   S (16 × 16 keys) = Q (16 × Dqk; rows ≥ R are zero) · Kᵀ      Dqk/16 × 2 MMAs, K via ldmatrix
@@ -31,6 +36,8 @@
 #include "../common/mma_sm80.cuh"
 #include "windowed_attention_kernel.h"
 
+#include <algorithm>
+#include <cooperative_groups.h>
 #include <cstdint>
 #include <type_traits>
 #include <cuda_bf16.h>
@@ -49,6 +56,7 @@ namespace wam
 constexpr int kKeys = 16;                 // keys per chunk: one k-step of P·V
 constexpr int kStages = HYMBA_WAM_STAGES; // cp.async pipeline depth per warp (kStages - 1 chunks in flight)
 constexpr int kMaxRows = 8; // rows g = lane / 4 of the MMA tile
+constexpr int kMaxSplits = 16; // cluster size; above 8 (the portable size) only where the GPU allows it
 
 template <int DQK, int DV, int kWarps>
 struct Shape
@@ -57,15 +65,19 @@ struct Shape
     static constexpr int VCH = DV / 8;  // 16-byte chunks per V row
     static constexpr int kStageBytes = kKeys * (DQK + DV) * 2;
     static constexpr int kPipeBytes = kWarps * kStages * kStageBytes;
-    static constexpr int kMergeBytes = kWarps * kMaxRows * (DV + 2) * 4;
-    static constexpr int kSmemBytes = kPipeBytes > kMergeBytes ? kPipeBytes : kMergeBytes;
+    static constexpr int kMergeBytes = kWarps * kMaxRows * (DV + 2) * 4; // the warps' partials
+    static constexpr int kBlockBytes = kMaxRows * (DV + 2) * 4;          // the block's partial (split-KV)
+    static constexpr int kSmemBytes
+        = kPipeBytes > kMergeBytes + kBlockBytes ? kPipeBytes : kMergeBytes + kBlockBytes;
     static_assert(DQK % 16 == 0 && DQK >= 64 && DQK <= 128, "q/k head dim: 64..128, a multiple of 16");
     static_assert(DV % 16 == 0 && DV >= 64 && DV <= 128, "v head dim: 64..128, a multiple of 16");
 };
 
-//! kWarps warps per block (4 or 8), each streaming its own chunks through its own pipeline.
-template <typename T, int DQK, int DV, int kWarps>
-__global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttentionParams const p)
+//! kWarps warps per block (4 or 8), each streaming its own chunks through its own pipeline. kSplit: block x is
+//! split x % nSplit of tile x / nSplit (tile = batch row · Hkv + kv head), in a cluster of nSplit blocks;
+//! otherwise block x is tile x (nSplitArg ignored: the unsplit kernel carries no split arithmetic).
+template <typename T, int DQK, int DV, int kWarps, bool kSplit>
+__global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttentionParams const p, int const nSplitArg)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     using S = Shape<DQK, DV, kWarps>;
@@ -79,8 +91,11 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
     int const warp = threadIdx.x >> 5;
     int const g = lane >> 2; // MMA row of this lane (and of its c0/c1 accumulators)
     int const t = lane & 3;
-    int const hkv = int(blockIdx.x % unsigned(p.num_kv_heads));
-    int const b = int(blockIdx.x / unsigned(p.num_kv_heads));
+    int const nSplit = kSplit ? nSplitArg : 1;
+    int const split = int(blockIdx.x % unsigned(nSplit));
+    int const tile = int(blockIdx.x / unsigned(nSplit));
+    int const hkv = tile % p.num_kv_heads;
+    int const b = tile / p.num_kv_heads;
     int const G = p.num_q_heads / p.num_kv_heads;
     int const nRows = p.q_len * G; // <= kMaxRows (launcher)
     int const Tk = keyCount(p, b);
@@ -123,6 +138,9 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
     }
     int const nChunks = nA + (Tk - bStart + kKeys - 1) / kKeys;
     auto chunkKey0 = [&](int c) { return c < nA ? c * kKeys : bStart + (c - nA) * kKeys; };
+    // This split's chunks [cBegin, cEnd) (this row's own count: splits past it have none).
+    int const cBegin = int(int64_t(split) * nChunks / nSplit);
+    int const cEnd = int(int64_t(split + 1) * nChunks / nSplit);
 
     T const* kg = static_cast<T const*>(p.k) + b * p.k_batch_stride + hkv * p.k_head_stride;
     T const* vg = static_cast<T const*>(p.v) + b * p.v_batch_stride + hkv * p.v_head_stride;
@@ -130,8 +148,8 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
 
     // Issues the copies of this warp's i-th chunk into stage i % kStages (an empty group past the end).
     auto load = [&](int i) {
-        int const c = warp + i * kWarps;
-        if (c < nChunks)
+        int const c = cBegin + warp + i * kWarps;
+        if (c < cEnd)
         {
             int const key0 = chunkKey0(c);
             uint32_t const sK = pipe + uint32_t((i % kStages) * S::kStageBytes);
@@ -162,7 +180,7 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
     for (int n = 0; n < DV / 8; ++n)
         acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 
-    int const nMine = nChunks > warp ? (nChunks - warp + kWarps - 1) / kWarps : 0;
+    int const nMine = cEnd - cBegin > warp ? (cEnd - cBegin - warp + kWarps - 1) / kWarps : 0;
 #pragma unroll
     for (int i = 0; i < kStages - 1; ++i)
         load(i);
@@ -175,7 +193,7 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
 
         uint32_t const sK = pipe + uint32_t((i % kStages) * S::kStageBytes);
         uint32_t const sV = sK + kKeys * DQK * 2;
-        int const key0 = chunkKey0(warp + i * kWarps);
+        int const key0 = chunkKey0(cBegin + warp + i * kWarps);
 
         // S = Q·Kᵀ for keys key0 + 8j + 2t + e (two n-tiles of 8 keys).
         float s[2][4];
@@ -246,6 +264,9 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
     float* mW = reinterpret_cast<float*>(smem);      // [kWarps][kMaxRows]
     float* lW = mW + kWarps * kMaxRows;              // [kWarps][kMaxRows]
     float* accW = lW + kWarps * kMaxRows;            // [kWarps][kMaxRows][DV]
+    float* blkM = accW + kWarps * kMaxRows * DV;     // [kMaxRows] the block's partial (nSplit > 1)
+    float* blkL = blkM + kMaxRows;                   // [kMaxRows]
+    float* blkAcc = blkL + kMaxRows;                 // [kMaxRows][DV]
     if (t == 0)
     {
         mW[warp * kMaxRows + g] = m;
@@ -260,6 +281,10 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
     __syncthreads();
 
     T* og = static_cast<T*>(p.out) + b * p.out_batch_stride;
+    auto store = [&](int r, int d, float sumO, float sumL) {
+        og[(r / G) * p.out_time_stride + (hkv * G + r % G) * p.out_head_stride + d]
+            = fromFloat<T>(sumL > 0.f ? sumO / sumL : 0.f);
+    };
     for (int idx = threadIdx.x; idx < nRows * DV; idx += kThreads)
     {
         int const r = idx / DV, d = idx % DV;
@@ -276,21 +301,87 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
             sumL += lW[w * kMaxRows + r] * f;
             sumO += accW[(w * kMaxRows + r) * DV + d] * f;
         }
-        int const qi = r / G;
-        og[qi * p.out_time_stride + (hkv * G + r % G) * p.out_head_stride + d]
-            = fromFloat<T>(sumL > 0.f ? sumO / sumL : 0.f);
+        if (nSplit == 1)
+            store(r, d, sumO, sumL);
+        else
+        {
+            blkAcc[r * DV + d] = sumO; // relative to 2^mMax (0 where the block saw no key of row r)
+            if (d == 0)
+            {
+                blkM[r] = mMax;
+                blkL[r] = sumL;
+            }
+        }
     }
+
+    // 4. Split-KV: merge the cluster's nSplit block partials (distributed shared memory), a slice per block.
+#if __CUDA_ARCH__ >= 900
+    if (nSplit > 1)
+    {
+        namespace cg = cooperative_groups;
+        cg::cluster_group cluster = cg::this_cluster();
+        cluster.sync(); // every block's partial written and visible cluster-wide
+        int const rank = int(cluster.block_rank());
+        for (int idx = rank * kThreads + threadIdx.x; idx < nRows * DV; idx += nSplit * kThreads)
+        {
+            int const r = idx / DV, d = idx % DV;
+            float mMax = -INFINITY;
+            for (int i = 0; i < nSplit; ++i)
+                mMax = fmaxf(mMax, cluster.map_shared_rank(blkM, i)[r]);
+            float sumL = 0.f, sumO = 0.f;
+            for (int i = 0; i < nSplit; ++i)
+            {
+                float const mi = cluster.map_shared_rank(blkM, i)[r];
+                float const f = mi == -INFINITY ? 0.f : fastExp2(mi - mMax);
+                sumL = fmaf(f, cluster.map_shared_rank(blkL, i)[r], sumL);
+                sumO = fmaf(f, cluster.map_shared_rank(blkAcc, i)[r * DV + d], sumO);
+            }
+            store(r, d, sumO, sumL);
+        }
+        cluster.sync(); // keep this block's shared memory alive until the others have read it
+    }
+#else
+    if (nSplit > 1)
+        __trap(); // the launcher splits only where the kernel was compiled for sm_90+ (ptxVersion)
+#endif
 #else
     __trap(); // mma.sync / ldmatrix / cp.async need sm_80; the launcher checks ptxVersion first
 #endif
 }
 
-//! Launches the kernel; returns false (nothing launched) when the kernel was not compiled for sm_80+
-//! (`ptxVersion`: the architecture it was compiled for, not the one the driver JIT-compiled it to).
-template <typename T, int DQK, int DV, int kWarps>
-bool launchW(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& status)
+//! Whether this GPU co-schedules a cluster of `size` blocks of the kernel (sizes above 8, the portable
+//! limit, need the non-portable attribute, which the caller sets before each such launch).
+template <typename K>
+bool clusterFits(K kernel, int threads, int smem, int size)
 {
-    auto kernel = decodeMmaKernel<T, DQK, DV, kWarps>;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = unsigned(size);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(unsigned(size));
+    cfg.blockDim = dim3(unsigned(threads));
+    cfg.dynamicSmemBytes = size_t(smem);
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    int clusters = 0;
+    if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess
+        || cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess)
+    {
+        (void) cudaGetLastError(); // not supported here: the caller uses a smaller cluster
+        return false;
+    }
+    return clusters >= 1;
+}
+
+//! Launches the unsplit kernel (one block per tile); returns false (nothing launched) when the kernel was not
+//! compiled for sm_80+ (`ptxVersion`: the architecture it was compiled for, not the one the driver
+//! JIT-compiled it to).
+template <typename T, int DQK, int DV, int kWarps>
+bool launchWhole(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& status)
+{
+    auto kernel = decodeMmaKernel<T, DQK, DV, kWarps, false>;
     cudaFuncAttributes fa{};
     status = cudaFuncGetAttributes(&fa, kernel);
     if (status != cudaSuccess)
@@ -301,34 +392,100 @@ bool launchW(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t&
     status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (status != cudaSuccess)
         return true;
-    kernel<<<unsigned(int64_t(p.batch) * p.num_kv_heads), kWarps * 32, smem, stream>>>(p);
+    kernel<<<unsigned(int64_t(p.batch) * p.num_kv_heads), kWarps * 32, smem, stream>>>(p, 1);
     status = cudaGetLastError();
     return true;
 }
 
+//! Launches the split kernel: nSplit (2..16) blocks per tile in a cluster. Where the kernel was compiled
+//! below sm_90 (`ptxVersion`; no clusters) the unsplit kernel runs instead; where the GPU cannot
+//! co-schedule 16 blocks, 8 splits.
+template <typename T, int DQK, int DV, int kWarps>
+bool launchSplit(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& status, int nSplit)
+{
+    auto kernel = decodeMmaKernel<T, DQK, DV, kWarps, true>;
+    cudaFuncAttributes fa{};
+    status = cudaFuncGetAttributes(&fa, kernel);
+    if (status != cudaSuccess)
+        return true;
+    if (fa.ptxVersion < 90)
+        return launchWhole<T, DQK, DV, kWarps>(p, stream, status);
+    int const smem = Shape<DQK, DV, kWarps>::kSmemBytes;
+    status = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (status != cudaSuccess)
+        return true;
+    if (nSplit > 8)
+    {
+        static bool const fits = clusterFits(kernel, kWarps * 32, smem, kMaxSplits); // once per kernel
+        nSplit = fits ? nSplit : 8;
+    }
+    if (nSplit > 8)
+    {
+        status = cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1);
+        if (status != cudaSuccess)
+            return true;
+    }
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = unsigned(nSplit);
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = dim3(unsigned(int64_t(p.batch) * p.num_kv_heads * nSplit));
+    cfg.blockDim = dim3(kWarps * 32);
+    cfg.dynamicSmemBytes = size_t(smem);
+    cfg.stream = stream;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    status = cudaLaunchKernelEx(&cfg, kernel, p, nSplit);
+    if (status == cudaSuccess)
+        status = cudaGetLastError();
+    return true;
+}
+
+//! Splits per tile (1, 2, 4, 8 or 16): the fewest that give every SM a block (tiles · nSplit ≥ SMs), each
+//! split keeping at least one chunk per warp (`chunks`: an upper bound of a tile's visible chunks).
+inline int chooseSplits(int64_t tiles, int chunks, int sms, int warps)
+{
+    int n = 1;
+    while (2 * n <= kMaxSplits && tiles * n < sms && chunks >= 2 * n * warps)
+        n *= 2;
+    return n;
+}
+
 /*
- * Warps per block. 8 (one block of 8 warps per SM) for long key ranges over many tiles, 4 (two or three
- * blocks per SM) otherwise. Measured on one H200 (tools/attn_tune.py, Hymba decode, bf16,
+ * Warps per block and splits. 8 warps (one block of 8 warps per SM) for long key ranges over many tiles, 4
+ * (two or three blocks per SM) otherwise. Measured on one H200 (tools/attn_tune.py, Hymba decode, bf16,
  * bench/results/attn_tune_h200_2026-11-27.json; stages = 3): batch 128 × 8320 keys 463 us with 8 warps vs
  * 497 us with 4 (finer waves: 640 tiles over 132 slots vs 396), batch 128 × 1152 keys 76 vs 79 us, batch
- * 32 × 1152 keys 27 vs 30 us (4 better: few tiles, short ranges).
+ * 32 × 1152 keys 27 vs 30 us (4 better: few tiles, short ranges). Below one tile per SM the keys are split
+ * (chooseSplits; Hymba batch 1: 16 splits, 80 blocks).
  */
 template <typename T, int DQK, int DV>
 bool launch(WindowedAttentionParams const& p, cudaStream_t stream, cudaError_t& status)
 {
-#ifdef HYMBA_WAM_WARPS
-    return launchW<T, DQK, DV, HYMBA_WAM_WARPS>(p, stream, status);
-#else
     int sms = 0;
     status = currentSmCount(sms);
     if (status != cudaSuccess)
         return true;
     int64_t const tiles = int64_t(p.batch) * p.num_kv_heads;
+    // Visible keys of the whole call (an upper bound of every tile's): the meta prefix below the window, then
+    // the window up to the last query.
+    bool const windowed = p.window > 0;
+    int const winLo = windowed ? std::max(0, p.kv_len - p.q_len - p.window) : 0;
+    int const visible = (windowed ? std::min(p.num_meta, winLo) : 0) + (p.kv_len - winLo);
+    int const visibleChunks = (visible + kKeys - 1) / kKeys;
+#ifdef HYMBA_WAM_WARPS
+    constexpr int kW = HYMBA_WAM_WARPS;
+#else
+    constexpr int kW = 4;
     int const chunks = (p.kv_len + kKeys - 1) / kKeys; // an upper bound of a tile's chunks
     if (chunks >= 256 && tiles >= 2 * int64_t(sms))
-        return launchW<T, DQK, DV, 8>(p, stream, status);
-    return launchW<T, DQK, DV, 4>(p, stream, status);
+        return launchWhole<T, DQK, DV, 8>(p, stream, status);
 #endif
+    int const nSplit = chooseSplits(tiles, visibleChunks, sms, kW);
+    return nSplit > 1 ? launchSplit<T, DQK, DV, kW>(p, stream, status, nSplit)
+                      : launchWhole<T, DQK, DV, kW>(p, stream, status);
 }
 
 //! Launches the tensor-core decode kernel when it applies (fp16/bf16, Tq·G <= 8 rows, 16-byte aligned K/V
@@ -342,7 +499,7 @@ bool tryLaunch(WindowedAttentionParams const& p, cudaStream_t stream, bool kvVec
     else
     {
         if (int64_t(p.q_len) * (p.num_q_heads / p.num_kv_heads) > kMaxRows || !kvVec
-            || int64_t(p.batch) * p.num_kv_heads > int64_t(0x7fffffff))
+            || int64_t(p.batch) * p.num_kv_heads * kMaxSplits > int64_t(0x7fffffff))
             return false;
         if (p.qk_dim == 64 && p.v_dim == 128)
             return launch<T, 64, 128>(p, stream, status);

@@ -751,8 +751,9 @@ bool tryLaunch(WindowedAttentionParams const& p, cudaStream_t stream, bool force
 
 //! Which kernel serves a call. The `attention` kernel choice (common/kernel_choice.h; for A/B runs and tests)
 //! narrows it: `split`, `mma` or `prefill` pick that kernel wherever it applies (else the general kernel),
-//! `flash` keeps the general CUDA-core kernel for every call; `auto`: split-KV below one (batch, kv head) per
-//! SM, then the tensor-core decode kernel (fp16 / bf16, <= 8 rows), then the tensor-core prefill kernel
+//! `flash` keeps the general CUDA-core kernel for every call; `auto`: the tensor-core decode kernel (fp16 /
+//! bf16, <= 8 rows; its keys split across a cluster below one (batch, kv head) per SM), then the CUDA-core
+//! split-KV kernel below one (batch, kv head) per SM (fp32, 9..32 rows), then the tensor-core prefill kernel
 //! (fp16 / bf16, aligned rows), then the general kernel. Values in the order of the choice names.
 enum class AttnPath
 {
@@ -771,11 +772,11 @@ cudaError_t windowedAttentionLaunchT(WindowedAttentionParams const& p, cudaStrea
     AttnPath const path = static_cast<AttnPath>(kernelChoice(KernelFamily::kAttention));
     auto allowed = [path](AttnPath k) { return path == AttnPath::kAuto || path == k; };
     cudaError_t status = cudaSuccess;
-    if (allowed(AttnPath::kSplit) && wad::tryLaunch<T>(p, stream, path == AttnPath::kSplit, status))
-        return status;
     int const vf = wak::vecFlagsFor<T>(p);
     bool const kvVec = (vf & wak::kVecK) != 0 && (vf & wak::kVecV) != 0;
     if (allowed(AttnPath::kMma) && wam::tryLaunch<T>(p, stream, kvVec, status))
+        return status;
+    if (allowed(AttnPath::kSplit) && wad::tryLaunch<T>(p, stream, path == AttnPath::kSplit, status))
         return status;
     if (allowed(AttnPath::kPrefill) && wap::tryLaunch<T>(p, stream, vf == wak::kVecAll, status))
         return status;

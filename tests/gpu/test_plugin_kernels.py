@@ -92,8 +92,13 @@ ATTN_CASES = [
     Attn("noncontig_decode_b3", 3, 1, 3000, 10, 2, 64, 128, 1024, 16, True),
     Attn("hymba_decode_tq3_b2", 2, 3, 1500, 25, 5, 64, 128, 1024, 128),
     Attn("decode_g8_d128_b2", 2, 1, 2100, 16, 2, 128, 128, 0, 0),
+    # below one (batch, kv head) per SM the tensor-core decode kernel splits the keys across a cluster (sm_90):
+    # 16 splits at batch 1 (window + meta, global 8320 keys), 2 with Dv 64 over 14 visible chunks
+    Attn("hymba_decode_swa_b1", 1, 1, 1152, 25, 5, 64, 128, 1024, 128),
+    Attn("hymba_decode_global_b1", 1, 1, 8320, 25, 5, 64, 128, 0, 128),
+    Attn("decode_split_dv64_b2", 2, 1, 1000, 10, 2, 64, 64, 200, 16),
     Attn("hymba_prefill_swa_T8320", 1, 8320, 8320, 25, 5, 64, 128, 1024, 128),
-    # batch × kv heads >= the SM count (132 on H100/H200): the tensor-core decode kernel under auto
+    # batch × kv heads >= the SM count (132 on H100/H200): the tensor-core decode kernel without splits
     Attn("mma_decode_swa_b32", 32, 1, 1152, 25, 5, 64, 128, 1024, 128),
     Attn("mma_decode_global_b28", 28, 1, 3001, 25, 5, 64, 128, 0, 128),
     Attn("mma_noncontig_meta20", 70, 1, 700, 10, 2, 64, 128, 300, 20, True),
@@ -119,14 +124,16 @@ ATTN_CASES = [
 ]
 # Ragged batches: row b's valid keys are k/v[b, :lens[b]] (the plugin's kv_lengths input, the shim's kv_lengths),
 # its queries the last Tq of them; keys past lens[b] hold NaN (never read, else the output is NaN). Rows with
-# counts equal to Tq and to Tk, below num_meta, inside and past window + meta; decode (Tq = 1: split-KV under auto
-# while batch × kv heads < the SM count, the tensor-core decode kernel above it) and prefill shapes (chunked,
-# Tq > 1), GQA ratios 1 and 5, window and global.
+# counts equal to Tq and to Tk, below num_meta, inside and past window + meta; decode (Tq = 1: under auto the
+# tensor-core decode kernel, its keys split while batch × kv heads < the SM count; fp32 the CUDA-core split-KV
+# kernel there) and prefill shapes (chunked, Tq > 1), GQA ratios 1 and 5, window and global.
 RaggedAttn = namedtuple("RaggedAttn", "name B Tq Tk Hq Hkv Dqk Dv window meta lens noncontig", defaults=(False,))
 RAGGED_CASES = [
     RaggedAttn("ragged_decode_swa_g5", 4, 1, 1300, 25, 5, 64, 128, 1024, 128, (1, 129, 1300, 777)),
     RaggedAttn("ragged_decode_global_g1", 3, 1, 2049, 4, 4, 64, 64, 0, 0, (2049, 1, 1000)),
     RaggedAttn("ragged_decode_tq3_g5", 3, 3, 1500, 25, 5, 64, 128, 1024, 128, (3, 1500, 1153)),
+    # 16 splits per (row, kv head): row 0's one chunk leaves 15 splits without keys
+    RaggedAttn("ragged_decode_split16_b2", 2, 1, 3000, 25, 5, 64, 128, 1024, 128, (2, 3000)),
     # 40 × 5 kv heads >= 132 SMs: the tensor-core decode kernel under auto (fp16 / bf16)
     RaggedAttn("ragged_decode_mma_b40", 40, 1, 1500, 25, 5, 64, 128, 1024, 128,
                (1, 1500, 2, 128, 129, 1153, 1152) + tuple(1 + (37 * i) % 1500 for i in range(33))),
@@ -349,7 +356,7 @@ def test_forced_attention_kernels_are_different_kernels(dtype, forced, other, ar
     """The kernel choice routes: on a decode case two forced kernels give results that differ in their last
     bits (tensor-core P rounding vs fp32 P; split-KV merging vs one pass), so a setting the launcher ignored
     would fail here, and both stay correct (test_windowed_attention)."""
-    P, c = plugins(arch), next(c for c in ATTN_CASES if c.name == "hymba_decode_swa_b8")   # split-KV under auto
+    P, c = plugins(arch), next(c for c in ATTN_CASES if c.name == "hymba_decode_swa_b8")   # keys split under auto
     kin = attn_case(c, dtype).kernel_in
     a, b = run_attention(P, c, kin, f"kernel[{forced}]"), run_attention(P, c, kin, f"kernel[{other}]")
     assert not torch.equal(a, b), f"kernel[{forced}] and kernel[{other}] gave bit-identical outputs"
