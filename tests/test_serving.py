@@ -13,7 +13,7 @@ from hymba_deploy import ops as hymba_ops
 from hymba_deploy.cache import HybridMambaAttentionDynamicCache
 from hymba_deploy.config import preset
 from hymba_deploy.errors import HymbaDeployError
-from hymba_deploy.kernels import REFERENCE
+from hymba_deploy.kernels import REFERENCE, ReferenceKernels
 from hymba_deploy.serving import (
     DynamicCacheView,
     HymbaServingCache,
@@ -31,6 +31,14 @@ from hymba_deploy.parity.tolerances import rel_err
 
 def _runtime(model, **config) -> ServingRuntime:
     return ServingRuntime(model, ServingConfig(**config))
+
+
+def _advance(ref, tokens: int) -> None:
+    """Advance a reference cache by `tokens` positions, as the model does once per step."""
+    if hasattr(ref, "positions"):
+        ref.positions = ref.positions + tokens
+    else:                                                                   # before issue 14's per-row cache
+        ref.seen_tokens += tokens
 
 
 def _positions_cache(cfg, batch, n_prompt, steps, eviction):
@@ -51,20 +59,21 @@ def _positions_cache(cfg, batch, n_prompt, steps, eviction):
     seen = {}
     for i in producers:                                                     # prefill
         k, v = kv(0, T0)
-        rk, _ = ref.update_kv(i, k, v)
+        seen[i] = ref.update_kv(i, k, v)[0]
         srv.store_prefill(i, k, v)
-        seen[i] = rk
+    _advance(ref, T0)
     srv.set_length(n_prompt)
     for step in range(steps):
         out = {}
         for i in producers:
             k, v = kv(meta + srv.text_len, 1)
-            rk, _ = ref.update_kv(i, k, v)
+            rk = ref.update_kv(i, k, v)[0]
             srv.store_decode(i, k, v, srv.slot_index(i, srv.pos))
             L = srv.kv_len(i, srv.text_len + 1)
             out[i] = (sorted(rk[0, :, 0, 0].tolist()), sorted(srv.key_cache[i][0, :L, 0, 0].tolist()),
                       sorted(srv.value_cache[i][0, :L, 0, 0].tolist()))
         srv.set_length(srv.text_len + 1)
+        _advance(ref, 1)
         yield out
 
 
@@ -76,6 +85,85 @@ def test_ring_buffer_holds_exactly_the_keys_a_reference_decode_step_sees(evictio
         for layer, (ref_pos, srv_k, srv_v) in out.items():
             assert srv_k == ref_pos, (layer, ref_pos, srv_k)
             assert srv_v == ref_pos
+
+
+@pytest.mark.parametrize("eviction", ["upstream", "exact"])
+def test_rows_at_different_positions_hold_and_read_exactly_their_own_keys(eviction):
+    """Rows of one serving cache at different positions (prompts of 1, below the window, past window + meta,
+    longest), each decode step writing every row's key at its own slot (`decode_slots`) and reading its own
+    count (`decode_counts`): per row, the slots read hold exactly the positions the reference cache of that
+    prompt alone attends over, `decode_counts` is the reference's c_b + 1, and `kv_counts` its stored c_b (the
+    contract's rule: p_b global, M + min(p_b − M, keep) SWA)."""
+    cfg = preset("tiny")
+    meta, Hkv, dqk, dv = cfg.num_memory_tokens, cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim
+    prompts = [1, 10, 30, 40]
+    steps = 2 * cfg.sliding_window
+    B = len(prompts)
+    srv = HymbaServingCache(cfg, B, max(prompts) + steps, torch.float32, eviction=eviction)
+    refs = [HybridMambaAttentionDynamicCache(cfg, 1, torch.float32, eviction=eviction) for _ in prompts]
+
+    def kv(positions):                                                     # keys/values = their position
+        pos = torch.as_tensor(positions, dtype=torch.float32)
+        pos = pos.view(-1, 1, 1, 1)
+        return pos.expand(-1, 1, Hkv, dqk).clone(), pos.expand(-1, 1, Hkv, dv).clone()
+
+    producers = [i for i in range(cfg.num_hidden_layers) if cfg.is_producer(i)]
+    for b, n in enumerate(prompts):                                         # batch-of-one prefill per row
+        k, v = (t.transpose(0, 1) for t in kv(range(meta + n)))             # (1, M + n, Hkv, d)
+        for i in producers:
+            refs[b].update_kv(i, k, v)
+            srv.store_prefill(i, k, v, start=b)
+        _advance(refs[b], meta + n)
+        srv.set_rows([b], n)
+    assert srv.lengths == prompts and srv.pos.tolist() == [meta + n for n in prompts]
+    for _ in range(steps):
+        p = srv.positions()
+        k, v = kv(p)                                                        # (B, 1, Hkv, d): row b at p_b
+        for i in producers:
+            before = [len(r.key_cache[i][0]) for r in refs]
+            assert srv.kv_counts(i) == before, (i, srv.kv_counts(i), before)
+            keep = refs[0].keep(i)
+            assert before == [pb if keep is None else meta + min(pb - meta, keep) for pb in p]
+            srv.store_decode(i, k, v, srv.decode_slots(i, srv.pos))
+            counts = srv.decode_counts(i, srv.pos)
+            assert counts.dtype == torch.int32 and counts.tolist() == [c + 1 for c in before]
+            for b, r in enumerate(refs):
+                attended = r.update_kv(i, k[b:b + 1], v[b:b + 1])[0]
+                want = sorted(attended[0, :, 0, 0].tolist())
+                assert sorted(srv.key_cache[i][b, :int(counts[b]), 0, 0].tolist()) == want, (i, b)
+                assert sorted(srv.value_cache[i][b, :int(counts[b]), 0, 0].tolist()) == want, (i, b)
+        for r in refs:
+            _advance(r, 1)
+        srv.pos += 1
+        srv.advance()
+    assert srv.lengths == [n + steps for n in prompts]
+
+
+def test_ragged_named_states_round_trip_in_the_contracts_layout():
+    """`named_states` of rows at different positions: row b's c_b K/V entries first (in position order), zeros
+    after; `load_named_states` with per-row positions restores the same rows, lengths and positions."""
+    cfg = preset("tiny")
+    meta = cfg.num_memory_tokens
+    g = torch.Generator().manual_seed(0)
+    src = HymbaServingCache(cfg, 3, 48, torch.float32)
+    src.fill_random(1, g)
+    for b, n in enumerate([3, 20, 45]):
+        src.set_rows([b], n)
+    states = src.named_states()
+    dst = HymbaServingCache(cfg, 4, 48, torch.float32)
+    assert dst.load_named_states(states, src.positions()) == 3
+    assert dst.lengths[:3] == [3, 20, 45] and dst.pos[:3].tolist() == [meta + 3, meta + 20, meta + 45]
+    again = dst.named_states(rows=3)
+    for name, t in states.items():
+        assert torch.equal(again[name], t), name
+    for name, kind, layer in HybridMambaAttentionDynamicCache.state_names(cfg):
+        if kind == "key":
+            counts = src.kv_counts(layer)
+            assert states[name].shape[1] == max(counts)
+            for b, c in enumerate(counts):
+                assert not states[name][b, c:].any()                        # padding entries: zeros
+    with pytest.raises(HymbaDeployError, match="2 positions for 3 rows"):
+        dst.load_named_states(states, [meta + 3, meta + 20])
 
 
 def test_kv_layouts_hold_the_same_keys_and_head_major_streams_are_contiguous():
@@ -167,7 +255,7 @@ def test_engine_prefill_equals_the_model_forward(tiny, eviction, n_prompt):
     logits = [e.prefill(ids, c) for e, c in zip(runtimes, caches)]
     assert rel_err(logits[0], ref) < 1e-5 and rel_err(logits[1], ref) < 1e-5
     by_model, by_runtime = caches
-    assert by_runtime.text_len == n_prompt and int(by_runtime.pos) == int(by_model.pos)
+    assert by_runtime.lengths == by_model.lengths == [n_prompt] * 3 and torch.equal(by_runtime.pos, by_model.pos)
     for name in ("key_cache", "value_cache", "conv_states", "ssm_states"):
         for i, (want, got) in enumerate(zip(getattr(by_model, name), getattr(by_runtime, name))):
             if want is None:
@@ -207,6 +295,149 @@ def test_engine_decode_logits_track_reference_cache(tiny):
         assert rel_err(lg_srv, lg_ref) < 1e-5
         step = lg_ref.argmax(-1, keepdim=True)
         lg_srv = runtime.decode(cache, step)
+
+
+def _ragged(model, lengths, seed=0):
+    """Right-padded prompts (b, max(lengths)) of the given lengths (padding: token 0)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.int64)
+    for b, n in enumerate(lengths):
+        ids[b, :n] = torch.randint(3, model.config.vocab_size, (n,), generator=g)
+    return ids
+
+
+# tiny: 8 meta tokens, window 16: a prompt of 1, one below the window, one past window + meta, the longest;
+# in mixed order, with a run of equal lengths prefilled together, and a padded bucket
+RAGGED = [([30, 1, 40, 10], "upstream"), ([30, 1, 40, 10], "exact"), ([10, 10, 40], "upstream")]
+
+
+@pytest.mark.parametrize("lengths,eviction", RAGGED, ids=["-".join(map(str, r)) + f"-{e}" for r, e in RAGGED])
+def test_ragged_generate_gives_each_row_what_its_prompt_gives_alone(tiny, eviction, lengths):
+    """`generate(ids, new, lengths=...)` (right-padded, the contract's convention) -> (b, T + new): the padded
+    prompts, then per row exactly the tokens of that prompt alone (the reference model's generate), decoding past
+    every window."""
+    ids, new = _ragged(tiny, lengths), 20
+    runtime = _runtime(tiny, max_context=max(lengths) + new, buckets=(1, 2, 4), eviction=eviction)
+    out = runtime.generate(ids, new, lengths=torch.tensor(lengths))
+    assert out.shape == (len(lengths), ids.shape[1] + new) and torch.equal(out[:, :ids.shape[1]], ids)
+    for b, n in enumerate(lengths):
+        alone = tiny.generate(ids[b:b + 1, :n], new, eviction=eviction)[0, n:]
+        assert torch.equal(out[b, ids.shape[1]:], alone), (b, n)
+
+
+class _DeviceCounts(ReferenceKernels):
+    """The reference ops, with `attn` taking per-row key counts as the cuda kernels do on the GPU (over whole
+    K/V buffers, row b's keys [0, kv_len[b])): drives the decode path that a captured graph runs, on the CPU."""
+
+    name = "device-counts"
+
+    def device_kv_len(self, device) -> bool:
+        return True
+
+    def attn(self, q, k, v, window, num_meta, scale, out=None, kv_len=None):
+        if kv_len is None:
+            return super().attn(q, k, v, window, num_meta, scale, out)
+        assert kv_len.dtype == torch.int32 and kv_len.shape == (q.shape[0],)
+        res = torch.cat([self.windowed_attention(q[b:b + 1], k[b:b + 1, :n], v[b:b + 1, :n], window, num_meta, scale)
+                         for b, n in enumerate(kv_len.tolist())])
+        return res if out is None else out.copy_(res)
+
+
+def test_device_count_decode_path_gives_each_row_what_its_prompt_gives_alone(tiny):
+    """The decode step as the cuda kernels run it (every attention, global and SWA, inside the step over whole
+    buffers with per-row device counts from `decode_counts`; no host lengths): a ragged batch, and a row
+    replaced mid-way, give each row the tokens of its prompt alone (reference model)."""
+    lengths, new = [30, 1, 40, 10], 20
+    ids = _ragged(tiny, lengths)
+    try:
+        tiny.use_kernels(_DeviceCounts())
+        runtime = _runtime(tiny, max_context=64, buckets=(4,))
+        assert runtime.device_counts()
+        out = runtime.generate(ids, new, lengths=lengths)
+    finally:
+        tiny.use_kernels(REFERENCE)
+    for b, n in enumerate(lengths):
+        assert torch.equal(out[b, 40:], tiny.generate(ids[b:b + 1, :n], new)[0, n:]), (b, n)
+
+
+def _steps(runtime, cache, logits, tokens_of, steps, rows):
+    """Decode `steps` steps from `logits` (b, V) feeding tokens_of(step, greedy tokens) -> per-step logits."""
+    out = [logits]
+    for t in range(steps):
+        token = tokens_of(t, logits.argmax(-1, keepdim=True))
+        pad = torch.zeros(cache.batch_size - rows, 1, dtype=torch.int64)
+        logits = runtime.decode(cache, torch.cat([token, pad]))[:rows]
+        out.append(logits)
+    return out
+
+
+def test_ragged_batch_logits_equal_each_prompt_alone(tiny):
+    """Teacher-forced on the batch's greedy tokens: every row's prefill and decode logits equal those of its
+    prompt alone through the same runtime (fp32 bound)."""
+    lengths, steps = [30, 1, 40, 10], 20
+    ids = _ragged(tiny, lengths)
+    runtime = _runtime(tiny, max_context=64, buckets=(1, 4))
+    cache = runtime.cache(4)
+    cache.reset()
+    first = torch.cat([runtime.prefill(ids[b:b + 1, :n], cache, rows=[b]) for b, n in enumerate(lengths)])
+    assert cache.lengths == lengths
+    chosen = []
+    batch = _steps(runtime, cache, first, lambda t, greedy: chosen.append(greedy) or greedy, steps, 4)
+    for b, n in enumerate(lengths):
+        one = runtime.cache(1)
+        alone = _steps(runtime, one, runtime.prefill(ids[b:b + 1, :n], one), lambda t, g: chosen[t][b:b + 1], steps, 1)
+        errs = [rel_err(x[b:b + 1], y) for x, y in zip(batch, alone)]
+        assert max(errs) < 1e-5, (b, n, errs)
+
+
+def test_a_row_replaced_between_steps_decodes_as_its_new_prompt_alone(tiny):
+    """Continuous batching's building block: a batch decodes, one row is re-started with a new prompt
+    (`prefill(..., rows=[r])`) between two steps; that row's next tokens are the new prompt's alone, the other
+    rows' tokens are unchanged."""
+    lengths, before, after = [12, 30, 5, 20], 9, 14
+    ids = _ragged(tiny, lengths, seed=1)
+    new_prompt = _ragged(tiny, [25], seed=2)
+    runtime = _runtime(tiny, max_context=80, buckets=(1, 4))
+    alone = [runtime.generate(ids[b:b + 1, :n], 1 + before + after)[0, n:] for b, n in enumerate(lengths)]
+    replaced_alone = runtime.generate(new_prompt, 1 + after)[0, 25:]
+    cache = runtime.cache(4)
+    cache.reset()
+    logits = torch.cat([runtime.prefill(ids[b:b + 1, :n], cache, rows=[b]) for b, n in enumerate(lengths)])
+    tokens = [logits.argmax(-1, keepdim=True)]
+    for _ in range(before):
+        tokens.append(runtime.decode(cache, tokens[-1]).argmax(-1, keepdim=True))
+    first = runtime.prefill(new_prompt, cache, rows=[2])                   # row 2 finished: a new prompt
+    assert cache.lengths == [n + before for n in lengths[:2]] + [25, lengths[3] + before]
+    tokens[-1] = tokens[-1].clone()
+    tokens[-1][2] = first.argmax(-1)
+    mark = len(tokens) - 1
+    for _ in range(after):
+        tokens.append(runtime.decode(cache, tokens[-1]).argmax(-1, keepdim=True))
+    got = torch.cat(tokens, 1)                                              # (4, 1 + before + after)
+    for b in (0, 1, 3):
+        assert torch.equal(got[b], alone[b]), b
+    assert torch.equal(got[2, mark:], replaced_alone)
+    assert torch.equal(got[2, :mark], alone[2][:mark])
+
+
+def test_ragged_requests_and_row_prefills_are_checked(tiny):
+    runtime = _runtime(tiny, max_context=24, buckets=(4,))
+    ids = _ragged(tiny, [5, 3])
+    with pytest.raises(HymbaDeployError, match="lengths: 3 values for 2 prompts"):
+        runtime.generate(ids, 2, lengths=[5, 3, 1])
+    with pytest.raises(HymbaDeployError, match=r"lengths: \[0\] outside 1..5"):
+        runtime.generate(ids, 2, lengths=[5, 0])
+    with pytest.raises(HymbaDeployError, match="max_context"):
+        runtime.generate(ids, 21, lengths=[5, 3])
+    assert runtime.generate(ids, 20, lengths=[5, 3]).shape == (2, 25)   # the longest row decides
+    cache = runtime.cache(4)
+    for rows in ([0, 0], [1], [3, 4]):
+        with pytest.raises(HymbaDeployError, match="distinct rows"):
+            runtime.prefill(ids, cache, rows=rows)
+    runtime.prefill(ids[:1, :5], cache)
+    runtime.prefill(_ragged(tiny, [24]), cache, rows=[1])
+    with pytest.raises(HymbaDeployError, match=r"row\(s\) \[1\] hold max_context 24"):
+        runtime.decode(cache, torch.zeros(4, 1, dtype=torch.int64))
 
 
 def test_padded_bucket_rows_do_not_change_results(tiny):
@@ -371,7 +602,7 @@ def test_cuda_kernels_route_cuda_tensors_to_the_extension_and_cpu_tensors_to_the
     threshold = hymba_ops.SOFTPLUS_THRESHOLD
     assert scan[8] is ssm_state and scan[9:] == (threshold, None, None)         # new state returned
     assert conv[3] is not None and conv[4:] == (True, None, None)
-    assert attn[3:] == (2, 1, 0.5, None)
+    assert attn[3:] == (2, 1, 0.5, None, None)                                    # no out, every row Tk keys
     assert conv_[3] is conv_state and conv_[4:6] == (True, None) and conv_[6] is conv_state   # written in place
     assert scan_[8] is None and scan_[9:11] == (threshold, None) and scan_[11] is ssm_state   # fresh, in place
     assert attn_[6] is v and attn_[7] is not None

@@ -11,13 +11,19 @@ states; decode updates the cache in place: K/V written into their slot, conv sta
 updated by the kernels themselves. `prefill_impl="model"` runs the model's own forward through
 `DynamicCacheView` instead (eager glue; kept as the A/B baseline of the benchmark).
 
-CUDA graphs: the decode step of each batch bucket is captured once and replayed. A captured kernel keeps
-the key count it was captured with, which is fixed for SWA layers once their rings are full, but grows
-by one per step in the global layers. With the cuda kernels, global-layer attention reads its key count
-from a device tensor (pos + 1), so the whole step is one graph. Otherwise (reference ops) the step body,
-a generator, yields at every attention over a global producer's K/V: those few launches (3 of 32 layers
-for hymba-1.5b) run eagerly between graph segments with the current length, while everything else
-replays. Steps before the rings fill run eagerly.
+Rows at their own positions (issue 14): the cache's device `pos` (B,) gives each row its RoPE position, its
+K/V slot and its key counts (`HymbaServingCache.decode_slots` / `decode_counts`), so one decode step serves
+rows of different lengths, and `prefill(ids, cache, rows=...)` re-starts chosen rows (a finished row replaced
+by a new prompt) between steps while the others keep their states; `generate` takes right-padded prompts
+with per-row `lengths` (the contract's convention) and prefills each run of equal-length rows on its own.
+
+CUDA graphs: the decode step of each batch bucket is captured once and replayed; nothing in it depends on
+host-side lengths. With the cuda kernels every attention (global and SWA) reads its per-row key counts from
+a device tensor, so the whole step is one graph, usable from any positions, also after a row is replaced.
+Otherwise (reference ops) the step body, a generator, yields at every attention over a global producer's
+K/V: those few launches (3 of 32 layers for hymba-1.5b) run eagerly between graph segments with the
+current per-row counts, while everything else replays, SWA attention over full rings; steps where some
+row's rings are not full yet run eagerly (SWA attention then yields too).
 
 Streams: attention (at decode: SWA layers', and global layers' inside graphs) runs on a side stream, in
 parallel with the layer's SSM branch (conv, x_proj, dt_proj, scan), and joins before the fusion; in
@@ -36,7 +42,7 @@ results are dropped; every kernel is row-independent).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -73,12 +79,12 @@ def rope(x, cos, sin):
     return apply_rotary(x, cos, sin)
 
 
-def rope_store(q, k, v, cos, sin, key, value, slot):
-    """A producer layer's attention inputs in one compiled function: RoPE on q and k, and k, v written into
-    slot `slot` (1,) of the cache buffers `key`, `value` (B, S, Hkv, ·) in place (inductor: three kernels,
-    where RoPE and two index_copy_ took four). Returns the rotated q."""
-    key[:, slot] = apply_rotary(k, cos, sin)
-    value[:, slot] = v
+def rope_store(q, k, v, cos, sin, key, value, rows, slot):
+    """A producer layer's attention inputs in one compiled function: RoPE on q and k (cos, sin (B, 1, d): each
+    row's position), and row b's k, v written into slot `slot[b]` of the cache buffers `key`, `value`
+    (B, S, Hkv, ·) in place (rows = arange(B)). Returns the rotated q."""
+    key[rows, slot] = apply_rotary(k, cos, sin)[:, 0]
+    value[rows, slot] = v[:, 0]
     return apply_rotary(q, cos, sin)
 
 
@@ -250,12 +256,14 @@ class ServingConfig:
 
 
 class _SegmentedGraph:
-    """One decode step of one bucket as CUDA graph segments separated by eager global-attention holes."""
+    """One decode step of one bucket as CUDA graph segments separated by eager attention holes (none with the
+    cuda kernels; global layers' with the reference ops, captured with every row's rings full)."""
 
     def __init__(self, runtime: "ServingRuntime", cache: HymbaServingCache):
         cfg = runtime.model_config
         B = cache.batch_size
         self.tokens = torch.zeros(B, 1, dtype=torch.int64, device=cache.device)
+        self.replays = 0                                                    # steps served so far
         self.graphs: list[torch.cuda.CUDAGraph] = []
         self.holes = []                                                     # (layer, producer, q, out)
         pool = torch.cuda.graph_pool_handle()
@@ -286,12 +294,13 @@ class _SegmentedGraph:
 
     def replay(self, runtime: "ServingRuntime", cache: HymbaServingCache, tokens: torch.Tensor):
         self.tokens.copy_(tokens)
+        self.replays += 1
         for j, graph in enumerate(self.graphs):
             graph.replay()
             if j < len(self.holes):
                 layer, producer, q, out = self.holes[j]
-                runtime._global_attention(cache, layer, producer, q, out)
-        cache.text_len += 1
+                runtime._eager_attention(cache, layer, producer, q, out)
+        cache.advance()
         return self.logits
 
 
@@ -322,6 +331,7 @@ class ServingRuntime:
                              if config.overlap_attention and self.device.type == "cuda" else None)
         self.caches: dict[int, HymbaServingCache] = {}
         self.graphs: dict[int, _SegmentedGraph] = {}
+        self.captures = 0                                                   # decode graphs captured so far
 
     def _logits(self, u: torch.Tensor) -> torch.Tensor:
         """u (..., H) final-normed hidden -> logits (..., V) fp32, through the padded lm_head buffer."""
@@ -352,8 +362,19 @@ class ServingRuntime:
         sms = torch.cuda.get_device_properties(self.device).multi_processor_count
         return batch * self.model_config.num_key_value_heads >= sms
 
+    def device_counts(self) -> bool:
+        """True when the kernels read per-row key counts on the device: all attention inside the decode graph."""
+        return self.kernels.device_kv_len(self.device)
+
     def graphs_possible(self, cache: HymbaServingCache) -> bool:
-        return self.use_graphs and cache.ring <= cache.max_context
+        if not self.use_graphs or cache.max_context < 2:
+            return False
+        return self.device_counts() or cache.ring <= cache.max_context   # reference ops: captured at full rings
+
+    def _graph_usable(self, cache: HymbaServingCache) -> bool:
+        """Whether this step of `cache` can replay its bucket's graph (reference ops: every row's rings full)."""
+        return (self.graphs.get(cache.batch_size) is not None and self.caches.get(cache.batch_size) is cache
+                and (self.device_counts() or cache.rings_full(1)))
 
     @torch.no_grad()
     def capture(self, bucket: int) -> _SegmentedGraph:
@@ -362,41 +383,75 @@ class ServingRuntime:
             return self.graphs[bucket]
         cache = self.cache(bucket)
         if not self.graphs_possible(cache):
-            raise HymbaDeployError("CUDA graphs need a CUDA model and max_context ≥ the SWA ring size")
-        cache.set_length(cache.ring - 1)                                   # rings full at the next step
+            raise HymbaDeployError("CUDA graphs need a CUDA model and max_context ≥ 2 (with the reference ops: "
+                                   "≥ the SWA ring size)")
+        n = 1 if self.device_counts() else cache.ring - 1                  # reference ops: rings full next step
+        cache.set_length(n)
         tokens = torch.zeros(bucket, 1, dtype=torch.int64, device=self.device)
         self.decode_eager(cache, tokens)                                   # warm-up: lazy inits, workspaces
-        cache.set_length(cache.ring - 1)
+        cache.set_length(n)
         torch.cuda.synchronize(self.device)
         self.graphs[bucket] = _SegmentedGraph(self, cache)
+        self.captures += 1
         cache.reset()
         return self.graphs[bucket]
 
     # ---- prefill --------------------------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor, cache: HymbaServingCache, all_logits: bool = False) -> torch.Tensor:
-        """input_ids (b, n), b ≤ cache rows -> last-token logits (b, V) fp32 (`all_logits`: every prompt
-        token's, (b, n, V)); the cache holds n tokens."""
+    def prefill(self, input_ids: torch.Tensor, cache: HymbaServingCache, all_logits: bool = False,
+                rows: Sequence[int] | None = None) -> torch.Tensor:
+        """Prompts input_ids (b, n) of n tokens each -> last-token logits (b, V) fp32 (`all_logits`: every prompt
+        token's, (b, n, V)).
+
+        rows None: a new batch: prompt j in row j, every row at n tokens (rows ≥ b: padding, results unspecified).
+        rows (b distinct cache rows): prompt j re-starts row rows[j] (its K/V, conv and SSM states and position
+        replaced); every other row keeps its state and position. Between decode steps this replaces a
+        finished row by a new prompt, with no new graph capture: the row then decodes as that prompt alone."""
         b, n = input_ids.shape
         if b > cache.batch_size:
             raise HymbaDeployError(f"{b} prompts exceed the cache's {cache.batch_size} rows")
         if not 1 <= n <= cache.max_context:
             raise HymbaDeployError(f"prompt of {n} tokens: the cache takes 1 to max_context {cache.max_context}")
-        cache.reset()
+        fresh = rows is None
+        if fresh:
+            cache.reset()
+            rows = range(b)
+        rows = [int(r) for r in rows]
+        if len(rows) != b or len(set(rows)) != b or not all(0 <= r < cache.batch_size for r in rows):
+            raise HymbaDeployError(f"rows {rows}: give {b} distinct rows of the cache's {cache.batch_size} for "
+                                   f"{b} prompts")
+        logits, j = [], 0
+        while j < b:                                                        # runs of consecutive rows
+            k = j + 1
+            while k < b and rows[k] == rows[k - 1] + 1:
+                k += 1
+            logits.append(self._prefill_rows(input_ids[j:k], cache, rows[j], all_logits))
+            j = k
+        if fresh and b < cache.batch_size:
+            cache.set_rows(range(b, cache.batch_size), n)                   # padding rows: results dropped
+        return logits[0] if len(logits) == 1 else torch.cat(logits)
+
+    def _prefill_rows(self, input_ids: torch.Tensor, cache: HymbaServingCache, start: int, all_logits: bool):
+        """Prompts (b, n) from empty into cache rows [start, start + b) -> logits, as `prefill`."""
+        b, n = input_ids.shape
+        rows = range(start, start + b)
+        cache.set_rows(rows, 0)
         if self.config.prefill_impl == "model":
-            h = self.model.model(input_ids, DynamicCacheView(cache, b))     # (b, n, H), model code unchanged
+            h = self.model.model(input_ids, DynamicCacheView(cache, b, start))   # (b, n, H), model code unchanged
             return self._logits(h if all_logits else h[:, -1])
-        logits = self._prefill_body(input_ids, cache, all_logits)
-        cache.set_length(n)
+        logits = self._prefill_body(input_ids, cache, all_logits, start)
+        cache.set_rows(rows, n)
         return logits
 
-    def _prefill_body(self, input_ids: torch.Tensor, cache: HymbaServingCache, all_logits: bool = False):
+    def _prefill_body(self, input_ids: torch.Tensor, cache: HymbaServingCache, all_logits: bool = False,
+                      start: int = 0):
         """`HymbaModel.forward` from an empty cache for prompts (b, n) -> last-token logits (b, V) fp32 (or
-        all text tokens' (b, n, V)), with rows [0, b) of the cache holding each producer's K/V and every
+        all text tokens' (b, n, V)), with rows [start, start + b) of the cache holding each producer's K/V and every
         layer's final conv and SSM states. For the last token only, the last layer runs past its states for
         that token only: the logits need nothing else."""
         cfg, m, kern, fn, pw = self.model_config, self.model.model, self.kernels, self.fn, self.packed
         b, n = input_ids.shape
+        rows = slice(start, start + b)                                      # the cache rows filled
         Hq, Hkv, d_qk, d_v, I = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim,
                                  cfg.d_inner)
         R, N, eps = cfg.mamba_dt_rank, cfg.mamba_d_state, cfg.rms_norm_eps
@@ -418,16 +473,16 @@ class ServingRuntime:
             q = fn["rope"](q.view(b, T, Hq, d_qk), cos, sin)                # (b, T, Hq, d_qk)
             if blk.producer == i:
                 kv[i] = (fn["rope"](k.view(b, T, Hkv, d_qk), cos, sin), v.view(b, T, Hkv, d_v))
-                cache.store_prefill(i, *kv[i])
+                cache.store_prefill(i, *kv[i], start)
             attn, side = self._attention(q[:, -1:] if last else q, *kv[blk.producer], blk.window)
             # 3. SSM heads over the whole prompt (beside the attention when it runs on a side stream); the
             # final conv and SSM states go into the cache.
-            xc = kern.conv_(x, pw.conv_w[i], blk.conv1d.bias, cache.conv_states[i][:b], fresh=True)  # (b, T, I)
+            xc = kern.conv_(x, pw.conv_w[i], blk.conv1d.bias, cache.conv_states[i][rows], fresh=True)  # (b, T, I)
             dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, pw.x_proj[i]), blk.dt_layernorm.weight,
                                          blk.B_layernorm.weight, blk.C_layernorm.weight, R, N, eps,
                                          pw.dt_proj[i].shape[1])         # x_proj, dt_proj: padded copies
             dt = F.linear(dt, pw.dt_proj[i])                             # (b, T, I), bias joins in the scan
-            y = kern.scan_(xc, dt, pw.A[i], Bm, Cm, pw.D[i], z, pw.dt_bias[i], cache.ssm_states[i][:b],
+            y = kern.scan_(xc, dt, pw.A[i], Bm, Cm, pw.D[i], z, pw.dt_bias[i], cache.ssm_states[i][rows],
                            fresh=True)                                      # (b, T, I)
             if side is not None:
                 torch.cuda.current_stream().wait_stream(side)
@@ -460,12 +515,23 @@ class ServingRuntime:
         return out, side
 
     # ---- decode ---------------------------------------------------------------------------------------
-    def _global_attention(self, cache, layer, producer, q, out=None):
-        """Attention of layer `layer` over global producer `producer`'s keys (the new token's included)."""
-        L = cache.kv_len(producer, cache.text_len + 1)
-        blk = self.model.model.layers[layer].mamba
-        return self.kernels.attn(q, cache.key_cache[producer][:, :L], cache.value_cache[producer][:, :L], blk.window,
-                                 cache.meta, self.model_config.qk_head_dim ** -0.5, out)
+    def _eager_attention(self, cache, layer, producer, q, out=None):
+        """Attention of layer `layer` (q (B, 1, Hq, d_qk)) over producer `producer`'s keys, the new token's
+        included, each row over its own count (host lengths): one call per distinct count, one in all when the
+        rows are at one position."""
+        k, v = cache.key_cache[producer], cache.value_cache[producer]
+        window = self.model.model.layers[layer].mamba.window
+        args = (window, cache.meta, self.model_config.qk_head_dim ** -0.5)
+        counts = [cache.kv_len(producer, n + 1) for n in cache.lengths]
+        if len(set(counts)) == 1:
+            L = counts[0]
+            return self.kernels.attn(q, k[:, :L], v[:, :L], *args, out)
+        if out is None:
+            out = torch.empty(*q.shape[:3], self.model_config.v_dim, dtype=q.dtype, device=q.device)
+        for L in sorted(set(counts)):
+            idx = torch.tensor([b for b, c in enumerate(counts) if c == L], device=q.device)
+            out[idx] = self.kernels.attn(q[idx], k[idx, :L], v[idx, :L], *args)
+        return out
 
     def _gemm_add_norm(self, tri: dict, name: str, x, w, h, norm_w, eps: float):
         """Residual step: (h + x @ w.T, RMSNorm of that); through split-K partials summed inside the norm's
@@ -476,8 +542,9 @@ class ServingRuntime:
         return self.fn["add_rms_norm"](h, F.linear(x, w), norm_w, eps)
 
     def _decode_body(self, cache: HymbaServingCache, tokens: torch.Tensor):
-        """One decode step for all cache rows (generator): yields (layer, producer, q) where attention
-        over a global producer is needed and receives its output; returns logits (B, V) fp32."""
+        """One decode step for all cache rows, each at its own position (generator): yields (layer, producer, q)
+        where attention must run outside the body (reference ops: global producers; SWA ones too until every
+        row's rings are full) and receives its output; returns logits (B, V) fp32."""
         cfg, m, kern, fn, pw = self.model_config, self.model.model, self.kernels, self.fn, self.packed
         B = tokens.shape[0]
         Hq, Hkv, d_qk, d_v, I = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim,
@@ -486,12 +553,19 @@ class ServingRuntime:
         meta = cfg.num_memory_tokens
         layers = m.layers
         h = m.embed_tokens(tokens)                                          # (B, 1, H)
-        pos = cache.pos                                                     # (1,) position of this token
-        cos, sin = m.rotary_emb(pos, h.dtype)                               # (1, d_qk)
-        ring_slot = meta + torch.remainder(pos - meta, cache.ring)          # (1,) SWA slot
-        # Key count of the global layers after this token, as a device tensor when the kernels read it
-        # there: their attention then joins the graph; otherwise it runs eagerly between graph segments.
-        global_kv_len = (pos + 1).to(torch.int32) if kern.device_kv_len(pos.device) else None
+        pos = cache.pos                                                     # (B,) position of each row's token
+        cos, sin = (t.unsqueeze(1) for t in m.rotary_emb(pos, h.dtype))     # (B, 1, d_qk)
+        first_global = next((i for i in range(cfg.num_hidden_layers) if cfg.is_global(i)), None)
+        first_swa = next((i for i in range(cfg.num_hidden_layers) if not cfg.is_global(i)), None)
+        # Per kind of producer (global, SWA): each row's slot and, where the kernels read them on the device,
+        # each row's key count after this token: attention then joins the graph; otherwise it runs between
+        # graph segments (global layers; SWA layers too until every row's rings are full: then in the body
+        # over the full rings).
+        kinds = {True: first_global, False: first_swa}
+        slots = {g: cache.decode_slots(i, pos) for g, i in kinds.items() if i is not None}
+        counts = ({g: cache.decode_counts(i, pos) for g, i in kinds.items() if i is not None}
+                  if kern.device_kv_len(pos.device) else None)
+        swa_in_body = counts is not None or cache.rings_full(1)
         tri = self.gemm_configs if self.decode_gemms == "triton" else {}   # Triton GEMMs (gemm.py) by name
         u = fn["rms_norm"](h, layers[0].input_layernorm.weight, eps)        # (B, 1, H)
         for i, layer in enumerate(layers):
@@ -501,18 +575,20 @@ class ServingRuntime:
             # 2. Attention heads: RoPE, K/V written into this token's slot, attention over held keys.
             if blk.producer == i:                                           # RoPE'd q (B, 1, Hq, d_qk)
                 q = fn["rope_store"](q.view(B, 1, Hq, d_qk), k.view(B, 1, Hkv, d_qk), v.view(B, 1, Hkv, d_v),
-                                     cos, sin, cache.key_cache[i], cache.value_cache[i], pos if cfg.is_global(i) else ring_slot)
+                                     cos, sin, cache.key_cache[i], cache.value_cache[i], cache.rows,
+                                     slots[cfg.is_global(i)])
             else:
                 q = fn["rope"](q.view(B, 1, Hq, d_qk), cos, sin)
             # Attention (bandwidth-bound) on the side stream where there is one, overlapping the SSM branch
             # below (latency-bound small kernels); joined before the fusion. Graph capture keeps the fork.
             p = blk.producer
-            if cfg.is_global(p) and global_kv_len is None:
-                attn, side = (yield (i, p, q)), None                        # length grows: run outside graphs
-            elif cfg.is_global(p):                                          # whole buffer, device key count
-                attn, side = self._attention(q, cache.key_cache[p], cache.value_cache[p], blk.window, global_kv_len)
-            else:
-                L = cache.kv_len(p, cache.text_len + 1)                     # fixed once the ring is full
+            if counts is not None:                                          # whole buffer, device key counts
+                attn, side = self._attention(q, cache.key_cache[p], cache.value_cache[p], blk.window,
+                                             counts[cfg.is_global(p)])
+            elif cfg.is_global(p) or not swa_in_body:
+                attn, side = (yield (i, p, q)), None                        # counts change: outside graphs
+            else:                                                           # full rings: a fixed count
+                L = cache.slots(p)
                 attn, side = self._attention(q, cache.key_cache[p][:, :L], cache.value_cache[p][:, :L], blk.window)
             # 3. SSM heads: conv and scan at T = 1, states updated in place.
             xc = kern.conv_(x, pw.conv_w[i], blk.conv1d.bias, cache.conv_states[i])            # (B, 1, I)
@@ -545,55 +621,81 @@ class ServingRuntime:
 
     @torch.no_grad()
     def decode_eager(self, cache: HymbaServingCache, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, 1) for all cache rows -> logits (B, V); no graphs."""
+        """tokens (B, 1) for all cache rows, each row at its own position -> logits (B, V); no graphs."""
         if cache.text_len == 0:
             raise HymbaDeployError("decode before prefill: the cache is empty")
-        if cache.text_len >= cache.max_context:
-            raise HymbaDeployError(f"cache full: max_context {cache.max_context} tokens")
+        cache.check_room()
         body = self._decode_body(cache, tokens)
         try:
             request = next(body)
             while True:
                 layer, producer, q = request
-                request = body.send(self._global_attention(cache, layer, producer, q))
+                request = body.send(self._eager_attention(cache, layer, producer, q))
         except StopIteration as stop:
             logits = stop.value
-        cache.text_len += 1
+        cache.advance()
         return logits
 
     @torch.no_grad()
     def decode(self, cache: HymbaServingCache, tokens: torch.Tensor) -> torch.Tensor:
         """One step: the captured graph of this cache's bucket when possible, else eager."""
-        graph = self.graphs.get(cache.batch_size)
-        if graph is not None and self.caches.get(cache.batch_size) is cache and cache.ring_full(cache.text_len + 1):
-            if cache.text_len >= cache.max_context:
-                raise HymbaDeployError(f"cache full: max_context {cache.max_context} tokens")
-            return graph.replay(self, cache, tokens)
+        if self._graph_usable(cache):
+            cache.check_room()
+            return self.graphs[cache.batch_size].replay(self, cache, tokens)
         return self.decode_eager(cache, tokens)
 
+    @staticmethod
+    def _lengths(input_ids: torch.Tensor, lengths) -> list[int]:
+        """The contract's per-row text lengths of right-padded prompts (b, T) (None: T for every row)."""
+        b, T = input_ids.shape
+        if lengths is None:
+            return [T] * b
+        lengths = [int(n) for n in (lengths.tolist() if isinstance(lengths, torch.Tensor) else lengths)]
+        if len(lengths) != b:
+            raise HymbaDeployError(f"lengths: {len(lengths)} values for {b} prompts")
+        bad = [n for n in lengths if not 1 <= n <= T]
+        if bad:
+            raise HymbaDeployError(f"lengths: {bad} outside 1..{T} (the padded prompt length)")
+        return lengths
+
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int,
-                 sampling: SamplingParams = SamplingParams()) -> torch.Tensor:
-        """Equal-length prompts (b, n) -> (b, n + max_new_tokens), greedy or sampled."""
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, sampling: SamplingParams = SamplingParams(),
+                 lengths: torch.Tensor | Sequence[int] | None = None) -> torch.Tensor:
+        """Right-padded prompts (b, T) with `lengths` (b,) text tokens per row (None: all T; the contract's
+        convention) -> (b, T + max_new_tokens): the padded prompts, then each row's new tokens, greedy or
+        sampled. Each row generates what its prompt generates alone: rows of equal length are prefilled
+        together, each other run of rows on its own, and decode steps run every row at its own position."""
         sampling.validate()
-        b, n = input_ids.shape
+        b, T = input_ids.shape
+        lengths = self._lengths(input_ids, lengths)
         if max_new_tokens < 0:
             raise HymbaDeployError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
-        if n + max_new_tokens - 1 > self.config.max_context:
-            raise HymbaDeployError(f"{n} + {max_new_tokens} tokens exceed max_context {self.config.max_context}")
+        if max(lengths) + max_new_tokens - 1 > self.config.max_context:
+            raise HymbaDeployError(f"{max(lengths)} + {max_new_tokens} tokens exceed max_context "
+                                   f"{self.config.max_context}")
         if max_new_tokens == 0:
             return input_ids
         bucket = select_bucket(b, self.config.buckets)
         cache = self.cache(bucket)
-        if self.graphs_possible(cache) and n + max_new_tokens - 1 >= cache.ring:
+        steps = max_new_tokens - 1
+        if self.graphs_possible(cache) and steps and (self.device_counts() or min(lengths) + steps >= cache.ring):
             self.capture(bucket)
         input_ids = input_ids.to(self.device)
         generator = None if sampling.greedy else make_generator(sampling, self.device)
-        logits = self.prefill(input_ids, cache)
-        token = sample(logits, sampling, generator)                         # (b, 1)
+        cache.reset()
+        logits, j = [], 0
+        while j < b:                                                        # runs of rows of one length
+            k = j + 1
+            while k < b and lengths[k] == lengths[j]:
+                k += 1
+            logits.append(self.prefill(input_ids[j:k, :lengths[j]], cache, rows=range(j, k)))
+            j = k
+        if bucket > b:
+            cache.set_rows(range(b, bucket), max(lengths))                  # padding rows: results dropped
+        token = sample(torch.cat(logits), sampling, generator)              # (b, 1)
         out = [input_ids, token]
         pad = torch.zeros(bucket - b, 1, dtype=torch.int64, device=self.device)
-        for _ in range(max_new_tokens - 1):
+        for _ in range(steps):
             logits = self.decode(cache, torch.cat([token, pad]) if bucket > b else token)
             token = sample(logits[:b], sampling, generator)
             out.append(token)

@@ -9,6 +9,10 @@
   past the 1024 window).
 - bf16 logits, teacher-forced on the fp32 reference's tokens: the runtime's error against the fp32 reference
   within the rule's bound of the reference backend's own bf16 error.
+- Ragged batches (issue 14), fp32: prompts of 1, below the window, past window + meta and the longest in one
+  batch give per row exactly the tokens of that prompt alone through the same runtime, graph-replayed and
+  eager, and logits (teacher-forced) within the fp32 model tolerance of the prompt alone's; a row replaced by a
+  new prompt between graph-replayed steps decodes as that prompt alone, the others unchanged, no new capture.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from hymba_deploy.checkpoint import random_model
 from hymba_deploy.contract import SOFTPLUS_THRESHOLD
 from hymba_deploy.kernels import REFERENCE
 from hymba_deploy.ops import causal_conv1d_ref, selective_scan_ref, windowed_attention_ref
-from hymba_deploy.parity.tolerances import kernel_bound, rel_err
+from hymba_deploy.parity.tolerances import MODEL_TOLERANCES, kernel_bound, rel_err
 
 from .common import check, generator, ground_truth, seed_of
 
@@ -271,6 +275,115 @@ def test_bf16_logits_within_the_reference_backends_own_error(cuda, record, spec,
     record(dict(op="bf16_logits", case=spec, dtype="bfloat16", seed=seed, batch=batch, prompt=prompt, steps=new,
                 reference_bf16_vs_fp32=own, bound=bound, runtime=errs, passed=passed))
     assert passed, f"{errs} > bound {bound:.3e} (reference backend's own bf16 error {own:.3e}) [seed {seed}]"
+
+
+# ---------------------------------------------------------------------------------------------- ragged batches
+
+def _padded(model, lengths, seed):
+    """Right-padded prompts (b, max(lengths)) on the GPU (padding: token 0)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(len(lengths), max(lengths), dtype=torch.int64)
+    for b, n in enumerate(lengths):
+        ids[b, :n] = torch.randint(3, model.config.vocab_size, (n,), generator=g)
+    return ids.cuda()
+
+
+def _forced(runtime, cache, first_logits, tokens, rows):
+    """Logits of a prefill's first token and of decode steps fed `tokens` (rows, steps) -> list of (rows, V)."""
+    out = [first_logits.float()]
+    pad = torch.zeros(cache.batch_size - rows, 1, dtype=torch.int64, device="cuda")
+    for t in range(tokens.shape[1]):
+        out.append(runtime.decode(cache, torch.cat([tokens[:, t:t + 1], pad]))[:rows].float().clone())
+    return out
+
+
+# (spec, lengths: 1, below the window, past window + meta, the longest; in mixed order, new tokens)
+RAGGED = [("tiny", [30, 1, 40, 10], 48), ("hymba-1.5b", [1, 700, 1300, 1200], 24)]
+
+
+@pytest.mark.parametrize("spec,lengths,new", RAGGED, ids=[r[0] for r in RAGGED])
+def test_ragged_batch_gives_each_row_its_prompt_alone(cuda, record, spec, lengths, new):
+    """fp32, cuda kernels: `generate(ids, new, lengths=...)` of the ragged batch equals, per row, that prompt's
+    `generate` alone (batch of one) through the same runtime, with the decode step graph-replayed and eager; the
+    batch's logits, teacher-forced on its own tokens, within the fp32 model tolerance of the prompt alone's."""
+    from hymba_deploy.serving import ServingConfig, ServingRuntime
+
+    seed = seed_of("ragged", spec)
+    model = _model(spec, seed).use_kernels(backend.kernel_backend("cuda"))
+    ids, B, T = _padded(model, lengths, seed), len(lengths), max(lengths)
+    bound = MODEL_TOLERANCES["float32"]["rel_l2"]
+    report, passed = {}, True
+    for mode, kw in (("graphs", {}), ("eager", dict(use_graphs=False))):
+        rt = ServingRuntime(model, ServingConfig(max_context=T + new, buckets=(1, B), **kw))
+        out = rt.generate(ids, new, lengths=torch.tensor(lengths))
+        assert out.shape == (B, T + new) and torch.equal(out[:, :T], ids)
+        alone = [rt.generate(ids[b:b + 1, :n], new)[0, n:] for b, n in enumerate(lengths)]
+        first_diff = [_first_diff(out[b:b + 1, T:], a[None], 0) for b, a in enumerate(alone)]
+        cache = rt.cache(B)
+        cache.reset()
+        first = torch.cat([rt.prefill(ids[b:b + 1, :n], cache, rows=[b]) for b, n in enumerate(lengths)])
+        batch = _forced(rt, cache, first, out[:, T:T + new - 1], B)
+        errs = []
+        for b, n in enumerate(lengths):
+            one = rt.cache(1)
+            lone = _forced(rt, one, rt.prefill(ids[b:b + 1, :n], one), out[b:b + 1, T:T + new - 1], 1)
+            errs.append(max(rel_err(x[b:b + 1], y) for x, y in zip(batch, lone)))
+        graphs = {k: len(g.graphs) for k, g in rt.graphs.items()}
+        report[mode] = dict(first_diff=first_diff, max_logits_rel_err=errs, graph_segments=graphs,
+                            replays={k: g.replays for k, g in rt.graphs.items()})
+        passed &= all(d is None for d in first_diff) and max(errs) <= bound
+        if mode == "graphs":
+            passed &= graphs == {1: 1, B: 1} and rt.graphs[B].replays >= 2 * (new - 1)
+        rt.release()
+    record(dict(op="ragged_batch", case=spec, dtype="float32", seed=seed, lengths=lengths, new_tokens=new,
+                window=model.config.sliding_window, meta=model.config.num_memory_tokens, bound=bound, **report,
+                passed=passed))
+    assert passed, f"{report} (bound {bound:.1e}) [seed {seed}]"
+
+
+REPLACE = [("tiny", [12, 30, 5, 20], 25, 9, 30), ("hymba-1.5b", [100, 1200, 5, 600], 1100, 8, 16)]
+
+
+@pytest.mark.parametrize("spec,lengths,new_prompt,before,after", REPLACE, ids=[r[0] for r in REPLACE])
+def test_row_replaced_between_graph_replays_decodes_as_its_prompt_alone(cuda, record, spec, lengths, new_prompt,
+                                                                        before, after):
+    """fp32, cuda kernels, one captured decode graph: a ragged batch decodes `before` steps, row 2 is re-started with
+    a new prompt (`prefill(..., rows=[2])`), `after` more steps: row 2's tokens from there are the new prompt's
+    alone, the other rows' those of their prompts alone, every step a replay of the one graph (no capture)."""
+    from hymba_deploy.serving import ServingConfig, ServingRuntime
+
+    seed = seed_of("replace", spec)
+    model = _model(spec, seed).use_kernels(backend.kernel_backend("cuda"))
+    ids, B = _padded(model, lengths, seed), len(lengths)
+    fresh = _padded(model, [new_prompt], seed + 1)
+    rt = ServingRuntime(model, ServingConfig(max_context=max(max(lengths) + before + after, new_prompt + after) + 1,
+                                             buckets=(1, B)))
+    alone = [rt.generate(ids[b:b + 1, :n], 1 + before + after)[0, n:] for b, n in enumerate(lengths)]
+    fresh_alone = rt.generate(fresh, 1 + after)[0, new_prompt:]
+    graph = rt.capture(B)
+    captures = rt.captures
+    cache = rt.cache(B)
+    cache.reset()
+    logits = torch.cat([rt.prefill(ids[b:b + 1, :n], cache, rows=[b]) for b, n in enumerate(lengths)])
+    tokens = [logits.argmax(-1, keepdim=True)]
+    for _ in range(before):
+        tokens.append(rt.decode(cache, tokens[-1]).argmax(-1, keepdim=True))
+    first = rt.prefill(fresh, cache, rows=[2])                              # row 2 finished: a new prompt
+    tokens[-1] = tokens[-1].clone()
+    tokens[-1][2] = first.argmax(-1)
+    mark = len(tokens) - 1
+    for _ in range(after):
+        tokens.append(rt.decode(cache, tokens[-1]).argmax(-1, keepdim=True))
+    got = torch.cat(tokens, 1)
+    diffs = {b: _first_diff(got[b:b + 1], alone[b][None], 0) for b in (0, 1, 3)}
+    diffs[2] = _first_diff(got[2:3, mark:], fresh_alone[None], 0)
+    diffs["2_before"] = _first_diff(got[2:3, :mark], alone[2][None, :mark], 0)
+    passed = (all(d is None for d in diffs.values()) and rt.captures == captures
+              and graph.replays == before + after and len(graph.graphs) == 1)
+    record(dict(op="ragged_replace_row", case=spec, dtype="float32", seed=seed, lengths=lengths,
+                new_prompt=new_prompt, steps_before=before, steps_after=after, first_diff=diffs,
+                captures=rt.captures, replays=graph.replays, passed=passed))
+    assert passed, f"{diffs}, captures {rt.captures} (was {captures}), replays {graph.replays} [seed {seed}]"
 
 
 def test_forced_decode_attention_sets_the_extensions_kernel_choice(ext):
