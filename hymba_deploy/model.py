@@ -127,7 +127,7 @@ class HymbaBlock(nn.Module):
             shared_kv[self.layer_idx] = (k, v, kv_lengths)
         k, v, kv_lengths = shared_kv[self.producer]
         attn = self.kernels.windowed_attention(q, k, v, self.window, cfg.num_memory_tokens, d_qk ** -0.5,
-                                               kv_lengths=kv_lengths)
+                                               kv_lengths)
         attn = attn.reshape(B_, T, Hq * d_v)                                # (B, T, I)
 
         # 3. SSM heads. 3a: causal depthwise conv + SiLU, carrying the conv state.
