@@ -254,7 +254,7 @@ def test_check_compares_the_serving_runtime_and_localises_its_failure(onnx_dir, 
                 with torch.no_grad():
                     served.model.layers[2].mamba.out_proj.weight.mul_(1.5)
             runtime = ServingRuntime(served, ServingConfig(max_context=plan.max_prompt_len + steps,
-                                                           buckets=(batch_size,), eviction=plan.eviction))
+                                                           buckets=(batch_size, 4), eviction=plan.eviction))
             return check_mod._Candidate({"status": "pending", "detail": "reference kernels on CPU"},
                                         {g: (lambda cap, g=g: ServingRunner(runtime, g, plan.logits_to_keep))
                                          for g in plan.needed})
@@ -263,9 +263,10 @@ def test_check_compares_the_serving_runtime_and_localises_its_failure(onnx_dir, 
     monkeypatch.setattr(check_mod, "_serving_cuda", stand_in(False))
     report = check("tiny", onnx_dir, prompts=1, steps=2, runtimes=("cuda",))
     cuda = report["runtimes"]["cuda"]
-    assert report["ok"] and cuda["status"] == "passed" and cuda["compared"] == 3 * 27 and cuda["failed"] == 0
-    # The serving runner takes no per-row lengths: its ragged case is "not run", with the reason.
-    assert cuda["ragged"] == "not run: its prefill and decode graph takes no per-row lengths"
+    # 27 outputs compared at the prefill and 2 decode steps: the uniform prompt, then each of the 4 ragged rows
+    # against its prompt alone (the serving runner takes per-row lengths and positions)
+    assert report["ok"] and cuda["status"] == "passed" and cuda["compared"] == (1 + 4) * 3 * 27 and cuda["failed"] == 0
+    assert cuda["ragged"].startswith("compared: rows of"), cuda["ragged"]
     monkeypatch.setattr(check_mod, "_serving_cuda", stand_in(True))
     report = check("tiny", onnx_dir, prompts=1, steps=2, runtimes=("cuda",))
     cuda = report["runtimes"]["cuda"]

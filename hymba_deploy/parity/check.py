@@ -262,7 +262,8 @@ def _serving_cuda(plan: _Plan, model, seed: int, batch_size: int, steps: int) ->
             served = load_on_cuda(model, dtype=plan.onnx_dtype, seed=seed, kernels=kernels)
         else:
             served = copy.deepcopy(plan.reference_model).to("cuda", parse_dtype(plan.onnx_dtype)).use_kernels(kernels)
-        runtime = ServingRuntime(served, ServingConfig(max_context=plan.max_prompt_len + steps, buckets=(batch_size,),
+        buckets = {batch_size, len(_ragged_lengths(plan, steps)) or batch_size}    # the ragged batch's too
+        runtime = ServingRuntime(served, ServingConfig(max_context=plan.max_prompt_len + steps, buckets=tuple(buckets),
                                                        eviction=plan.eviction))
     except HymbaDeployError as e:
         return _Candidate({"status": "error", "reason": str(e)})

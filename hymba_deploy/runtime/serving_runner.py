@@ -3,8 +3,13 @@ names and semantics as `TorchRunner` and the ONNX/engine runners, so `check` can
 it. On a GPU with the cuda kernels it is the `cuda` runtime of `hymba-deploy check --runtime cuda`; with the
 reference kernels it runs anywhere (the CPU tests).
 
-    prefill  input_ids (B, n) -> logits (B, n, V) (or (B, 1, V): `logits_to_keep=1`), present.*
-    decode   input_ids (B, 1) + past.* -> logits (B, 1, V), present.*
+    prefill  input_ids (B, n) right-padded, lengths (B,) -> logits (B, n, V) (or (B, 1, V): `logits_to_keep=1`,
+             each row's last real token), present.*
+    decode   input_ids (B, 1), positions (B,), past.* -> logits (B, 1, V), present.*
+
+Rows of different lengths (ISSUE14_CONTRACT): a prefill runs each run of equal-length rows on its own
+(`ServingRuntime.prefill(rows=...)`), a decode step every row at its own position; present.* hold row b's
+valid entries first (`HymbaServingCache.named_states`), past.* are read that way (`load_named_states`).
 
 The runtime keeps its state in a preallocated `HymbaServingCache`; each call loads the fed `past.*` into it
 (`load_named_states`) and returns its contents as the reference cache's named tensors (`named_states`), so
@@ -21,7 +26,7 @@ import time
 import numpy as np
 import torch
 
-from ..contract import GRAPHS
+from ..contract import GRAPH_INPUTS, GRAPHS, LENGTHS_INPUT, POSITIONS_INPUT
 from ..errors import HymbaDeployError
 from .base import Runner
 from .torch_runner import to_numpy
@@ -44,7 +49,7 @@ class ServingRunner(Runner):
         self.position_key = f"past.{position_layer(config)}.key" if graph == "decode" else None
 
     def input_names(self) -> list[str]:
-        return ["input_ids"] + (self.past_names if self.graph == "decode" else [])
+        return list(GRAPH_INPUTS[self.graph]) + (self.past_names if self.graph == "decode" else [])
 
     def activate_impl(self):
         """Decode: capture each bucket's CUDA graph now, before any state is loaded (a capture clobbers its
@@ -57,6 +62,22 @@ class ServingRunner(Runner):
     def _cache(self, rows: int):
         from ..serving import select_bucket
         return self.runtime.cache(select_bucket(rows, self.runtime.config.buckets))
+
+    def _prefill(self, ids: torch.Tensor, lengths: list[int], cache) -> torch.Tensor:
+        """Right-padded prompts: each run of equal-length rows prefilled into its own rows -> each row's last
+        real token's logits (b, V), or (`logits_to_keep` != 1) all positions' (b, n, V), zeros at padding."""
+        rt, (b, T), all_logits = self.runtime, ids.shape, self.logits_to_keep != 1
+        cache.reset()
+        logits, j = [], 0
+        while j < b:
+            k = j + 1
+            while k < b and lengths[k] == lengths[j]:
+                k += 1
+            part = rt.prefill(ids[j:k, :lengths[j]], cache, all_logits=all_logits, rows=range(j, k))
+            logits.append(torch.nn.functional.pad(part, (0, 0, 0, T - lengths[j])) if all_logits else part)
+            j = k
+        cache.set_rows(range(b, cache.batch_size), max(lengths))            # padding rows: results dropped
+        return torch.cat(logits)
 
     def infer_impl(self, feed_dict):
         rt = self.runtime
@@ -73,10 +94,14 @@ class ServingRunner(Runner):
             torch.cuda.synchronize(rt.device)
         t0 = time.perf_counter()
         if self.graph == "prefill":
-            logits = rt.prefill(ids, cache, all_logits=self.logits_to_keep != 1)        # (b, n, V) or (b, V)
+            lengths = feed_dict.get(LENGTHS_INPUT)
+            lengths = [ids.shape[1]] * rows if lengths is None else [int(n) for n in tensor(lengths).tolist()]
+            logits = self._prefill(ids, lengths, cache)                                  # (b, n, V) or (b, V)
         else:
             states = {n: tensor(feed_dict[n]) for n in self.past_names}
-            cache.load_named_states(states, seen_tokens=states[self.position_key].shape[1])
+            positions = feed_dict.get(POSITIONS_INPUT)
+            cache.load_named_states(states, seen_tokens=states[self.position_key].shape[1] if positions is None
+                                    else tensor(positions).tolist())
             pad = torch.zeros(cache.batch_size - rows, 1, dtype=ids.dtype, device=rt.device)
             logits = rt.decode(cache, torch.cat([ids, pad]))[:rows]                      # (b, V)
         if logits.dim() == 2:
