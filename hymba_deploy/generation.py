@@ -111,20 +111,23 @@ class ReferenceBackend:
         return out[:, ids.shape[1]:].tolist()
 
 
-class CudaBackend:
-    """The serving runtime on the cuda kernels: `ServingRuntime.generate(input_ids, max_new_tokens, sampling,
-    lengths=...)` (greedy), one bucket of the batch's size."""
+class ServingBackend:
+    """The serving runtime around `model` (on the cuda kernels: the `cuda` backend): `ServingRuntime.generate(
+    input_ids, max_new_tokens, sampling, lengths=...)` (greedy), one bucket of the batch's size."""
 
-    def __init__(self, spec: str, dtype, seed: int, eviction: str):
+    def __init__(self, model, eviction: str):
+        self.model, self.eviction = model, eviction
+
+    @classmethod
+    def on_cuda(cls, spec: str, dtype, seed: int, eviction: str) -> "ServingBackend":
+        """MODEL on the GPU with the cuda kernels; NotRun without a CUDA device."""
         if not torch.cuda.is_available():
             raise NotRun("no CUDA device")
         from .cuda import load_model as load_on_cuda
-        self.spec, self.dtype, self.seed, self.eviction = spec, dtype, seed, eviction
-        self.model = load_on_cuda(spec, dtype=dtype, seed=seed)
+        return cls(load_on_cuda(spec, dtype=dtype, seed=seed), eviction)
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
-        from .serving import ServingConfig, ServingRuntime
-        from .serving.runtime import SamplingParams
+        from .serving import SamplingParams, ServingConfig, ServingRuntime
         ids, lengths = pad_prompts(prompts)
         runtime = ServingRuntime(self.model, ServingConfig(max_context=ids.shape[1] + max_new_tokens,
                                                            buckets=(len(prompts),), eviction=self.eviction))
@@ -282,7 +285,7 @@ def generate(spec: str, ids: list[list[int]] | None = None, prompts: list[str] |
             notes.append("onnxruntime CUDA provider with TF32 off (use_tf32=0) for fp32 parity with the CPU")
         new = _run_graphs(gen, ids, max_new_tokens)
     elif backend == "cuda":
-        new = CudaBackend(spec, dtype, seed, eviction or "upstream").generate(ids, max_new_tokens)
+        new = ServingBackend.on_cuda(spec, dtype, seed, eviction or "upstream").generate(ids, max_new_tokens)
     else:
         model = load_model(spec, dtype=dtype, seed=seed, device=_torch_device(device))
         new = ReferenceBackend(model, eviction or "upstream").generate(ids, max_new_tokens)
