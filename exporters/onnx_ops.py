@@ -3,9 +3,10 @@ function bodies in standard ONNX (so stock ONNX Runtime runs the graph without a
 
 The node interface is the one the TensorRT plugins implement (`exporters/README.md`). The bodies
 compute in fp32 and cast back, like the reference ops: `SelectiveScan` is a `Scan` over time,
-`CausalConv1d` a gather of the K taps, `WindowedAttention` a masked softmax with grouped K/V. A
-function body reads only the attributes the computation needs; `layout_version`, `plugin_version` and
-`plugin_namespace` are declared by the schema and ignored by the body.
+`CausalConv1d` a gather of the K taps, `WindowedAttention` a masked softmax with grouped K/V and
+per-row key counts (`kv_lengths`, op version 2). A function body reads only the attributes the
+computation needs; `layout_version`, `plugin_version` and `plugin_namespace` are declared by the schema
+and ignored by the body.
 """
 
 from __future__ import annotations
@@ -121,13 +122,14 @@ CausalConv1d <activation> (x, weight, bias, conv_state) => (y, new_conv_state)
 """
 
 _WINDOWED_ATTENTION = """
-WindowedAttention <window, num_meta, scale> (q, k, v) => (output)
+WindowedAttention <window, num_meta, scale> (q, k, v, kv_lengths) => (output)
 {
     zero = Constant <value_int = 0> ()
     one = Constant <value_int = 1> ()
     ax0 = Constant <value_ints = [0]> ()
     ax1 = Constant <value_ints = [1]> ()
     ax2 = Constant <value_ints = [2]> ()
+    ax12 = Constant <value_ints = [1, 2]> ()
     ninf = Constant <value_float = -inf> ()
     qf = Cast <to = 1> (q)
     kf = Cast <to = 1> (k)
@@ -149,24 +151,29 @@ WindowedAttention <window, num_meta, scale> (q, k, v) => (output)
     raw = MatMul (qg, kg)
     sc = Constant <value_float: float = @scale> ()
     scores = Mul (raw, sc)
-    # mask: kv <= q and (window <= 0 or q - kv <= window or kv < num_meta)       (Tq, Tk)
+    # per row b: query i sits at key index kv_lengths[b] - Tq + i                (B, Tq)
     TkS = Squeeze (Tk, ax0)
     TqS = Squeeze (Tq, ax0)
-    q0 = Sub (TkS, TqS)
-    qi = Range (q0, TkS, one)
+    lens = Cast <to = 7> (kv_lengths)
+    first = Sub (lens, Tq)
+    first2 = Unsqueeze (first, ax1)
+    ii = Range (zero, TqS, one)
+    qi = Add (first2, ii)
+    # mask: kv <= q and (window <= 0 or q - kv <= window or kv < num_meta)       (B, Tq, Tk)
+    # (kv <= q < kv_lengths[b]: the keys after a row's valid ones are never seen)
     kvi = Range (zero, TkS, one)
-    q2 = Unsqueeze (qi, ax1)
-    kv2 = Unsqueeze (kvi, ax0)
-    causal = LessOrEqual (kv2, q2)
-    dist = Sub (q2, kv2)
+    q3 = Unsqueeze (qi, ax2)
+    causal = LessOrEqual (kvi, q3)
+    dist = Sub (q3, kvi)
     win = Constant <value_int: int = @window> ()
     meta = Constant <value_int: int = @num_meta> ()
     in_window = LessOrEqual (dist, win)
-    is_meta = Less (kv2, meta)
+    is_meta = Less (kvi, meta)
     is_global = LessOrEqual (win, zero)
     visible = Or (in_window, is_meta)
     visible2 = Or (visible, is_global)
-    allowed = And (causal, visible2)
+    allowed3 = And (causal, visible2)
+    allowed = Unsqueeze (allowed3, ax12)
     masked = Where (allowed, scores, ninf)
     probs = Softmax <axis = -1> (masked)
     vt = Transpose <perm = [0, 2, 1, 3]> (vf)
@@ -283,7 +290,7 @@ def schemas() -> list[onnx.defs.OpSchema]:
                 [("T", _FLOATS, "model float type")], _infer_causal_conv1d),
         _schema("WindowedAttention", "GQA sliding-window attention with meta tokens "
                 "(hymba_deploy/ops/windowed_attention.py).",
-                [("q", "T"), ("k", "T"), ("v", "T")], [("output", "T")],
+                [("q", "T"), ("k", "T"), ("v", "T"), ("kv_lengths", "tensor(int32)")], [("output", "T")],
                 [("T", _FLOATS, "model float type")], _infer_windowed_attention),
     ]
 

@@ -9,6 +9,7 @@ has no state yet), typed attributes (the plugin's fields, `layout_version` inclu
 from __future__ import annotations
 
 import torch
+from onnx import TensorProto
 from onnxscript import FLOAT
 from onnxscript import opset18 as op
 from onnxscript.values import Opset
@@ -59,9 +60,14 @@ def causal_conv1d(x, weight, bias=None, conv_state=None, activation: str | None 
     return y, new_state
 
 
-def windowed_attention(q, k, v, window: int, num_meta: int, scale: float):
+def windowed_attention(q, k, v, window: int, num_meta: int, scale: float, kv_lengths=None):
+    """`kv_lengths` (B,): the valid keys per row; None (the model's uniform calls) = Tk for every row."""
+    if kv_lengths is None:
+        kv_lengths = op.Expand(op.Cast(op.Shape(k, start=1, end=2), to=TensorProto.INT32), op.Shape(q, start=0, end=1))
+    else:
+        kv_lengths = op.Cast(kv_lengths, to=TensorProto.INT32)
     return hymba.WindowedAttention(
-        q, k, v, window=int(window), num_meta=int(num_meta), scale=float(scale),
+        q, k, v, kv_lengths, window=int(window), num_meta=int(num_meta), scale=float(scale),
         layout_version=LAYOUT_VERSION, plugin_version=PLUGIN_VERSION, plugin_namespace=PLUGIN_NAMESPACE)
 
 

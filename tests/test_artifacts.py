@@ -229,3 +229,30 @@ def test_the_projects_library_is_used_when_its_sha256_matches(engines, tmp_path,
     monkeypatch.setattr(backends, "current_compute_capability", lambda: (8, 0))
     assert "holds no library with that sha256: pass --plugins PATH" in engine_unavailable(engines / "decode.engine")
     assert engine_unavailable(engines / "decode.engine", plugin_library()) is None
+
+
+# ---- op versions: an engine built from version-1 graphs is refused --------------------------------------
+
+def _synthetic_engine(folder: Path, **sidecar) -> Path:
+    """An engine file and a structurally valid sidecar recording its size and sha256 (no TensorRT needed)."""
+    engine = folder / "decode.engine"
+    engine.write_bytes(b"not a real engine, only its bytes are checked here")
+    data = {"graph": "decode", "backend": "tensorrt-rtx", "backend_version": "1.7", "target": "sm80",
+            "engine_bytes": engine.stat().st_size, "engine_sha256": sha256_file(engine),
+            "io": {"inputs": [], "outputs": []}, "profiles": [{"axes": {"batch": [1, 1, 4]}}], "layers": [],
+            "plugin_layers": [], **sidecar}
+    (folder / "decode.engine.json").write_text(json.dumps(data))
+    return engine
+
+
+def test_engine_of_another_op_version_is_refused_with_rebuild(tmp_path):
+    from hymba_deploy.contract import OP_VERSION
+    engine = _synthetic_engine(tmp_path, op_version=OP_VERSION)
+    assert artifact.read_engine(engine)["op_version"] == OP_VERSION
+    for sidecar in ({}, {"op_version": 1}):                       # before version 2 sidecars did not record it
+        engine = _synthetic_engine(tmp_path, **sidecar)
+        with pytest.raises(HymbaDeployError, match=rf"{engine}: built from graphs of hymba op version 1 .*"
+                                                   r"re-export .*rebuild the engine"):
+            artifact.read_engine(engine)
+        result = _inspect(engine)
+        assert result.exit_code == 1 and "op version 1" in result.output and "rebuild" in result.output

@@ -25,7 +25,8 @@ from polygraphy.comparator import Comparator, IterationResult, RunResults, Simpl
 
 from hymba_deploy import cli  # noqa: E402
 from hymba_deploy.exporters import onnx_export, strip_function_bodies  # noqa: E402
-from hymba_deploy.contract import ATTRIBUTES, DOMAIN, LAYOUT_VERSION, OP_TYPES, PLUGIN_ATTRIBUTES  # noqa: E402
+from hymba_deploy.contract import (ATTRIBUTES, DOMAIN, GRAPH_INPUTS, LAYOUT_VERSION, OP_TYPES, OP_VERSION,  # noqa: E402
+                                   PLUGIN_ATTRIBUTES, PLUGIN_VERSION)
 from hymba_deploy.exporters.onnx_ops import register_schemas  # noqa: E402
 from hymba_deploy import HymbaDeployError, load_model  # noqa: E402
 from hymba_deploy.cache import HybridMambaAttentionDynamicCache as Cache  # noqa: E402
@@ -139,6 +140,43 @@ def _parity_run(out_dir: Path, spec: str, dtype: str, batch: int, prompt_len: in
         _compare(joined(expected_steps), joined(got_steps), dtype, f"{steps} decode steps B={batch} T={prompt_len}")
 
 
+# ---- the WindowedAttention node (op version 2) -------------------------------------------------
+
+def test_windowed_attention_node_sees_each_rows_keys_only():
+    """The function body of one `hymba::WindowedAttention` node in ONNX Runtime, rows with different
+    kv_lengths (all keys, fewer, exactly Tq): each row equals the reference op on that row's valid keys
+    alone (query i at key index kv_lengths[b] - Tq + i), whatever the keys after them hold."""
+    from onnx import TensorProto, helper
+
+    from hymba_deploy.contract import OP_VERSION
+    from hymba_deploy.exporters.onnx_ops import function_protos
+    from hymba_deploy.ops.windowed_attention import windowed_attention_ref
+    B, Tq, Tk, Hq, Hkv, D, Dv, window, meta, scale = 3, 4, 11, 4, 2, 8, 6, 3, 2, 0.3
+    F = TensorProto.FLOAT
+    node = helper.make_node("WindowedAttention", ["q", "k", "v", "kv_lengths"], ["o"], domain=DOMAIN,
+                            window=window, num_meta=meta, scale=scale)
+    graph = helper.make_graph([node], "wa", [
+        helper.make_tensor_value_info("q", F, ["b", "tq", Hq, D]), helper.make_tensor_value_info("k", F, ["b", "tk", Hkv, D]),
+        helper.make_tensor_value_info("v", F, ["b", "tk", Hkv, Dv]),
+        helper.make_tensor_value_info("kv_lengths", TensorProto.INT32, ["b"])],
+        [helper.make_tensor_value_info("o", F, ["b", "tq", Hq, Dv])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(DOMAIN, OP_VERSION)],
+                              ir_version=10)
+    model.functions.extend(function_protos(18))
+    register_schemas()
+    onnx.checker.check_model(model, full_check=True)
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(shape).astype(np.float32) for shape in ((B, Tq, Hq, D), (B, Tk, Hkv, D), (B, Tk, Hkv, Dv)))
+    kv_lengths = np.array([Tk, 7, Tq], dtype=np.int32)
+    k[1, 7:] = v[1, 7:] = 1e4                                      # row 1's keys after its 7: never seen
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"q": q, "k": k, "v": v, "kv_lengths": kv_lengths})[0]
+    for b, n in enumerate(kv_lengths):
+        alone = windowed_attention_ref(*(torch.from_numpy(x[b:b + 1, :m]) for x, m in ((q, Tq), (k, n), (v, n))),
+                                       window, meta, scale).numpy()
+        assert np.abs(out[b:b + 1] - alone).max() < 1e-5, b
+
+
 # ---- structure ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("graph", ["prefill", "decode"])
@@ -158,9 +196,9 @@ def test_one_hymba_node_per_op_per_layer(tiny_fp32, graph):
             continue
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         assert set(attrs) == set(ATTRIBUTES[node.op_type]) | set(PLUGIN_ATTRIBUTES), node.name  # no `_outputs`
-        assert attrs["plugin_version"] == b"1" and attrs["plugin_namespace"] == b"hymba"
+        assert attrs["plugin_version"] == PLUGIN_VERSION.encode() == b"2" and attrs["plugin_namespace"] == b"hymba"
         assert attrs["layout_version"] == LAYOUT_VERSION            # a field every plugin declares
-        assert len(node.input) == {"SelectiveScan": 9, "CausalConv1d": 4, "WindowedAttention": 3}[node.op_type]
+        assert len(node.input) == {"SelectiveScan": 9, "CausalConv1d": 4, "WindowedAttention": 4}[node.op_type]
         assert all(node.input), f"{node.name}: every plugin input is required"
         if node.op_type == "WindowedAttention":
             assert attrs["num_meta"] == cfg.num_memory_tokens

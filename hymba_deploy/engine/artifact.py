@@ -3,7 +3,8 @@ anything reads them, and never a source of code to run.
 
 * `engine_files(folder)`: the engines of a build folder; a missing folder or one without engines is an error.
 * `read_engine(path)`: the sidecar of an engine, after checking the engine is one `hymba-deploy build`
-  wrote and is whole (its size and sha256 against the sidecar's record). Every problem is a
+  wrote, of this package's op version (`contract.OP_VERSION`, recorded as `op_version`), and whole (its
+  size and sha256 against the sidecar's record). Every problem is a
   `HymbaDeployError` naming the file and what is wrong.
 * `plugin_library(sidecar, user_library)`: the plugin library an engine may load. Never the path its
   sidecar names: only the library the user names (`--plugins`) or the project's own build
@@ -16,6 +17,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..contract import OP_VERSION
 from ..errors import HymbaDeployError
 from ..fileio import sha256_file
 from . import plugins
@@ -79,6 +81,11 @@ def read_sidecar(engine) -> dict:
     if wrong:
         raise HymbaDeployError(f"{path}: not an engine sidecar of `hymba-deploy build`: missing or wrong "
                                f"{', '.join(wrong)}")
+    version = data.get("op_version", 1)                      # sidecars before op version 2 do not record it
+    if version != OP_VERSION:
+        raise HymbaDeployError(f"{engine}: built from graphs of hymba op version {version} ({path.name}); this "
+                               f"hymba-deploy runs op version {OP_VERSION} (per-row lengths/positions): re-export "
+                               f"the model with `hymba-deploy export` and rebuild the engine with `hymba-deploy build`")
     return data
 
 

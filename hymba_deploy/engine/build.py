@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import HymbaDeployError
-from ..contract import GRAPHS, graph_file
+from ..contract import GRAPHS, OP_VERSION, graph_file
 from ..fileio import atomic_write_bytes, atomic_write_text
 from . import onnx_inputs, plugins
 from .artifact import ENGINE_SUFFIX, SIDECAR_SUFFIX
@@ -171,6 +171,7 @@ def build(src, out_dir, backend: str = "tensorrt-rtx", target: str = "sm80", plu
             "io": io,
             "layers": layers,
             "plugin_layers": [layer for layer in layers if "plugin" in layer["type"]],
+            "op_version": OP_VERSION,
             "hymba_nodes": {n["op_type"]: sum(1 for m in nodes[g] if m["op_type"] == n["op_type"]) for n in nodes[g]},
             "plugin_library": lib_info or None,
             "source_onnx": {"path": str(path.resolve()), "sha256": onnx_sha, "metadata_keys": sorted(meta)},

@@ -7,6 +7,8 @@ Dynamic axes of the exported graphs (exporters/onnx_export.py) and how the profi
     seq          prompt tokens (prefill)
     past         meta + seq                            (decode: global layers' past K/V length)
     past_window  meta + min(seq, keep), keep = the SWA layers' stored tokens (decode: window layers)
+
+The per-row inputs `lengths` (prefill) and `positions` (decode), int64 (batch,), follow the batch axis.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import re
 from pathlib import Path
 
 from ..config import HymbaConfig
-from ..contract import DOMAIN, GRAPHS, METADATA_PREFIX as META, REQUIRED_METADATA, graph_file
+from ..contract import DOMAIN, GRAPHS, METADATA_PREFIX as META, OP_VERSION, PLUGIN_VERSION, REQUIRED_METADATA, graph_file
 from ..errors import HymbaDeployError
 from ..fileio import resolve_inside
 
@@ -38,9 +40,10 @@ def load_graph(path: Path):
 
 
 def load_ours(path: Path):
-    """`load_graph`, refusing an ONNX that `hymba-deploy export` did not write: the message names the
-    file and the metadata it lacks."""
+    """`load_graph`, refusing an ONNX that `hymba-deploy export` did not write (the message names the
+    file and the metadata it lacks) or one of another `hymba` op version (`check_op_version`)."""
     proto = load_graph(path)
+    check_op_version(path, proto)
     meta = metadata(proto)
     missing = [META + k for k in REQUIRED_METADATA if k not in meta]
     if missing:
@@ -60,6 +63,26 @@ def load_ours(path: Path):
     except HymbaDeployError as e:
         raise HymbaDeployError(f"{path}: metadata {META}config: {e}") from None
     return proto
+
+
+def op_version(proto) -> tuple[int | None, set[str]]:
+    """(the graph's `hymba` opset version, the plugin versions on its `hymba` nodes); (None, set()) without them."""
+    version = next((o.version for o in proto.opset_import if o.domain == DOMAIN), None)
+    return version, {n["plugin_version"] for n in hymba_nodes(proto)}
+
+
+def check_op_version(path: Path, proto) -> None:
+    """Refuse a graph whose `hymba` nodes are not of this package's op version (`contract.OP_VERSION`): a
+    version-1 export has no per-row inputs (WindowedAttention's kv_lengths, the graphs' lengths/positions)."""
+    version, plugin_versions = op_version(proto)
+    if version is None and not plugin_versions:
+        return                                               # no hymba nodes: nothing versioned
+    if version != OP_VERSION or plugin_versions - {PLUGIN_VERSION}:
+        found = f"op version {version}" + (f", plugin_version {', '.join(sorted(plugin_versions))}"
+                                          if plugin_versions else "")
+        raise HymbaDeployError(f"{path}: exported with hymba {found}; this hymba-deploy reads op version "
+                               f"{OP_VERSION} (plugin_version {PLUGIN_VERSION!r}: per-row lengths/positions, "
+                               f"WindowedAttention kv_lengths): re-export the model with `hymba-deploy export`")
 
 
 def metadata(proto) -> dict:
