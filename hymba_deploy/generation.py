@@ -197,7 +197,8 @@ def _tensorrt(spec: str, engine_dir, plugin_library, need_decode: bool):
     from .cache import HybridMambaAttentionDynamicCache as Cache
     from .engine import artifact
     from .runtime import TensorRTRunner
-    from .runtime.greedy import POSITIONS, GreedyGenerator
+    from .contract import POSITIONS_INPUT as POSITIONS
+    from .runtime.greedy import GreedyGenerator
     from .runtime.tensorrt_runner import engine_unavailable
     if engine_dir is None:
         raise HymbaDeployError("--backend tensorrt needs --engine DIR (a folder written by `hymba-deploy build`)")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deploy_helpers import exported_tiny
+from deploy_helpers import built_rtx_engines, exported_tiny, rtx_available
 from hymba_deploy import load_model
 from hymba_deploy.cli import main
 
@@ -139,6 +139,16 @@ def test_providers_for_cuda_turns_tf32_off(monkeypatch):
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert providers_for("cuda") == [("CUDAExecutionProvider", {"use_tf32": "0", "device_id": "0"}), "CPUExecutionProvider"]
     assert providers_for("cuda:1")[0] == ("CUDAExecutionProvider", {"use_tf32": "0", "device_id": "1"})
+
+
+@pytest.mark.skipif(rtx_available() is not None, reason=str(rtx_available()))
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: the engines may run")
+def test_tensorrt_without_a_gpu_is_not_run(onnx_dir, tmp_path_factory):
+    engines = built_rtx_engines(tmp_path_factory)          # valid sm80 engines, which cannot execute here
+    result = run("tiny", "--ids", "1,2", "--ids", "3", "--backend", "tensorrt", "--engine", engines)
+    assert result.exit_code == 1 and result.output.strip() == "not run: no CUDA GPU on this machine", result.output
+    result = run("tiny", "--ids", "1", "--backend", "tensorrt", "--engine", onnx_dir)      # no engines there
+    assert result.exit_code == 1 and f"error: {onnx_dir}: no .engine files" in result.output, result.output
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present: the cuda backend runs")

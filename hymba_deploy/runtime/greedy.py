@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..contract import LENGTHS_INPUT as LENGTHS, POSITIONS_INPUT as POSITIONS
 from ..errors import HymbaDeployError
 from .base import Runner
 
-LENGTHS = "lengths"          # prefill input: text tokens per row
-POSITIONS = "positions"      # decode input: positions consumed per row before the step
 PAD_ID = 0                   # token id of the right padding (never reaches a valid position's result)
 
 
