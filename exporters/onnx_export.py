@@ -48,21 +48,26 @@ _ONNX_DTYPE_NAMES = {1: "float32", 10: "float16", 16: "bfloat16", 7: "int64", 6:
 
 def _example_inputs(model, graph: str, max_seq_len: int, eviction: str, batch: int = 2):
     """Example inputs whose dynamic sizes are ≥ 2 and, where possible, distinct (no 0/1
-    specialisation, no accidental equality between independent axes), within the Dim ranges."""
+    specialisation, no accidental equality between independent axes), within the Dim ranges; ragged
+    rows (different lengths / positions), each within what the cache tensors hold."""
     cfg = model.config
-    ids = torch.randint(0, cfg.vocab_size, (batch, min(5, max_seq_len) if graph == "prefill" else 1))
+    seq = min(5, max_seq_len)
+    ids = torch.randint(0, cfg.vocab_size, (batch, seq if graph == "prefill" else 1))
     if graph == "prefill":
-        return (ids,)
+        lengths = torch.tensor([max(1, seq - b) for b in range(batch)], dtype=torch.int64)
+        return (ids, lengths)
     meta = cfg.num_memory_tokens
     probe = model.new_cache(batch, eviction)
     keep = min((probe.keep(i) for i in range(cfg.num_hidden_layers) if probe.keep(i) is not None), default=3)
     lengths = {"global": meta + min(7, max_seq_len), "window": meta + min(3, keep)}
+    # Row b has seen meta + 3 - b tokens (≥ meta + 1): every row's valid entries fit both past lengths.
+    positions = torch.tensor([meta + max(1, min(3, keep) - b) for b in range(batch)], dtype=torch.int64)
     past = []
     for _, kind, layer in Cache.state_names(cfg):
         S = lengths["window" if probe.keep(layer) is not None else "global"]
         scale = 0.1 if kind == "ssm_state" else 1.0
         past.append(torch.randn(Cache.state_shape(cfg, kind, batch, S), dtype=model.dtype) * scale)
-    return (ids, *past)
+    return (ids, positions, *past)
 
 
 def _dynamic_shapes(model, graph: str, max_seq_len: int, eviction: str):
@@ -71,7 +76,7 @@ def _dynamic_shapes(model, graph: str, max_seq_len: int, eviction: str):
     cfg = model.config
     batch = Dim("batch", min=1, max=4096)
     if graph == "prefill":
-        return ({0: batch, 1: Dim("seq", min=1, max=max_seq_len)},)
+        return ({0: batch, 1: Dim("seq", min=1, max=max_seq_len)}, {0: batch})    # input_ids, lengths
     meta = cfg.num_memory_tokens
     probe = model.new_cache(1, eviction)
     keeps = {probe.keep(i) for i in range(cfg.num_hidden_layers) if cfg.is_producer(i)} - {None}
@@ -83,12 +88,12 @@ def _dynamic_shapes(model, graph: str, max_seq_len: int, eviction: str):
             states.append({0: batch, 1: past_window if probe.keep(layer) is not None else past})
         else:
             states.append({0: batch})
-    return ({0: batch}, tuple(states))          # DecodeGraph.forward(input_ids, *past)
+    return ({0: batch}, {0: batch}, tuple(states))      # DecodeGraph.forward(input_ids, positions, *past)
 
 
 def _io_names(model, graph: str):
     cfg = model.config
-    inputs = ["input_ids"] + ([] if graph == "prefill" else [n for n, _, _ in Cache.state_names(cfg)])
+    inputs = list(contract.GRAPH_INPUTS[graph]) + ([] if graph == "prefill" else [n for n, _, _ in Cache.state_names(cfg)])
     outputs = ["logits"] + [n for n, _, _ in Cache.state_names(cfg, present=True)]
     return inputs, outputs
 
@@ -214,8 +219,9 @@ def _postprocess(path: Path, model, graph: str, opset: int, max_seq_len: int, ev
         "cache_io": json.dumps([list(pair) for pair in Cache.io_pairs(cfg)]),
     }
     if graph == "decode":
-        meta["position_input"] = f"past.{position_layer(cfg)}.key"
+        meta["position_input"] = contract.POSITIONS_INPUT
     else:
+        meta["lengths_input"] = contract.LENGTHS_INPUT
         meta["prefill_logits"] = prefill_logits
     del proto.metadata_props[:]
     for key, value in meta.items():

@@ -36,8 +36,8 @@ class ReferenceKernels:
     def causal_conv1d(self, x, weight, bias=None, conv_state=None, activation="silu"):
         return torch.ops.hymba.causal_conv1d(x, weight, bias, conv_state, activation=activation)
 
-    def windowed_attention(self, q, k, v, window: int, num_meta: int, scale: float):
-        return torch.ops.hymba.windowed_attention(q, k, v, window, num_meta, scale)
+    def windowed_attention(self, q, k, v, window: int, num_meta: int, scale: float, kv_lengths=None):
+        return torch.ops.hymba.windowed_attention(q, k, v, window, num_meta, scale, kv_lengths)
 
     # ---- the serving runtime's in-place calls -------------------------------------------------------
     def conv_(self, x, weight, bias, state, fresh: bool = False):

@@ -55,19 +55,20 @@ class HymbaRotaryEmbedding(nn.Module):
         self.dim, self.base = config.qk_head_dim, config.rope_base
 
     def forward(self, positions: torch.Tensor, dtype: torch.dtype):
-        """positions (T,) int -> cos, sin (T, d_qk), computed in fp32 and cast to `dtype` as upstream."""
+        """positions (T,) or (B, T) int -> cos, sin (T, d_qk) or (B, T, d_qk), computed in fp32 and cast to
+        `dtype` as upstream."""
         exponents = torch.arange(0, self.dim, 2, dtype=torch.int64, device=positions.device).float() / self.dim
         inv_freq = 1.0 / (self.base ** exponents)                        # (d_qk/2,)
-        freqs = positions.float()[:, None] * inv_freq[None, :]           # (T, d_qk/2)
-        emb = torch.cat([freqs, freqs], dim=-1)                          # (T, d_qk)
+        freqs = positions.float()[..., None] * inv_freq                  # (…, T, d_qk/2)
+        emb = torch.cat([freqs, freqs], dim=-1)                          # (…, T, d_qk)
         return emb.cos().to(dtype), emb.sin().to(dtype)
 
 
 def apply_rotary(x, cos, sin):
-    """x (B, T, heads, d); cos/sin (T, d)."""
+    """x (B, T, heads, d); cos/sin (T, d) shared by every row, or (B, T, d) per row."""
     x1, x2 = x.chunk(2, dim=-1)
     rotated = torch.cat([-x2, x1], dim=-1)                               # rotate_half
-    return x * cos[:, None, :] + rotated * sin[:, None, :]
+    return x * cos.unsqueeze(-2) + rotated * sin.unsqueeze(-2)
 
 
 class HymbaBlock(nn.Module):
@@ -99,8 +100,14 @@ class HymbaBlock(nn.Module):
         self.pre_avg_layernorm2 = HymbaRMSNorm(I, config.rms_norm_eps)   # β of the SSM heads
         self.out_proj = nn.Linear(I, H, bias=False)
 
-    def forward(self, u, cos, sin, cache, shared_kv):
-        """u (B, T, H) -> (B, T, H). `shared_kv` maps producer layer -> its (K, V) of this step."""
+    def forward(self, u, cos, sin, cache, shared_kv, ends=None):
+        """u (B, T, H) -> (B, T, H). `shared_kv` maps producer layer -> its (K, V, kv_lengths) of this step.
+
+        `ends` (B,) int64 (a ragged prefill; None: all T): row b's positions ≥ ends[b] are right padding.
+        Valid positions need nothing (everything is causal); what the row carries out of the step must not
+        see the padding: dt = -inf there (the scan passes the state through unchanged), the conv state
+        ends at the row's last real input, and the cache keeps only the row's own K/V entries.
+        """
         cfg = self.config
         B_, T, _ = u.shape
         Hq, Hkv, d_qk, d_v = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.qk_head_dim, cfg.v_dim
@@ -114,22 +121,29 @@ class HymbaBlock(nn.Module):
         if self.producer == self.layer_idx:
             k = apply_rotary(k.view(B_, T, Hkv, d_qk), cos, sin)            # (B, T, Hkv, d_qk)
             v = v.view(B_, T, Hkv, d_v)                                     # (B, T, Hkv, d_v)
+            kv_lengths = None                                               # every row attends over all T
             if cache is not None:
-                k, v = cache.update_kv(self.layer_idx, k, v)                # (B, S+T, Hkv, ·)
-            shared_kv[self.layer_idx] = (k, v)
-        k, v = shared_kv[self.producer]
-        attn = self.kernels.windowed_attention(q, k, v, self.window, cfg.num_memory_tokens, d_qk ** -0.5)
+                k, v, kv_lengths = cache.update_kv(self.layer_idx, k, v, ends)  # (B, S+T, Hkv, ·), (B,)
+            shared_kv[self.layer_idx] = (k, v, kv_lengths)
+        k, v, kv_lengths = shared_kv[self.producer]
+        attn = self.kernels.windowed_attention(q, k, v, self.window, cfg.num_memory_tokens, d_qk ** -0.5,
+                                               kv_lengths=kv_lengths)
         attn = attn.reshape(B_, T, Hq * d_v)                                # (B, T, I)
 
         # 3. SSM heads. 3a: causal depthwise conv + SiLU, carrying the conv state.
         conv_state = cache.conv_states[self.layer_idx] if cache is not None else None
         xc, conv_state = self.kernels.causal_conv1d(x, self.conv1d.weight.view(I, -1), self.conv1d.bias,
                                                     conv_state, activation="silu")  # (B, T, I)
+        if ends is not None and cache is not None:
+            conv_state = conv_state_at(x, ends, cfg.mamba_d_conv)           # (B, I, K)
         # 3b: x_proj -> (dt, B, C), each RMS-normalised over its own width.
         dt, Bm, Cm = self.x_proj[0](xc).split([cfg.mamba_dt_rank, cfg.mamba_d_state, cfg.mamba_d_state], dim=-1)
         dt, Bm, Cm = self.dt_layernorm(dt), self.B_layernorm(Bm), self.C_layernorm(Cm)
         # 3c: dt_proj WITHOUT its bias; the bias joins in fp32 inside the scan (§3.5).
         dt = F.linear(dt, self.dt_proj[0].weight)                           # (B, T, I)
+        if ends is not None:                                                # padded steps: dt' = 0
+            padded = torch.arange(T, device=dt.device) >= ends[:, None]     # (B, T)
+            dt = dt.masked_fill(padded[..., None], float("-inf"))
         A = -torch.exp(self.A_log[0].float())                               # (I, N)
         ssm_state = cache.ssm_states[self.layer_idx] if cache is not None else None
         y, ssm_state = self.kernels.selective_scan(xc, dt, A, Bm, Cm, self.D[0].float(), z,
@@ -139,6 +153,14 @@ class HymbaBlock(nn.Module):
 
         # 4. Fusion: mean of the two normalised branches, then out_proj.
         return self.out_proj((self.pre_avg_layernorm1(attn) + self.pre_avg_layernorm2(y)) / 2)
+
+
+def conv_state_at(x, ends, K: int):
+    """The conv state of a prefill from zeros that ends at row b's position ends[b] - 1: the last K pre-conv
+    inputs x (B, T, I) before ends[b], zeros where ends[b] < K -> (B, I, K) in x.dtype."""
+    hist = F.pad(x.transpose(1, 2), (K, 0))                                 # (B, I, K + T); x_t at K + t
+    index = ends[:, None] + torch.arange(K, device=x.device)                # (B, K): hist ends[b]..ends[b]+K-1
+    return torch.gather(hist, 2, index[:, None, :].expand(-1, hist.shape[1], -1))
 
 
 class HymbaMLP(nn.Module):
@@ -172,8 +194,8 @@ class HymbaDecoderLayer(nn.Module):
         self.pre_moe_layernorm = HymbaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.moe = HymbaMoE(config)
 
-    def forward(self, h, cos, sin, cache, shared_kv):
-        h = h + self.mamba(self.input_layernorm(h), cos, sin, cache, shared_kv)
+    def forward(self, h, cos, sin, cache, shared_kv, ends=None):
+        h = h + self.mamba(self.input_layernorm(h), cos, sin, cache, shared_kv, ends)
         return h + self.moe(self.pre_moe_layernorm(h))
 
 
@@ -187,8 +209,15 @@ class HymbaModel(nn.Module):
         self.final_layernorm = HymbaRMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = HymbaRotaryEmbedding(config)
 
-    def forward(self, input_ids, cache: HybridMambaAttentionDynamicCache | None = None):
-        """input_ids (B, n) -> hidden states of the n text tokens (B, n, H)."""
+    def forward(self, input_ids, cache: HybridMambaAttentionDynamicCache | None = None,
+                lengths: torch.Tensor | None = None):
+        """input_ids (B, n) -> hidden states of the n text tokens (B, n, H).
+
+        `lengths` (B,) int64 (a prefill only: the cache, if any, is empty): row b's text tokens are the
+        first lengths[b], right padding after them (ISSUE14_CONTRACT); None: all n. Hidden states at padded
+        positions are unspecified (finite). A given cache is updated in place, `cache.positions` advanced
+        by each row's real positions.
+        """
         h = self.embed_tokens(input_ids)                                    # (B, n, H)
         B_, n, _ = h.shape
         # Meta tokens are prepended once, when no past exists (§2.1 step 2, §5).
@@ -196,17 +225,22 @@ class HymbaModel(nn.Module):
         if prepend:
             meta = self.memory_tokens.to(h.dtype)[None].expand(B_, -1, -1)  # (B, M, H)
             h = torch.cat([meta, h], dim=1)                                 # (B, M + n, H)
-        start = 0 if cache is None else cache.seen_tokens
-        positions = torch.arange(start, start + h.shape[1], device=h.device)
+        T = h.shape[1]
+        steps = torch.arange(T, device=h.device)
+        if prepend:
+            positions = steps                                               # (T,): shared by every row
+        else:
+            positions = cache.positions[:, None] + steps                    # (B, T): each row's own
         cos, sin = self.rotary_emb(positions, h.dtype)
+        ends = None if lengths is None else lengths + (T - n)               # (B,) real positions per row
 
-        shared_kv: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        shared_kv: dict[int, tuple] = {}
         for layer in self.layers:
-            h = layer(h, cos, sin, cache, shared_kv)
+            h = layer(h, cos, sin, cache, shared_kv, ends)
         if cache is not None:
-            cache.seen_tokens += h.shape[1]
+            cache.positions = cache.positions + (T if ends is None else ends)
         h = self.final_layernorm(h)
-        return h[:, h.shape[1] - n:]                                        # drop the meta tokens
+        return h[:, T - n:]                                                 # drop the meta tokens
 
 
 class HymbaForCausalLM(nn.Module):
@@ -274,38 +308,91 @@ class HymbaForCausalLM(nn.Module):
                                                 eviction, self.device)
 
     def forward(self, input_ids, cache: HybridMambaAttentionDynamicCache | None = None,
-                attention_mask: torch.Tensor | None = None, logits_to_keep: int = 0):
+                attention_mask: torch.Tensor | None = None, lengths: torch.Tensor | None = None,
+                logits_to_keep: int = 0):
         """input_ids (B, n) -> logits (B, n, vocab) fp32. A given cache is read and updated in place.
 
-        `logits_to_keep` > 0 projects only the last that many positions (upstream's generate path
-        projects only the last one: `calc_logits_for_entire_prompt=False`); 0 keeps all n.
+        Prompts of different lengths (a prefill: no cache or an empty one) are right-padded to n, with
+        `lengths` (B,) int64 text tokens per row (1 ≤ lengths[b] ≤ n), or an equivalent `attention_mask`
+        (B, n) of ones then zeros per row; each row then gives exactly what its prompt gives alone
+        (ISSUE14_CONTRACT). Logits at padded positions are unspecified (finite). Decode steps (a cache
+        holding a past) advance each row from its own position, `cache.positions`.
+
+        `logits_to_keep` > 0 projects only the last that many positions of each row (its last real ones
+        under `lengths`; upstream's generate path projects only the last one:
+        `calc_logits_for_entire_prompt=False`); 0 keeps all n.
         """
         if input_ids.dim() != 2:
             raise HymbaDeployError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
-        if attention_mask is not None and not bool(attention_mask.bool().all()):
-            raise HymbaDeployError(
-                "padded batches are not supported yet: give equal-length prompts (attention_mask all ones)"
-            )
         if cache is not None and cache.batch_size != input_ids.shape[0]:
             raise HymbaDeployError(
                 f"cache holds {cache.batch_size} sequences but input_ids has {input_ids.shape[0]}"
             )
-        h = self.model(input_ids, cache)
+        lengths = self._prompt_lengths(input_ids, cache, attention_mask, lengths)
+        h = self.model(input_ids, cache, lengths)
         if logits_to_keep > 0:
-            h = h[:, -logits_to_keep:]
+            if lengths is None:
+                h = h[:, -logits_to_keep:]
+            else:                                                           # each row's last real tokens
+                index = torch.clamp(lengths[:, None] - logits_to_keep + torch.arange(logits_to_keep, device=h.device),
+                                    min=0)                                  # (B, keep)
+                h = torch.gather(h, 1, index[..., None].expand(-1, -1, h.shape[2]))
         return self.lm_head(h).float()
+
+    @staticmethod
+    def _prompt_lengths(input_ids, cache, attention_mask, lengths) -> torch.Tensor | None:
+        """The checked (B,) int64 `lengths` of a ragged prefill from `lengths` or `attention_mask`, or None
+        (every row full). Value checks are skipped while tracing (export, compile): the graph trusts them."""
+        B_, n = input_ids.shape
+        eager = not torch.compiler.is_compiling()
+        if attention_mask is not None:
+            if lengths is not None:
+                raise HymbaDeployError("give lengths or attention_mask, not both")
+            if tuple(attention_mask.shape) != (B_, n):
+                raise HymbaDeployError(f"attention_mask must have the shape of input_ids {(B_, n)}, "
+                                       f"got {tuple(attention_mask.shape)}")
+            mask = attention_mask.to(torch.int64)
+            lengths = mask.sum(dim=1)
+            if eager:
+                right_padded = torch.arange(n, device=mask.device) < lengths[:, None]
+                if not bool(torch.equal(mask, right_padded.to(torch.int64))):
+                    raise HymbaDeployError(
+                        "attention_mask must be right padding: per row ones (its tokens) then zeros; left "
+                        "padding or holes are not supported (give the prompts right-padded, or lengths)")
+        if lengths is None:
+            return None
+        if not isinstance(lengths, torch.Tensor) or tuple(lengths.shape) != (B_,) \
+                or lengths.dtype.is_floating_point or lengths.dtype == torch.bool:
+            raise HymbaDeployError(f"lengths must be a ({B_},) integer tensor (text tokens per row), got "
+                                   f"{tuple(lengths.shape) if isinstance(lengths, torch.Tensor) else type(lengths).__name__}")
+        lengths = lengths.to(device=input_ids.device, dtype=torch.int64)
+        if eager:
+            if cache is not None and not cache.is_empty():
+                if bool((lengths != n).any()):
+                    raise HymbaDeployError("lengths / attention_mask with padding apply to a prefill (an empty "
+                                           "cache); decode steps take every row's tokens")
+                return None
+            bad = ((lengths < 1) | (lengths > n)).nonzero().flatten().tolist()
+            if bad:
+                raise HymbaDeployError(f"lengths[{bad[0]}] = {int(lengths[bad[0]])} is out of range: each row "
+                                       f"holds 1 to {n} text tokens (the padded width of input_ids)")
+        return lengths
 
     @torch.no_grad()
     def generate(self, input_ids, max_new_tokens: int, eviction: str = "upstream",
-                 state_dtype: torch.dtype | None = None, attention_mask: torch.Tensor | None = None):
-        """Greedy decoding of equal-length prompts: (B, n) -> (B, n + max_new_tokens)."""
+                 state_dtype: torch.dtype | None = None, attention_mask: torch.Tensor | None = None,
+                 lengths: torch.Tensor | None = None):
+        """Greedy decoding: (B, n) -> (B, n + max_new_tokens), the (right-padded) prompts then the new tokens.
+        Prompts of different lengths: `lengths` or `attention_mask` as in `forward`."""
         if max_new_tokens < 0:
             raise HymbaDeployError(f"max_new_tokens must be ≥ 0, got {max_new_tokens}")
         cache = self.new_cache(input_ids.shape[0], eviction, state_dtype)
         out = input_ids
         step_input = input_ids
         for _ in range(max_new_tokens):
-            logits = self(step_input, cache, attention_mask if step_input is input_ids else None, logits_to_keep=1)
+            prefill = step_input is input_ids
+            logits = self(step_input, cache, attention_mask if prefill else None, lengths if prefill else None,
+                          logits_to_keep=1)
             step_input = logits[:, -1].argmax(-1, keepdim=True)             # (B, 1)
             out = torch.cat([out, step_input], dim=1)
         return out

@@ -17,6 +17,7 @@ from hymba_deploy import load_model
 from hymba_deploy.parity.check import check, format_report
 from hymba_deploy.parity.compare import TOLERANCES, compare_outputs, metrics
 from hymba_deploy.parity.localize import first_divergent_layer, layer_of
+from hymba_deploy.runtime import Runner
 
 pytest.importorskip("onnxruntime")
 
@@ -34,8 +35,16 @@ def test_torch_and_onnxruntime_agree_engine_not_run(onnx_dir, tmp_path, tmp_path
     assert result.exit_code == 0, result.output
     report = json.loads(report_path.read_text())
     ort = report["runtimes"]["onnxruntime"]
-    # 2 prompts x (prefill + 3 decode steps) x (logits + 26 cache tensors of tiny)
-    assert ort["status"] == "passed" and ort["compared"] == 2 * 4 * 27 and ort["failed"] == 0
+    # (2 prompts + the ragged batch's 4 rows) x (prefill + 3 decode steps) x (logits + 26 cache tensors of tiny)
+    assert ort["status"] == "passed" and ort["compared"] == (2 + 4) * 4 * 27 and ort["failed"] == 0
+    # The ragged batch: rows at window + meta (16 + 8), 1 token, the longest allowed, below; each row against
+    # its prompt alone.
+    assert report["prompts"][-1] == {"batch": 4, "tokens": [24, 1, 48, 12], "ragged": True}
+    assert ort["ragged"] == "compared: rows of 24, 1, 48, 12 tokens"
+    ragged = [r for r in report["results"] if "row" in r]
+    assert {(r["row"], r["tokens"]) for r in ragged} == {(0, 24), (1, 1), (2, 48), (3, 12)}
+    assert len(ragged) == 4 * 4 * 27 and all(r["ok"] for r in ragged)
+    assert "ragged 24/1/48/12 tokens" in result.output and "\n" + "onnxruntime     2.2 decode 3" in result.output
     steps = {r["step"] for r in report["results"]}
     assert steps == {"prefill", "decode 1", "decode 2", "decode 3"}
     outputs = {r["output"] for r in report["results"]}
@@ -204,7 +213,8 @@ def test_serving_runner_is_the_exported_graphs_contract(eviction, n_prompt, keep
                                                                         eviction=eviction), keep)
     cache_io = [(p, q) for (p, _, _), (q, _, _) in zip(Cache.state_names(cfg, present=True), Cache.state_names(cfg))]
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (2, n_prompt)).astype(np.int64)
-    feeds = [{"input_ids": ids}, {"input_ids": ids}]
+    lengths = np.full(2, n_prompt, dtype=np.int64)
+    feeds = [{"input_ids": ids, "lengths": lengths}, {"input_ids": ids, "lengths": lengths}]
     for r in [*reference.values(), *served.values()]:
         r.activate()
     for step in range(12):
@@ -213,7 +223,8 @@ def test_serving_runner_is_the_exported_graphs_contract(eviction, n_prompt, keep
         rows = compare_outputs(out, ref, {"": TOLERANCES["float32"]}, names=list(ref))
         assert all(r["ok"] for r in rows), (step, [r for r in rows if not r["ok"]][:2])
         token = ref["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
-        feeds = [{"input_ids": token, **{q: o[p] for p, q in cache_io}} for o in (ref, out)]
+        positions = cfg.num_memory_tokens + lengths + step
+        feeds = [{"input_ids": token, "positions": positions, **{q: o[p] for p, q in cache_io}} for o in (ref, out)]
 
 
 def test_check_runtime_cuda_without_gpu_is_not_run_never_pass(onnx_dir, monkeypatch):
@@ -253,9 +264,86 @@ def test_check_compares_the_serving_runtime_and_localises_its_failure(onnx_dir, 
     report = check("tiny", onnx_dir, prompts=1, steps=2, runtimes=("cuda",))
     cuda = report["runtimes"]["cuda"]
     assert report["ok"] and cuda["status"] == "passed" and cuda["compared"] == 3 * 27 and cuda["failed"] == 0
+    # The serving runner takes no per-row lengths: its ragged case is "not run", with the reason.
+    assert cuda["ragged"] == "not run: its prefill and decode graph takes no per-row lengths"
     monkeypatch.setattr(check_mod, "_serving_cuda", stand_in(True))
     report = check("tiny", onnx_dir, prompts=1, steps=2, runtimes=("cuda",))
     cuda = report["runtimes"]["cuda"]
     assert not report["ok"] and cuda["status"] == "failed" and cuda["first_failure"]["step"] == "prefill"
     assert cuda["localization"]["first_divergent"]["layer"] == 3         # layer 2's output feeds layer 3's caches
     assert cuda["localization"]["method"] == "cache tensors (no layer outputs)"
+
+
+# ---- the ragged case: each row against its prompt alone ------------------------------------------------
+class _IgnoresLengths(Runner):
+    """A candidate that gets uniform batches right but runs a ragged prefill as if every row were full
+    (`lengths` = seq): padding then reaches the rows' carried states."""
+
+    def __init__(self, inner):
+        super().__init__("ignores-lengths")
+        self.inner = inner
+
+    def input_names(self):
+        return self.inner.input_names()
+
+    def activate_impl(self):
+        self.inner.activate()
+
+    def deactivate_impl(self):
+        self.inner.deactivate()
+
+    def infer_impl(self, feed):
+        if "lengths" in feed:
+            feed = dict(feed, lengths=np.full_like(feed["lengths"], feed["input_ids"].shape[1]))
+        return self.inner.infer(feed)
+
+
+def test_ragged_rows_are_compared_against_each_prompt_alone(onnx_dir, monkeypatch):
+    """A runtime that ignores `lengths` passes every uniform batch and fails the ragged case, at the prefill
+    of a padded row (the longest row has no padding and passes); the failure names the row, and is not
+    localised (the reference of a ragged row is its prompt alone, not the batch)."""
+    from hymba_deploy.parity import check as check_mod
+    from hymba_deploy.runtime import TorchRunner
+
+    def candidate(plan, model, seed, batch_size, steps):
+        return check_mod._Candidate({"status": "pending", "detail": "torch ignoring lengths"},
+                                    {g: (lambda cap, g=g: _IgnoresLengths(TorchRunner(plan.reference_model, g,
+                                                                                      plan.eviction)))
+                                     for g in plan.needed})
+
+    monkeypatch.setattr(check_mod, "_serving_cuda", candidate)
+    report = check("tiny", onnx_dir, prompts=1, steps=1, runtimes=("cuda",))
+    cuda = report["runtimes"]["cuda"]
+    assert not report["ok"] and cuda["status"] == "failed"
+    uniform = [r for r in report["results"] if r["runtime"] == "cuda" and "row" not in r]
+    assert uniform and all(r["ok"] for r in uniform)
+    failed_rows = {r["row"] for r in report["results"] if r["runtime"] == "cuda" and not r["ok"]}
+    assert failed_rows == {0, 1, 3}                                      # rows 24, 1, 12 of 48: padded
+    assert cuda["first_failure"] == {"prompt": 1, "row": 0, "step": "prefill", "graph": "prefill",
+                                     "outputs": cuda["first_failure"]["outputs"]}
+    assert "localization" not in cuda
+    assert "first failure at prompt 2 row 1, prefill" in format_report(report)
+    assert report["runtimes"]["onnxruntime"]["status"] == "passed"
+
+
+def test_version_1_export_is_refused_by_check(onnx_dir, tmp_path):
+    """An export of op version 1 (its manifest intact) is refused, naming the file: re-export."""
+    import hashlib
+
+    import onnx
+    old = tmp_path / "old"
+    shutil.copytree(onnx_dir, old)
+    proto = onnx.load(str(old / "prefill.onnx"))
+    for o in proto.opset_import:
+        if o.domain == "hymba":
+            o.version = 1
+    onnx.save(proto, str(old / "prefill.onnx"))
+    manifest = json.loads((old / "manifest.json").read_text())
+    data = (old / "prefill.onnx").read_bytes()
+    manifest["graphs"]["prefill"]["files"]["prefill.onnx"] = {"bytes": len(data),
+                                                              "sha256": hashlib.sha256(data).hexdigest()}
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    result = CliRunner().invoke(main, ["check", "tiny", "--onnx", str(old), "--steps", "0"])
+    assert result.exit_code == 1 and "PASS" not in result.output
+    assert f"error: {old / 'prefill.onnx'}: exported with hymba op version 1" in result.output
+    assert "re-export" in result.output

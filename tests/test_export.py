@@ -120,14 +120,15 @@ def _parity_run(out_dir: Path, spec: str, dtype: str, batch: int, prompt_len: in
             OnnxrtRunner(_session(out_dir / "decode.onnx"), name="decode") as decode:
         with torch.no_grad():
             logits = model(ids, cache)
-        got = prefill.infer({"input_ids": ids.numpy()})
+        got = prefill.infer({"input_ids": ids.numpy(), "lengths": np.full(batch, prompt_len, dtype=np.int64)})
         _compare(_torch_outputs(logits, cache), got, dtype, f"prefill B={batch} T={prompt_len}")
         states = {feed_back[k]: v for k, v in got.items() if k != "logits"}
         token = logits[:, -1].argmax(-1, keepdim=True)                   # (B, 1), PyTorch's choice
         for step in range(steps):
+            positions = np.full(batch, model.config.num_memory_tokens + prompt_len + step, dtype=np.int64)
             with torch.no_grad():
                 logits = model(token, cache)
-            got = decode.infer({"input_ids": token.numpy(), **states})
+            got = decode.infer({"input_ids": token.numpy(), "positions": positions, **states})
             expected = _torch_outputs(logits, cache)
             assert {k: v.shape for k, v in got.items()} == {k: v.shape for k, v in expected.items()}, step
             expected_steps.append(expected)
@@ -217,6 +218,8 @@ def test_checker_and_shape_inference(tiny_fp32, graph):
     inferred = onnx.shape_inference.infer_shapes(onnx.load(path), strict_mode=True)
     known = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
     for node in inferred.graph.node:
+        if node.op_type == "WindowedAttention":                       # op version 2: per-row key counts
+            assert known[node.input[3]].type.tensor_type.elem_type == onnx.TensorProto.INT32, node.name
         if node.domain == DOMAIN:
             for name in node.output:
                 t = known[name].type.tensor_type
@@ -226,20 +229,30 @@ def test_checker_and_shape_inference(tiny_fp32, graph):
 def test_io_names_metadata_and_manifest(tiny_fp32):
     cfg = load_model("tiny").config
     manifest = json.loads((tiny_fp32 / "manifest.json").read_text())
+    assert manifest["op_versions"]["WindowedAttention"]["opset_version"] == OP_VERSION
     for graph in ("prefill", "decode"):
         proto = onnx.load(str(tiny_fp32 / f"{graph}.onnx"), load_external_data=False)
         assert proto.ir_version <= 13
         inputs = [i.name for i in proto.graph.input]
         outputs = [o.name for o in proto.graph.output]
         past = [n for n, _, _ in Cache.state_names(cfg)]
-        assert inputs == ["input_ids"] + (past if graph == "decode" else [])
+        assert inputs == list(GRAPH_INPUTS[graph]) + (past if graph == "decode" else [])
+        assert inputs[:2] == ["input_ids", "lengths" if graph == "prefill" else "positions"]
         assert outputs == ["logits"] + [n for n, _, _ in Cache.state_names(cfg, present=True)]
         consumers = [i for i in range(cfg.num_hidden_layers) if not cfg.is_producer(i)]
         assert consumers and not any(n.startswith(f"present.{i}.") for i in consumers for n in outputs)
         meta = {p.key: p.value for p in proto.metadata_props}
         assert json.loads(meta["hymba.config"])["num_hidden_layers"] == cfg.num_hidden_layers
         assert meta["hymba.graph"] == graph and meta["hymba.eviction"] == "upstream"
-        assert set(json.loads(meta["hymba.op_versions"])) == set(OP_TYPES)
+        versions = json.loads(meta["hymba.op_versions"])
+        assert set(versions) == set(OP_TYPES)
+        assert {(v["opset_version"], v["plugin_version"]) for v in versions.values()} == {(OP_VERSION, PLUGIN_VERSION)} \
+            == {(2, "2")}
+        assert {o.domain: o.version for o in proto.opset_import}[DOMAIN] == OP_VERSION
+        if graph == "decode":
+            assert meta["hymba.position_input"] == "positions"
+        else:
+            assert meta["hymba.lengths_input"] == "lengths"
         assert {"torch", "onnx", "onnxscript", "opset"} <= set(json.loads(meta["hymba.exporter"]))
         entry = manifest["graphs"][graph]
         assert [i["name"] for i in entry["inputs"]] == inputs
@@ -248,6 +261,8 @@ def test_io_names_metadata_and_manifest(tiny_fp32):
         assert len(entry["files"][f"{graph}.onnx"]["sha256"]) == 64
         dims = {i["name"]: i["shape"] for i in entry["inputs"] + entry["outputs"]}
         assert dims["input_ids"][0] == "batch" and dims["logits"][0] == "batch"
+        per_row = entry["inputs"][1]
+        assert (per_row["dtype"], per_row["shape"]) == ("int64", ["batch"]), per_row
         if graph == "prefill":
             assert isinstance(dims["logits"][1], str)                      # dynamic sequence
         else:
@@ -267,6 +282,71 @@ def test_strip_function_bodies(tiny_fp32):
 def test_fp32_prefill_and_decode_match_pytorch(tiny_fp32, tiny_ckpt, batch, prompt_len):
     # tiny: window 16 + 8 meta tokens, so 40 makes the window and the decode-time eviction bind.
     _parity_run(tiny_fp32, tiny_ckpt, "float32", batch, prompt_len, steps=DECODE_STEPS if batch == 3 else 4)
+
+
+# tiny: window 16, 8 meta tokens: rows at window + meta, one token, above, below.
+RAGGED_ROWS = [24, 1, 40, 12]
+RAGGED_STEPS = 60                   # every row decodes ≥ 40 steps past window + meta
+
+
+def _alone(model, ids: torch.Tensor, steps: int):
+    """One prompt (1, n) alone through the reference: prefill, then `steps` greedy steps. Returns the
+    prefill logits (n, V), the cache tensors after the prefill and after the last step ({name: (1, ...)}),
+    the decode logits (steps, V) and the greedy tokens (steps + 1,)."""
+    cache = model.new_cache(1)
+    with torch.no_grad():
+        logits = model(ids, cache)
+        after_prefill = {k: v.clone() for k, v in cache.named_states(present=True).items()}
+        tokens, decode_logits = [logits[0, -1].argmax()], []
+        for _ in range(steps):
+            step = model(tokens[-1].view(1, 1), cache)
+            decode_logits.append(step[0, -1])
+            tokens.append(step[0, -1].argmax())
+    return logits[0], after_prefill, cache.named_states(present=True), torch.stack(decode_logits), torch.stack(tokens)
+
+
+def _row_close(got: np.ndarray, want: torch.Tensor, what: str) -> None:
+    want = want.float().numpy()
+    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
+    err = float(np.abs(got - want).max() / max(float(np.abs(want).max()), 1e-30))
+    assert err <= TOLERANCES["float32"], f"{what}: ONNX Runtime differs from the prompt alone by {err:.2e} of its scale"
+
+
+def test_ragged_batch_each_row_as_its_prompt_alone(tiny_fp32, tiny_ckpt):
+    """A right-padded batch of prompts of 24, 1, 40 and 12 tokens through prefill.onnx (`lengths`) and
+    60 greedy steps of decode.onnx (`positions`, each row its own token), ONNX Runtime choosing its own
+    tokens: every row generates exactly the tokens its prompt generates alone in PyTorch, its logits (valid
+    positions, every step) and its cache tensors (valid entries, after the prefill and the last step)
+    match the prompt alone within the fp32 bound."""
+    model = load_model(tiny_ckpt)
+    cfg, meta = model.config, model.config.num_memory_tokens
+    feed_back = dict(Cache.io_pairs(cfg))
+    B, T = len(RAGGED_ROWS), max(RAGGED_ROWS)
+    ids = torch.zeros(B, T, dtype=torch.int64)
+    for b, n in enumerate(RAGGED_ROWS):
+        ids[b, :n] = torch.randint(1, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(10 + b))
+    alone = [_alone(model, ids[b:b + 1, :n], RAGGED_STEPS) for b, n in enumerate(RAGGED_ROWS)]
+    lengths = np.array(RAGGED_ROWS, dtype=np.int64)
+    with OnnxrtRunner(_session(tiny_fp32 / "prefill.onnx")) as prefill, \
+            OnnxrtRunner(_session(tiny_fp32 / "decode.onnx")) as decode:
+        out = prefill.infer({"input_ids": ids.numpy(), "lengths": lengths})
+        for b, (n, (logits, states, *_)) in enumerate(zip(RAGGED_ROWS, alone)):
+            _row_close(out["logits"][b, :n], logits, f"row {b} prefill logits")
+            for name, want in states.items():
+                _row_close(out[name][b, :want.shape[1]], want[0], f"row {b} prefill {name}")
+        tokens, logits = [out["logits"][np.arange(B), lengths - 1].argmax(-1)], []
+        positions = meta + lengths
+        for _ in range(RAGGED_STEPS):
+            past = {feed_back[k]: v for k, v in out.items() if k != "logits"}
+            out = decode.infer({"input_ids": tokens[-1][:, None].astype(np.int64), "positions": positions, **past})
+            logits.append(out["logits"][:, 0])
+            tokens.append(out["logits"][:, 0].argmax(-1))
+            positions = positions + 1
+    for b, (_, _, final, decode_logits, want_tokens) in enumerate(alone):
+        assert [int(t[b]) for t in tokens] == want_tokens.tolist(), f"row {b}: greedy tokens differ"
+        _row_close(np.stack([step[b] for step in logits]), decode_logits, f"row {b} decode logits")
+        for name, want in final.items():
+            _row_close(out[name][b, :want.shape[1]], want[0], f"row {b} after {RAGGED_STEPS} steps: {name}")
 
 
 def test_fp16_export_runs_in_onnxruntime(tiny_fp16, tiny_ckpt):

@@ -35,7 +35,8 @@ def recompute(model, prompt, generated):
 def upstream_attention(prompt_len):
     """windowed_attention whose SWA mask lets queries at generated positions (key index ≥ prompt_len)
     see window − 1 previous tokens, as upstream's decode-time eviction does (hymba-architecture §4.3)."""
-    def attention(q, k, v, window, num_meta, scale):
+    def attention(q, k, v, window, num_meta, scale, kv_lengths=None):
+        assert kv_lengths is None                                 # a recompute: no cache
         if window <= 0:
             return ops.windowed_attention_ref(q, k, v, window, num_meta, scale)
         Tq, Tk = q.shape[1], k.shape[1]
@@ -89,13 +90,13 @@ def test_batch_rows_are_independent(tiny):
         assert torch.equal(batched[b:b + 1], tiny.generate(prompt[b:b + 1], 8))
 
 
-def test_padded_batch_is_rejected(tiny):
+def test_left_padded_batch_is_rejected(tiny):
     prompt = torch.randint(0, tiny.config.vocab_size, (2, 5))
     mask = torch.ones(2, 5, dtype=torch.long)
     mask[1, :2] = 0
-    with pytest.raises(HymbaDeployError, match="padded batches"):
+    with pytest.raises(HymbaDeployError, match="attention_mask must be right padding"):
         tiny(prompt, attention_mask=mask)
-    with pytest.raises(HymbaDeployError, match="padded batches"):
+    with pytest.raises(HymbaDeployError, match="attention_mask must be right padding"):
         tiny.generate(prompt, 3, attention_mask=mask)
 
 
@@ -105,7 +106,7 @@ def test_cache_shapes_and_swa_trimming(tiny):
     for eviction, keep in (("upstream", window - 1), ("exact", window)):
         cache = tiny.new_cache(2, eviction=eviction)
         tiny(torch.randint(0, cfg.vocab_size, (2, 50)), cache)
-        assert cache.seen_tokens == meta + 50
+        assert cache.positions.tolist() == [meta + 50] * 2
         for i in range(cfg.num_hidden_layers):
             if not cfg.is_producer(i):
                 assert cache.key_cache[i] is None and cache.value_cache[i] is None

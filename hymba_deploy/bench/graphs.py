@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import config_of
-from ..contract import GRAPHS, graph_file
+from ..contract import GRAPH_INPUTS, GRAPHS, LENGTHS_INPUT, POSITIONS_INPUT, graph_file
 from ..errors import HymbaDeployError
 from .settings import BenchSettings
 from .states import synthetic_states
@@ -36,7 +36,8 @@ def bench_runner(make_runner, cfg, np_dtype, s: BenchSettings, deadline: Deadlin
                 out["prefill"].append({"tokens": L, "skipped": deadline.reason()})
                 continue
             ids = np.random.default_rng(L).integers(0, cfg.vocab_size, (1, L)).astype(np.int64)
-            times = timed(lambda: _infer(runner, {"input_ids": ids}), s.warmup, s.iters, deadline)
+            feed = {"input_ids": ids, LENGTHS_INPUT: np.array([L], dtype=np.int64)}
+            times = timed(lambda: _infer(runner, feed), s.warmup, s.iters, deadline)
             row = {"tokens": L, "batch": 1, **percentiles(times), "host_peak_mib": round(host_peak_mib(), 1)}
             say(f"    {label} prefill {L:>5} tokens: {row['p50_ms']:.2f} ms p50")
             out["prefill"].append(row)
@@ -66,11 +67,15 @@ def _decode(runner, cfg, np_dtype, B: int, s: BenchSettings, deadline: Deadline,
     cache_mib = round(sum(t.numel() for t in states.values()) * np.dtype(np_dtype).itemsize / 2**20, 1)
     feed = {k: v.numpy().astype(np_dtype) for k, v in states.items()}
     feed["input_ids"] = np.random.default_rng(B).integers(0, cfg.vocab_size, (B, 1)).astype(np.int64)
+    # Every row at `context` text tokens, as the synthetic states; the cache shapes stay those of `context`
+    # (SWA layers at meta + keep, global layers one longer per step), as in a generation.
+    feed[POSITIONS_INPUT] = np.full(B, cfg.num_memory_tokens + s.context, dtype=np.int64)
 
     def step() -> float:
         nonlocal feed
         result = runner.infer(feed)
-        feed = {"input_ids": feed["input_ids"], **{past: result[present] for present, past in present_to_past}}
+        feed = {"input_ids": feed["input_ids"], POSITIONS_INPUT: feed[POSITIONS_INPUT] + 1,
+                **{past: result[present] for present, past in present_to_past}}
         return runner.last_inference_time()
 
     p = percentiles(timed(step, s.warmup, s.decode_steps, deadline))
@@ -181,7 +186,7 @@ def _checked_engines(spec: str, src: Path, plugin_library) -> tuple[dict, object
         if reason:
             raise HymbaDeployError(reason)
     cfg = config_of(spec)                # MODEL's, not a file the sidecar names: it must match the engine's I/O
-    want = {"input_ids"} | {name for name, _, _ in Cache.state_names(cfg)}
+    want = set(GRAPH_INPUTS["decode"]) | {name for name, _, _ in Cache.state_names(cfg)}
     got = {t["name"] for t in artifact.read_sidecar(src / "decode.engine")["io"]["inputs"]}
     if got != want:
         raise HymbaDeployError(f"--engine {spec}={src}: the decode engine's inputs are not those of {spec} "

@@ -4,7 +4,13 @@ and after each of K decode steps.
 
 Multi-step and stateful: every runtime feeds its own `present.*` outputs back as the next step's
 `past.*` inputs (as a deployment does), and all runtimes decode the same token (the reference's
-greedy choice), so errors that accumulate in the cache show up step by step. Every output is compared:
+greedy choice), so errors that accumulate in the cache show up step by step.
+
+Ragged case (issue #14, on by default): one batch of right-padded prompts of different lengths (at the
+window + meta tokens, a single token, above, below; within the prompt limits), each row compared against
+its prompt run ALONE through the reference: the row's logits at its valid positions, its valid K/V
+entries (the first c_b), its conv and SSM states, after the prefill and after every decode step (each row
+decodes its own greedy token, at its own position). Every output is compared:
 logits and each cache tensor (max abs, rel L2, cosine; NaN/Inf separately) against the tolerance of
 the lower of the two precisions. On a failure, the first failing step is re-run with per-layer outputs
 marked and the first divergent layer is named. Backends that cannot run here are "not run: <reason>";
@@ -22,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..contract import GRAPHS, graph_file
+from ..contract import GRAPHS, LENGTHS_INPUT, POSITIONS_INPUT, graph_file
 from ..errors import HymbaDeployError
 from ..exporters.manifest import verify_export
 from ..runtime import OnnxRuntimeRunner, ServingRunner, TensorRTRunner, TorchRunner
@@ -37,8 +43,11 @@ _PRECISION_ORDER = ("bfloat16", "float16", "float32")     # lowest first
 
 
 def _metadata(path: Path) -> dict:
-    from ..engine.onnx_inputs import load_graph, metadata
-    return metadata(load_graph(path))
+    """The graph's `hymba.*` metadata; a graph of another op version is refused (re-export)."""
+    from ..engine.onnx_inputs import check_op_version, load_graph, metadata
+    proto = load_graph(path)
+    check_op_version(path, proto)
+    return metadata(proto)
 
 
 def _load_reference(model, dtype: str, seed: int, onnx_config: dict, device: str):
@@ -69,8 +78,14 @@ def _cache_io(meta: dict, config) -> list[tuple[str, str]]:
     return Cache.io_pairs(config)
 
 
-def _next_feed(outputs: dict, token: np.ndarray, cache_io) -> dict:
-    feed = {"input_ids": token}
+def _prefill_feed(ids: np.ndarray, lengths) -> dict:
+    return {"input_ids": ids, LENGTHS_INPUT: np.asarray(lengths, dtype=np.int64)}
+
+
+def _next_feed(outputs: dict, token: np.ndarray, positions: np.ndarray, cache_io) -> dict:
+    """The decode feed: `token` (B, 1) at `positions` (B,) (each row's positions consumed so far, meta
+    included), the past cache = the previous step's present cache."""
+    feed = {"input_ids": token, POSITIONS_INPUT: np.asarray(positions, dtype=np.int64)}
     for present, past in cache_io:
         feed[past] = outputs[present]
     return feed
@@ -92,6 +107,7 @@ class _Plan:
     logits_to_keep: int
     max_prompt_len: int
     max_seq_len: int
+    max_batch: int | None = None          # the engines' profile, when engines are compared
 
 
 @dataclass
@@ -105,13 +121,14 @@ class _Candidate:
 def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dtype: str | None = None,
           seed: int = 0, max_prompt_len: int = 48, batch_size: int = 1, device: str = "cpu",
           tolerances: dict | None = None, plugin_library=None, runtimes: tuple[str, ...] = (),
-          progress: Callable[[str], None] | None = None) -> dict:
+          ragged: bool = True, progress: Callable[[str], None] | None = None) -> dict:
     """Compare torch, ONNX Runtime, engines and (`runtimes`, e.g. ("cuda",)) the serving runtime; returns the
     report (report["ok"]: every runtime that ran passed, and at least one ran; report["not_run"]: the
     runtimes that did not run).
 
     `engine_dir`'s engines are checked before any work (HymbaDeployError when missing or unreadable);
     `plugin_library` (`--plugins`) is the plugin library they may load (default: the project's build).
+    `ragged`: also run the ragged case (module docstring), after the `prompts` uniform batches.
     Steps: plan (inputs, metadata, reference) -> candidates (which runtimes run) -> run and compare ->
     localise each failure -> report."""
     say = progress or (lambda msg: None)
@@ -133,7 +150,9 @@ def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dt
                    for g in plan.needed}
     rng = np.random.default_rng(seed)                             # prompt lengths, then prompts
     lengths = _prompt_lengths(plan, prompts, steps, rng)
-    rows, first_failure = _run_and_compare(plan, ref_factory, candidates, lengths, batch_size, steps, rng, say)
+    ragged_rows = _ragged_lengths(plan, steps) if ragged else []
+    rows, first_failure = _run_and_compare(plan, ref_factory, candidates, lengths, batch_size, steps, rng, say,
+                                           ragged_rows)
     for name, cand in candidates.items():
         if cand.status["status"] == "pending":
             _conclude(name, cand, rows, first_failure.get(name), ref_factory, plan.tolerances, say)
@@ -145,7 +164,9 @@ def check(model, onnx_dir, engine_dir=None, prompts: int = 2, steps: int = 3, dt
             "engine": str(engine_dir) if engine_dir else None,
             "reference": {"runtime": REFERENCE, "dtype": plan.ref_dtype, "device": device},
             "onnx_dtype": plan.onnx_dtype, "eviction": plan.eviction, "tolerances": plan.tolerances, "seed": seed,
-            "prompts": [{"batch": batch_size, "tokens": n} for n in lengths], "steps": steps,
+            "prompts": [{"batch": batch_size, "tokens": n} for n in lengths]
+            + ([{"batch": len(ragged_rows), "tokens": ragged_rows, "ragged": True}] if ragged_rows else []),
+            "steps": steps,
             "runtimes": status, "results": rows, "seconds": round(time.perf_counter() - t_start, 2)}
 
 
@@ -181,6 +202,19 @@ def _prompt_lengths(plan: _Plan, prompts: int, steps: int, rng: np.random.Genera
     return [upper] + [int(x) for x in rng.integers(1, upper + 1, prompts - 1)]
 
 
+def _ragged_lengths(plan: _Plan, steps: int) -> list[int]:
+    """The ragged batch's text lengths: at the window + meta tokens, 1, above (the longest allowed), below
+    (half of window + meta); each within the prompt limits, at most the engines' batch rows. A model whose
+    limits cannot hold two different lengths gets no ragged case ([])."""
+    cfg = plan.reference_model.config
+    windows = [cfg.layer_window(i) for i in range(cfg.num_hidden_layers) if cfg.layer_window(i) > 0]
+    span = max(windows, default=0) + cfg.num_memory_tokens
+    upper = max(1, min(plan.max_prompt_len, plan.max_seq_len - steps))
+    rows = [min(n, upper) for n in (span, 1, max(upper, span + 1), max(1, span // 2))]
+    rows = rows[:plan.max_batch] if plan.max_batch else rows
+    return rows if len(set(rows)) > 1 else []
+
+
 # ---- 2. candidates: which runtimes run, and their runners ---------------------------------------------
 def _onnxruntime(plan: _Plan, device: str) -> _Candidate:
     try:
@@ -208,6 +242,7 @@ def _tensorrt(plan: _Plan, engine_dir, engines, plugin_library, batch_size: int,
     # Prompts and decode steps must stay inside the engines' optimisation profile.
     axes = _profile_axes(engines["prefill"])
     plan.max_prompt_len = min(plan.max_prompt_len, axes["seq"][2] - steps)
+    plan.max_batch = axes["batch"][2]
     if batch_size > axes["batch"][2] or plan.max_prompt_len < 1:
         raise HymbaDeployError(f"the engines' profile (batch <= {axes['batch'][2]}, seq <= {axes['seq'][2]}) "
                                f"cannot hold --batch-size {batch_size} with {steps} decode steps")
@@ -244,7 +279,8 @@ def _serving_cuda(plan: _Plan, model, seed: int, batch_size: int, steps: int) ->
 
 # ---- 3. run and compare ---------------------------------------------------------------------------------
 def _run_and_compare(plan: _Plan, ref_factory, candidates: dict[str, _Candidate], lengths: list[int],
-                     batch_size: int, steps: int, rng: np.random.Generator, say) -> tuple[list[dict], dict[str, dict]]:
+                     batch_size: int, steps: int, rng: np.random.Generator, say,
+                     ragged_rows: list[int] = ()) -> tuple[list[dict], dict[str, dict]]:
     """Every prompt through prefill and `steps` decode steps in the reference and each pending candidate, each
     feeding its own present.* back (all decode the reference's greedy token). Returns the comparison rows and
     each candidate's first failing step (with its feed, for localisation). A candidate that raises is marked
@@ -262,13 +298,15 @@ def _run_and_compare(plan: _Plan, ref_factory, candidates: dict[str, _Candidate]
         for p, length in enumerate(lengths):
             ids = rng.integers(0, vocab, (batch_size, length)).astype(np.int64)
             say(f"prompt {p + 1}/{len(lengths)}: {batch_size} x {length} tokens, {steps} decode steps")
-            feeds = {name: {"input_ids": ids} for name in ["ref", *runners]}
+            feeds = {name: _prefill_feed(ids, [length] * batch_size) for name in ["ref", *runners]}
+            meta = plan.reference_model.config.num_memory_tokens
             for step in range(steps + 1):
                 graph = "prefill" if step == 0 else "decode"
                 label = "prefill" if step == 0 else f"decode {step}"
                 ref_out = reference[graph].infer(feeds["ref"])
                 token = ref_out["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)   # (B, 1)
-                feeds["ref"] = _next_feed(ref_out, token, plan.cache_io)
+                positions = np.full(batch_size, meta + length + step, dtype=np.int64)
+                feeds["ref"] = _next_feed(ref_out, token, positions, plan.cache_io)
                 for name, rs in runners.items():
                     if pending[name].status["status"] == "error":
                         continue
@@ -283,11 +321,69 @@ def _run_and_compare(plan: _Plan, ref_factory, candidates: dict[str, _Candidate]
                     if bad and name not in first_failure:
                         first_failure[name] = {"prompt": p, "step": label, "graph": graph,
                                                "outputs": [r["output"] for r in bad][:8], "feed": dict(feeds[name])}
-                    feeds[name] = _next_feed(out, token, plan.cache_io)
+                    feeds[name] = _next_feed(out, token, positions, plan.cache_io)
+        if ragged_rows:
+            _run_ragged(plan, reference, runners, pending, ragged_rows, len(lengths), steps, rng, say, rows,
+                        first_failure)
     finally:
         for r in active:
             r.deactivate()
     return rows, first_failure
+
+
+def _run_ragged(plan: _Plan, reference: dict, runners: dict, pending: dict, ragged_rows: list[int], p: int,
+                steps: int, rng: np.random.Generator, say, rows: list[dict], first_failure: dict) -> None:
+    """The ragged case (prompt number `p`): each row's prompt alone through the reference (prefill, then
+    `steps` greedy decode steps), then the right-padded batch through each candidate whose graphs take
+    `lengths`, every row compared against its prompt alone after each step. Appends to `rows`/`first_failure`."""
+    vocab, meta = plan.reference_model.config.vocab_size, plan.reference_model.config.num_memory_tokens
+    B, T = len(ragged_rows), max(ragged_rows)
+    ids = np.zeros((B, T), dtype=np.int64)                          # right padding (token 0; never seen)
+    for b, n in enumerate(ragged_rows):
+        ids[b, :n] = rng.integers(0, vocab, n)
+    say(f"prompt {p + 1} (ragged): rows of {', '.join(map(str, ragged_rows))} tokens, {steps} decode steps, "
+        f"each row against its prompt alone")
+    alone = []                                                      # per row: the reference's outputs per step
+    for b, n in enumerate(ragged_rows):
+        feed, outs = _prefill_feed(ids[b:b + 1, :n], [n]), []
+        for step in range(steps + 1):
+            out = reference["prefill" if step == 0 else "decode"].infer(feed)
+            token = out["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
+            outs.append((out, token))
+            feed = _next_feed(out, token, [meta + n + step], plan.cache_io)
+        alone.append(outs)
+    for name, rs in runners.items():
+        if pending[name].status["status"] == "error":
+            continue
+        takes = [g for g, key in (("prefill", LENGTHS_INPUT), ("decode", POSITIONS_INPUT))
+                 if g in rs and key not in rs[g].input_names()]
+        if takes:
+            pending[name].status["ragged"] = f"not run: its {' and '.join(takes)} graph takes no per-row lengths"
+            continue
+        feed = _prefill_feed(ids, ragged_rows)
+        for step in range(steps + 1):
+            graph, label = ("prefill", "prefill") if step == 0 else ("decode", f"decode {step}")
+            try:
+                out = rs[graph].infer(feed)
+            except Exception as e:                                  # a runtime failure is a result too
+                pending[name].status = {"status": "error", "reason": f"ragged batch: {type(e).__name__}: {e}"}
+                break
+            for b, n in enumerate(ragged_rows):
+                ref = alone[b][step][0]
+                mine = {k: out[k][b][:ref[k].shape[1]] for k in ref if k in out}   # the row's valid part
+                step_rows = compare_outputs(mine, {k: v[0] for k, v in ref.items()}, plan.tolerances,
+                                            names=list(ref))
+                rows.extend({"runtime": name, "prompt": p, "row": b, "tokens": n, "step": label, **row}
+                            for row in step_rows)
+                bad = [r for r in step_rows if not r["ok"]]
+                if bad and name not in first_failure:
+                    first_failure[name] = {"prompt": p, "row": b, "step": label, "graph": graph,
+                                           "outputs": [r["output"] for r in bad][:8]}
+            token = np.concatenate([alone[b][step][1] for b in range(B)])          # (B, 1)
+            positions = np.array([meta + n + step for n in ragged_rows], dtype=np.int64)
+            feed = _next_feed(out, token, positions, plan.cache_io)
+        if pending[name].status["status"] != "error":
+            pending[name].status["ragged"] = f"compared: rows of {', '.join(map(str, ragged_rows))} tokens"
 
 
 # ---- 4. localise, conclude ------------------------------------------------------------------------------
@@ -302,9 +398,11 @@ def _conclude(name: str, cand: _Candidate, rows: list[dict], failure: dict | Non
                         "worst": {k: worst[k] for k in ("prompt", "step", "output", "max_abs", "rel_l2", "cosine")
                                   if k in worst} if worst else None})
     if failure:
-        feed = failure.pop("feed")
-        say(f"{name} fails at prompt {failure['prompt'] + 1} {failure['step']}: localising")
+        feed = failure.pop("feed", None)
         cand.status["first_failure"] = failure
+        if feed is None:                 # a ragged row: its reference is the prompt alone, not this batch
+            return
+        say(f"{name} fails at prompt {failure['prompt'] + 1} {failure['step']}: localising")
         cand.status["localization"] = localize(ref_factory[failure["graph"]], cand.factories[failure["graph"]],
                                                feed, tolerances)
 
@@ -361,17 +459,18 @@ def _fmt(x, spec):
 def format_report(report: dict) -> str:
     ref = report["reference"]
     lines = [f"reference: {ref['runtime']} {ref['dtype']} ({ref['device']}); ONNX {report['onnx_dtype']}; "
-             f"prompts {', '.join(str(p['tokens']) for p in report['prompts'])} tokens; {report['steps']} decode steps; "
+             f"prompts {', '.join(_prompt_text(p) for p in report['prompts'])} tokens; {report['steps']} decode steps; "
              f"tolerance rel_l2 <= {report['tolerances']['']['rel_l2']:g}, cosine >= {report['tolerances']['']['cosine']:g}",
              f"{'runtime':<12} {'prompt':>6} {'step':<9} {'outputs':>7} {'failed':>6}  {'worst output':<24} "
              f"{'max_abs':>9} {'rel_l2':>9} {'cosine':>10}  result"]
     groups: dict[tuple, list] = {}
     for row in report["results"]:
-        groups.setdefault((row["runtime"], row["prompt"], row["step"]), []).append(row)
-    for (runtime, prompt, step), rows in groups.items():
+        groups.setdefault((row["runtime"], row["prompt"], row.get("row"), row["step"]), []).append(row)
+    for (runtime, prompt, b, step), rows in groups.items():
         worst = max(rows, key=lambda r: r.get("rel_l2", float("inf")))
         failed = sum(not r["ok"] for r in rows)
-        lines.append(f"{runtime:<12} {prompt + 1:>6} {step:<9} {len(rows):>7} {failed:>6}  {worst['output']:<24} "
+        label = f"{prompt + 1}" if b is None else f"{prompt + 1}.{b + 1}"        # ragged: prompt.row
+        lines.append(f"{runtime:<12} {label:>6} {step:<9} {len(rows):>7} {failed:>6}  {worst['output']:<24} "
                      f"{_fmt(worst.get('max_abs'), '9.2e')} {_fmt(worst.get('rel_l2'), '9.2e')} "
                      f"{_fmt(worst.get('cosine'), '10.7f')}  {'FAIL' if failed else 'pass'}")
     for name, s in report["runtimes"].items():
@@ -379,6 +478,12 @@ def format_report(report: dict) -> str:
             lines.append(f"{name:<12} {s['status']}: {s['reason']}")
         else:
             lines.append(f"{name:<12} {s['status']} ({s['compared']} comparisons, {s['failed']} failed)")
+        if s.get("ragged"):
+            lines.append(f"{'':<12} ragged batch (each row against its prompt alone): {s['ragged']}")
+        ff = s.get("first_failure")
+        if ff and "row" in ff:
+            lines.append(f"{'':<12} first failure at prompt {ff['prompt'] + 1} row {ff['row'] + 1}, {ff['step']}: "
+                         f"{', '.join(ff['outputs'][:4])}")
         loc = s.get("localization")
         if loc:
             ff = s["first_failure"]
@@ -390,6 +495,12 @@ def format_report(report: dict) -> str:
                          f"{where}; by {loc['method']}")
     lines.append(summary_line(report))
     return "\n".join(lines)
+
+
+def _prompt_text(prompt: dict) -> str:
+    if prompt.get("ragged"):
+        return f"ragged {'/'.join(map(str, prompt['tokens']))}"
+    return str(prompt["tokens"])
 
 
 def write_report(report: dict, path) -> None:

@@ -6,8 +6,9 @@
     TensorRTRunner     one built engine (TensorRT or TensorRT-RTX, through Polygraphy's TrtRunner)
     ServingRunner      the serving runtime (`hymba_deploy.serving`), e.g. on the cuda kernels
 
-Every runner of a graph takes and returns the exported graph's tensor names (`input_ids`, `past.*`,
-`conv_state.*`, `ssm_state.*` -> `logits`, `present.*`). With `capture_layers=True`, torch and ONNX
+Every runner of a graph takes and returns the exported graph's tensor names (`input_ids` with `lengths`
+(prefill) or `positions` (decode), `past.*`, `conv_state.*`, `ssm_state.*` -> `logits`, `present.*`;
+`contract.GRAPH_INPUTS`, exporters/README.md); feed entries a runner does not take are ignored. With `capture_layers=True`, torch and ONNX
 Runtime runners also return each decoder layer's output hidden state as `layer.{i}.hidden`, which
 `hymba_deploy.parity` uses to name the first layer that diverges.
 """

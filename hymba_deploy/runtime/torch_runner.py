@@ -1,5 +1,5 @@
 """The PyTorch reference as a runner: `PrefillGraph` / `DecodeGraph` (exporters/graphs.py) around the model,
-so its I/O names and semantics are exactly the exported graph's."""
+so its I/O names and semantics are exactly the exported graph's (`lengths` / `positions` included)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ class TorchRunner(Runner):
         self._hooks, self._captured = [], {}
 
     def input_names(self) -> list[str]:
-        return ["input_ids"] + (list(self.module.past_names) if self.graph == "decode" else [])
+        return list(self.module.input_names)
 
     def activate_impl(self):
         if self.capture_layers:
@@ -59,7 +59,7 @@ class TorchRunner(Runner):
         def tensor(name, value):
             t = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(value))
             t = t.to(device)
-            return t if name == "input_ids" else t.to(dtype)
+            return t if not t.is_floating_point() else t.to(dtype)     # ids, lengths, positions stay int64
         args = [tensor(n, feed_dict[n]) for n in self.input_names()]
         self._captured = {}
         sync = device.type == "cuda"
