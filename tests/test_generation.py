@@ -70,7 +70,7 @@ def test_onnxruntime_one_new_token_needs_only_the_prefill(onnx_dir, tiny):
 
 # ---- --ids-file ------------------------------------------------------------------------------------------
 def test_ids_file_is_the_same_batch_as_repeated_ids(tmp_path, tiny):
-    batch = prompts((4, 4))
+    batch = prompts((3, 5))
     path = tmp_path / "prompts.txt"
     path.write_text("\n".join(" , ".join(map(str, p)) for p in batch[:1]) + "\n\n"
                     + ",".join(map(str, batch[1])) + ",\n")         # spaces, a blank line, a trailing comma
@@ -193,3 +193,45 @@ def test_bench_onnxruntime_on_cuda_without_onnxruntime_gpu_is_not_run(tmp_path):
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "bench.json").read_text())["results"]["tiny"]["onnxruntime"]
     assert report["status"] == "not run" and "ONNX Runtime on cuda needs onnxruntime-gpu" in report["reason"]
+
+
+# ---- prompts of different lengths: each row is its prompt alone ------------------------------------------
+RAGGED = (30, 1, 45, 10)          # out of order: the output keeps the input order
+
+
+def test_reference_ragged_batch_rows_equal_each_prompt_alone(tiny):
+    batch = prompts(RAGGED)
+    assert lines(run("tiny", *id_args(batch), "--max-new-tokens", NEW)) == [alone(tiny, p) for p in batch]
+
+
+def test_onnxruntime_ragged_batch_equals_the_reference_alone(onnx_dir, tiny):
+    """ONNX Runtime's greedy tokens for a ragged batch, 60 steps (every row > 40 steps past the window), are
+    the reference's for each prompt alone."""
+    batch = prompts(RAGGED)
+    got = lines(run("tiny", *id_args(batch), "--backend", "onnxruntime", "--onnx", onnx_dir, "--max-new-tokens", NEW))
+    assert got == [alone(tiny, p) for p in batch]
+
+
+def test_greedy_loop_over_last_token_prefill_logits(tiny):
+    """The graphs' loop with a prefill that returns each row's last-token logits (`--prefill-logits last`),
+    over the torch runners (the exported graphs' I/O, no export needed)."""
+    from hymba_deploy.cache import HybridMambaAttentionDynamicCache as Cache
+    from hymba_deploy.runtime import TorchRunner
+    from hymba_deploy.runtime.greedy import GreedyGenerator
+    batch = prompts(RAGGED)
+    runners = [TorchRunner(tiny, "prefill", logits_to_keep=1), TorchRunner(tiny, "decode")]
+    gen = GreedyGenerator(*runners, Cache.io_pairs(tiny.config), tiny.config.num_memory_tokens, "last")
+    with runners[0], runners[1]:
+        assert gen.generate(batch, 30) == [alone(tiny, p, 30) for p in batch]
+
+
+def test_serving_runtime_ragged_batch_on_the_reference_kernels(tiny):
+    """The `cuda` backend's code path (ServingRuntime.generate with lengths) on the CPU reference kernels."""
+    import inspect
+
+    from hymba_deploy.generation import ServingBackend
+    from hymba_deploy.serving import ServingRuntime
+    if "lengths" not in inspect.signature(ServingRuntime.generate).parameters:
+        pytest.skip("ServingRuntime.generate takes no lengths yet (issue 14 item 5)")
+    batch = prompts(RAGGED)
+    assert ServingBackend(tiny, "upstream").generate(batch, 30) == [alone(tiny, p, 30) for p in batch]

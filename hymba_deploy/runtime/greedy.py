@@ -58,9 +58,6 @@ class GreedyGenerator:
         ids, lengths = pad_prompts(prompts)
         if max_new_tokens == 0:
             return [[] for _ in prompts]
-        self._require(self.prefill, LENGTHS, ragged=len(set(lengths.tolist())) > 1)
-        if max_new_tokens > 1:
-            self._require(self.decode, POSITIONS, ragged=len(set(lengths.tolist())) > 1)
         out = self.prefill.infer({"input_ids": ids, LENGTHS: lengths})
         token = self._last_logits(out["logits"], lengths).argmax(-1).astype(np.int64)[:, None]     # (B, 1)
         tokens = [token]
@@ -78,10 +75,3 @@ class GreedyGenerator:
         if self.prefill_logits == "last":
             return logits[:, -1]
         return logits[np.arange(len(lengths)), lengths - 1]
-
-    @staticmethod
-    def _require(runner: Runner, name: str, ragged: bool) -> None:
-        """A graph without the per-row input predates ragged batches: fine for equal lengths, refused otherwise."""
-        if ragged and name not in runner.input_names():
-            raise HymbaDeployError(f"{runner.name} has no '{name}' input (made before prompts of different lengths "
-                                   f"were supported): re-export and rebuild it, or give prompts of equal length")
