@@ -195,9 +195,9 @@ def _matching_config(spec: str, seed: int, folder: Path, config_json: str, manif
 def _tensorrt(spec: str, engine_dir, plugin_library, need_decode: bool):
     """(GreedyGenerator over the engines of --engine DIR, Artifact); NotRun when they cannot run here."""
     from .cache import HybridMambaAttentionDynamicCache as Cache
+    from .contract import POSITIONS_INPUT as POSITIONS
     from .engine import artifact
     from .runtime import TensorRTRunner
-    from .contract import POSITIONS_INPUT as POSITIONS
     from .runtime.greedy import GreedyGenerator
     from .runtime.tensorrt_runner import engine_unavailable
     if engine_dir is None:
@@ -241,54 +241,33 @@ def generate(spec: str, ids: list[list[int]] | None = None, prompts: list[str] |
              plugin_library=None) -> dict:
     """One batch: `ids` (token ids per prompt) or `prompts` (texts, through the checkpoint's tokenizer).
     Returns {"backend", "device", "notes": [...], "rows": [{"prompt_ids", "new_ids"[, "text"]}, ...]} in input
-    order; raises NotRun when `backend` cannot run here. `device` ("cpu" | "cuda", default cpu) is where the
-    reference or ONNX Runtime runs (cuda: the CUDA provider, TF32 off); tensorrt and cuda run on the GPU. `dtype` / `eviction` default to the artifact's for
-    the deployed backends (another value is an error: it is fixed at export), to the checkpoint's dtype and
-    "upstream" for the reference and cuda."""
-    if (ids is None) == (prompts is None):
-        raise HymbaDeployError("give exactly one of --ids, --ids-file and --prompt")
+    order; raises NotRun when `backend` cannot run here.
+
+    `device` ("cpu" | "cuda", default cpu) is where the reference or ONNX Runtime runs (cuda: the CUDA
+    provider, TF32 off); tensorrt and cuda run on the GPU. `dtype` / `eviction` default to the artifact's for
+    the deployed backends (another value is an error: both are fixed at export), else to the checkpoint's
+    dtype and "upstream". Every limit is checked before weights are loaded."""
     if backend not in BACKENDS:
         raise HymbaDeployError(f"--backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-    if device is not None and device not in DEVICES:
-        raise HymbaDeployError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
-    if backend in ("tensorrt", "cuda"):
-        if device == "cpu":
-            raise HymbaDeployError(f"--device cpu: --backend {backend} runs on the GPU only")
-        device = "cuda"
-    device = device or "cpu"
+    device = _device(backend, device)
     config = config_of(spec)
-    tokenizer = load_tokenizer(spec, required=prompts is not None)
-    if prompts is not None:
-        ids = [tokenizer.encode(p).ids for p in prompts]
-        if any(not p for p in ids):
-            raise HymbaDeployError("--prompt: a prompt encodes to no tokens")
-    if not ids:
-        raise HymbaDeployError("no prompts given")
-    for prompt in ids:                                    # the model's own limits, before anything is loaded
+    ids, tokenizer = _prompt_ids(spec, ids, prompts)
+    for prompt in ids:
         check_request(config, prompt, max_new_tokens)
     if dtype is not None:
         dtype = str(parse_dtype(dtype)).replace("torch.", "")
     notes = []
-    need_decode = max_new_tokens > 1
     if backend in ("onnxruntime", "tensorrt"):
-        gen, art = (_onnxruntime(spec, onnx_dir, device, seed, need_decode) if backend == "onnxruntime"
-                    else _tensorrt(spec, engine_dir, plugin_library, need_decode))
-        where = "--onnx" if backend == "onnxruntime" else "--engine"
-        for option, asked, fixed in (("--dtype", dtype, art.dtype), ("--eviction", eviction, art.eviction)):
-            if asked is not None and asked != fixed:
-                raise HymbaDeployError(f"{option} {asked}: {where} {onnx_dir or engine_dir} was made with {fixed} "
-                                       f"(fixed at export); omit {option} or re-export")
-        for prompt in ids:
-            check_request(config, prompt, max_new_tokens, art.limit, art.limit_name)
-        if art.batch_limit is not None and len(ids) > art.batch_limit:
-            raise HymbaDeployError(f"{len(ids)} prompts: the engines' profile holds at most {art.batch_limit}")
+        new = _deployed(spec, backend, ids, max_new_tokens, onnx_dir, engine_dir, device, dtype, eviction, seed,
+                        plugin_library)
         if backend == "onnxruntime" and device == "cuda":
             notes.append("onnxruntime CUDA provider with TF32 off (use_tf32=0) for fp32 parity with the CPU")
-        new = _run_graphs(gen, ids, max_new_tokens)
     elif backend == "cuda":
         new = ServingBackend.on_cuda(spec, dtype, seed, eviction or "upstream").generate(ids, max_new_tokens)
     else:
-        model = load_model(spec, dtype=dtype, seed=seed, device=_torch_device(device))
+        if device == "cuda" and not torch.cuda.is_available():
+            raise NotRun("no CUDA device")
+        model = load_model(spec, dtype=dtype, seed=seed, device=device)
         new = ReferenceBackend(model, eviction or "upstream").generate(ids, max_new_tokens)
     rows = []
     for prompt, tokens in zip(ids, new):
@@ -297,6 +276,49 @@ def generate(spec: str, ids: list[list[int]] | None = None, prompts: list[str] |
             row["text"] = tokenizer.decode(tokens)
         rows.append(row)
     return {"backend": backend, "device": device, "notes": notes, "rows": rows}
+
+
+def _device(backend: str, device: str | None) -> str:
+    if device is not None and device not in DEVICES:
+        raise HymbaDeployError(f"--device {device!r}: choose one of {', '.join(DEVICES)}")
+    if backend in ("tensorrt", "cuda"):
+        if device == "cpu":
+            raise HymbaDeployError(f"--device cpu: --backend {backend} runs on the GPU only")
+        return "cuda"
+    return device or "cpu"
+
+
+def _prompt_ids(spec: str, ids, prompts) -> tuple[list[list[int]], object]:
+    """(token ids per prompt, the checkpoint's tokenizer or None)."""
+    if (ids is None) == (prompts is None):
+        raise HymbaDeployError("give exactly one of --ids, --ids-file and --prompt")
+    tokenizer = load_tokenizer(spec, required=prompts is not None)
+    if prompts is not None:
+        ids = [tokenizer.encode(p).ids for p in prompts]
+        if any(not p for p in ids):
+            raise HymbaDeployError("--prompt: a prompt encodes to no tokens")
+    if not ids:
+        raise HymbaDeployError("no prompts given")
+    return ids, tokenizer
+
+
+def _deployed(spec, backend, ids, max_new_tokens, onnx_dir, engine_dir, device, dtype, eviction, seed,
+              plugin_library) -> list[list[int]]:
+    """The new tokens from the export's graphs in ONNX Runtime or from the engines, after checking the request
+    against what they were made with."""
+    need_decode = max_new_tokens > 1
+    gen, art = (_onnxruntime(spec, onnx_dir, device, seed, need_decode) if backend == "onnxruntime"
+                else _tensorrt(spec, engine_dir, plugin_library, need_decode))
+    where = f"--onnx {onnx_dir}" if backend == "onnxruntime" else f"--engine {engine_dir}"
+    for option, asked, fixed in (("--dtype", dtype, art.dtype), ("--eviction", eviction, art.eviction)):
+        if asked is not None and asked != fixed:
+            raise HymbaDeployError(f"{option} {asked}: {where} was made with {fixed} (fixed at export); omit "
+                                   f"{option} or re-export")
+    for prompt in ids:
+        check_request(art.config, prompt, max_new_tokens, art.limit, art.limit_name)
+    if art.batch_limit is not None and len(ids) > art.batch_limit:
+        raise HymbaDeployError(f"{len(ids)} prompts: the engines' profile holds at most {art.batch_limit}")
+    return _run_graphs(gen, ids, max_new_tokens)
 
 
 def _run_graphs(gen, ids: list[list[int]], max_new_tokens: int) -> list[list[int]]:
@@ -308,12 +330,6 @@ def _run_graphs(gen, ids: list[list[int]], max_new_tokens: int) -> list[list[int
     finally:
         for r in runners:
             r.deactivate()
-
-
-def _torch_device(device: str) -> str:
-    if device == "cuda" and not torch.cuda.is_available():
-        raise NotRun("no CUDA device")
-    return device
 
 
 def format_rows(result: dict) -> str:
