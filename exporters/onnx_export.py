@@ -93,7 +93,8 @@ def _dynamic_shapes(model, graph: str, max_seq_len: int, eviction: str):
 
 def _io_names(model, graph: str):
     cfg = model.config
-    inputs = list(contract.GRAPH_INPUTS[graph]) + ([] if graph == "prefill" else [n for n, _, _ in Cache.state_names(cfg)])
+    past = [] if graph == "prefill" else [n for n, _, _ in Cache.state_names(cfg)]
+    inputs = list(contract.GRAPH_INPUTS[graph]) + past
     outputs = ["logits"] + [n for n, _, _ in Cache.state_names(cfg, present=True)]
     return inputs, outputs
 

@@ -319,8 +319,8 @@ class HymbaForCausalLM(nn.Module):
         holding a past) advance each row from its own position, `cache.positions`.
 
         `logits_to_keep` > 0 projects only the last that many positions of each row (its last real ones
-        under `lengths`; upstream's generate path projects only the last one:
-        `calc_logits_for_entire_prompt=False`); 0 keeps all n.
+        under `lengths`, unspecified where a row has fewer; upstream's generate path projects only the last
+        one: `calc_logits_for_entire_prompt=False`); 0 keeps all n.
         """
         if input_ids.dim() != 2:
             raise HymbaDeployError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
@@ -331,12 +331,13 @@ class HymbaForCausalLM(nn.Module):
         lengths = self._prompt_lengths(input_ids, cache, attention_mask, lengths)
         h = self.model(input_ids, cache, lengths)
         if logits_to_keep > 0:
-            if lengths is None:
-                h = h[:, -logits_to_keep:]
-            else:                                                           # each row's last real tokens
-                index = torch.clamp(lengths[:, None] - logits_to_keep + torch.arange(logits_to_keep, device=h.device),
-                                    min=0)                                  # (B, keep)
+            if lengths is not None:
+                # Shift each row right so that its last real token is the last position (a full row stays as
+                # it is: the slice below, and so the head's arithmetic, is then that of a uniform batch).
+                n = h.shape[1]
+                index = torch.clamp(torch.arange(n, device=h.device) - (n - lengths)[:, None], min=0)  # (B, n)
                 h = torch.gather(h, 1, index[..., None].expand(-1, -1, h.shape[2]))
+            h = h[:, -logits_to_keep:]
         return self.lm_head(h).float()
 
     @staticmethod
@@ -374,8 +375,9 @@ class HymbaForCausalLM(nn.Module):
                 return None
             bad = ((lengths < 1) | (lengths > n)).nonzero().flatten().tolist()
             if bad:
-                raise HymbaDeployError(f"lengths[{bad[0]}] = {int(lengths[bad[0]])} is out of range: each row "
-                                       f"holds 1 to {n} text tokens (the padded width of input_ids)")
+                source = "attention_mask row" if attention_mask is not None else "lengths"
+                raise HymbaDeployError(f"{source}[{bad[0]}] gives {int(lengths[bad[0]])} tokens, out of range: "
+                                       f"each row holds 1 to {n} text tokens (the padded width of input_ids)")
         return lengths
 
     @torch.no_grad()

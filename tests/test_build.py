@@ -66,8 +66,11 @@ def test_sidecar_is_complete(engines, onnx_dir):
         assert prof["inputs"]["input_ids"]["max"] == ([4, 128] if graph == "prefill" else [4, 1])
         io_in = {t["name"]: t for t in s["io"]["inputs"]}
         assert io_in["input_ids"]["dtype"] == "int64"
+        per_row = "lengths" if graph == "prefill" else "positions"           # op version 2: per-row inputs
+        assert io_in[per_row]["dtype"] == "int64" and prof["inputs"][per_row]["max"] == [4]
+        assert s["op_version"] == 2
         assert {t["name"] for t in s["io"]["outputs"]} >= {"logits", "present.0.key", "present.conv_state.7"}
-        assert s["plugin_library"]["path"] == str(lib)
+        assert Path(s["plugin_library"]["path"]) == Path(lib).resolve()
         assert s["plugin_library"]["sha256"] == plugins.sha256(lib)
         assert s["plugin_library"]["tensorrt_headers"].startswith("11.")
         assert s["source_onnx"]["sha256"] == plugins.sha256(onnx_dir / f"{graph}.onnx")
@@ -82,6 +85,9 @@ def test_sidecar_is_complete(engines, onnx_dir):
 def test_decode_profile_shapes_follow_the_cache(onnx_dir):
     proto = load_graph(onnx_dir / "decode.onnx")
     shapes = input_shapes(proto, parse_profile("batch=1:2:4,seq=1:32:100", 128))
+    assert shapes["positions"] == [(1,), (2,), (4,)] and shapes["input_ids"] == [(1, 1), (2, 1), (4, 1)]
+    prefill = input_shapes(load_graph(onnx_dir / "prefill.onnx"), parse_profile("batch=1:2:4,seq=1:32:100", 128))
+    assert prefill["lengths"] == [(1,), (2,), (4,)] and prefill["input_ids"] == [(1, 1), (2, 32), (4, 100)]
     # tiny: 8 meta tokens; global layers hold meta + seq, SWA layers meta + min(seq, window - 1 = 15).
     assert shapes["past.0.key"] == [(1, 9, 2, 16), (2, 40, 2, 16), (4, 108, 2, 16)]
     assert shapes["past.1.key"] == [(1, 9, 2, 16), (2, 23, 2, 16), (4, 23, 2, 16)]
@@ -139,6 +145,33 @@ def test_node_without_plugin_is_named(onnx_dir, tmp_path):
         build(bad / "decode.onnx", tmp_path / "out", backend="tensorrt-rtx", target="sm80",
               plugin_library=plugin_library())
     assert not (tmp_path / "out" / "decode.engine").exists()
+
+
+def _as_version_1(src: Path, dst: Path) -> Path:
+    """`src` as an export of op version 1 wrote it: `hymba` opset 1, plugin_version "1" on every node."""
+    import onnx
+    proto = onnx.load(str(src))
+    for o in proto.opset_import:
+        if o.domain == "hymba":
+            o.version = 1
+    for node in proto.graph.node:
+        for a in node.attribute:
+            if a.name == "plugin_version":
+                a.s = b"1"
+    onnx.save(proto, str(dst))
+    return dst
+
+
+def test_version_1_export_is_refused(onnx_dir, tmp_path):
+    """An ONNX of op version 1 (no lengths/positions, 3-input WindowedAttention) is refused before any
+    work, naming the file and saying re-export; the build writes nothing."""
+    old = _as_version_1(onnx_dir / "decode.onnx", tmp_path / "decode.onnx")
+    with pytest.raises(HymbaDeployError, match=rf"{old}: exported with hymba op version 1, plugin_version 1; "
+                                               r"this hymba-deploy reads op version 2 .*re-export"):
+        build(old, tmp_path / "out", backend="tensorrt-rtx", target="sm80")
+    assert not (tmp_path / "out").exists()
+    result = CliRunner().invoke(main, ["build", str(old), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 1 and "error: " in result.output and "re-export" in result.output
 
 
 def _with_build_info(src: Path, dst: Path, info: bytes | None) -> Path:

@@ -236,7 +236,7 @@ def test_onnx_fuzz_base_case_loads():
 
 SIDECAR = {
     "graph": "decode", "engine": "decode.engine", "engine_bytes": 4, "backend": "tensorrt-rtx",
-    "backend_version": "1.7.1.116", "target": "sm80", "compute_capability": "8.0",
+    "backend_version": "1.7.1.116", "target": "sm80", "compute_capability": "8.0", "op_version": 2,
     "profiles": [{"axes": {"batch": [1, 1, 4], "seq": [1, 8, 64]}, "inputs": {}}],
     "io": {"inputs": [{"name": "input_ids", "dtype": "int64", "shape": [-1, 1]}],
            "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 1, 257]}]},

@@ -130,6 +130,56 @@ def test_attention_equals_reference(Tq, Tk, window):
     assert rel_err(out, ref) <= 1e-6
 
 
+@pytest.mark.parametrize("Tq,Tk,window,num_meta", [(1, 30, 8, 3), (5, 41, 16, 8), (12, 12, 0, 2), (4, 9, 100, 0)])
+def test_window_mask_per_row_equals_brute_force(Tq, Tk, window, num_meta):
+    kv_lengths = torch.tensor([Tq, Tk, (Tq + Tk) // 2], dtype=torch.int32)
+    mask = ops.window_mask(Tq, Tk, window, num_meta, kv_lengths=kv_lengths)
+    assert mask.shape == (3, 1, Tq, Tk)
+    for b, length in enumerate(kv_lengths.tolist()):
+        for i in range(Tq):
+            q = length - Tq + i
+            for kv in range(Tk):
+                allowed = kv <= q and (window <= 0 or q - kv <= window or kv < num_meta)
+                assert bool(mask[b, 0, i, kv]) == allowed, (b, i, kv)
+
+
+@pytest.mark.parametrize("Tq", [1, 4])
+@pytest.mark.parametrize("group", [1, 5])
+@pytest.mark.parametrize("window", [0, 6])
+def test_attention_with_kv_lengths_equals_each_row_alone(Tq, group, window):
+    """Per-row key counts: the op (fp32) against the float64 reference, and the reference against each row
+    run alone over its own keys only. Keys past a row's count hold large values: any leak shows."""
+    g = torch.Generator().manual_seed(7)
+    B, Tk, Hkv, d_qk, d_v, meta = 3, 23, 2, 12, 20, 3
+    kv_lengths = torch.tensor([Tq, Tk, 13], dtype=torch.int32)
+    q = torch.randn(B, Tq, Hkv * group, d_qk, generator=g)
+    k, v = torch.randn(B, Tk, Hkv, d_qk, generator=g), torch.randn(B, Tk, Hkv, d_v, generator=g)
+    for b, length in enumerate(kv_lengths.tolist()):
+        k[b, length:], v[b, length:] = 1e4, -1e4
+    out = torch.ops.hymba.windowed_attention(q, k, v, window, meta, 0.3, kv_lengths)
+    ref = ops.windowed_attention_ref(q.double(), k.double(), v.double(), window, meta, 0.3, kv_lengths)
+    assert out.shape == (B, Tq, Hkv * group, d_v) and out.dtype == torch.float32
+    assert rel_err(out, ref) <= 1e-5
+    for b, length in enumerate(kv_lengths.tolist()):
+        alone = ops.windowed_attention_ref(q[b:b + 1].double(), k[b:b + 1, :length].double(),
+                                           v[b:b + 1, :length].double(), window, meta, 0.3)
+        assert rel_err(ref[b:b + 1], alone) <= 1e-12
+    full = torch.full((B,), Tk, dtype=torch.int32)                  # kv_lengths = Tk: the op without them
+    assert torch.equal(ops.windowed_attention_ref(q, k, v, window, meta, 0.3, full),
+                       ops.windowed_attention_ref(q, k, v, window, meta, 0.3))
+
+
+@pytest.mark.parametrize("kv_lengths,match", [([2, 9], "must lie in"), ([5, 10], "must lie in"),
+                                              ([5], r"must be \(2,\) int32"), ([5.0, 5.0], "int32")])
+def test_attention_refuses_bad_kv_lengths(kv_lengths, match):
+    q, k, v = torch.randn(2, 3, 4, 8), torch.randn(2, 9, 2, 8), torch.randn(2, 9, 2, 8)
+    lengths = torch.tensor(kv_lengths)
+    lengths = lengths.to(torch.int32) if not lengths.dtype.is_floating_point else lengths
+    for fn in (ops.windowed_attention, ops.windowed_attention_ref):
+        with pytest.raises(ValueError, match=match):
+            fn(q, k, v, 0, 0, 0.3, lengths)
+
+
 def test_attention_decode_row_equals_prefill_row():
     """A decode step (1 query over the cache) equals the last row of prefill attention."""
     q, k, v = torch.randn(1, 30, 4, 8), torch.randn(1, 30, 2, 8), torch.randn(1, 30, 2, 16)
@@ -169,6 +219,10 @@ def test_custom_ops_pass_opcheck_fake_kernels_match_real_outputs(dtype):
     v = torch.randn(B, 9, 2, 6, generator=g).to(dtype)
     torch.library.opcheck(torch.ops.hymba.windowed_attention.default, (q, k, v, 4, 2, 0.3))
     torch.library.opcheck(torch.ops.hymba.windowed_attention.default, (q.expand(B, 9, 4, 8).contiguous(), k, v, 0, 0, 0.3))
+    kv_lengths = torch.tensor([9, 4], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.hymba.windowed_attention.default, (q, k, v, 4, 2, 0.3, kv_lengths))
+    torch.library.opcheck(torch.ops.hymba.windowed_attention.default, (q.expand(B, 3, 4, 8).contiguous(), k, v, 0, 0, 0.3,
+                                                                       kv_lengths))
 
 
 def test_reference_model_decodes_under_torch_compile(tiny):

@@ -154,14 +154,16 @@ def test_exported_node_attributes_are_exactly_the_creator_fields(h, tmp_path_fac
 def test_field_mismatches_reports_a_renamed_field_on_either_side(h, side):
     """The comparison above on a renamed field: a node attribute or a creator field named `scale_` for `scale`."""
     from onnx import helper
-    node = helper.make_node("WindowedAttention", ["q", "k", "v"], ["o"], name="attn", domain="hymba",
-                            window=8, num_meta=2, scale=0.5, layout_version=1, plugin_version="1",
+
+    from hymba_deploy.contract import PLUGIN_VERSION
+    node = helper.make_node("WindowedAttention", ["q", "k", "v", "kv_lengths"], ["o"], name="attn", domain="hymba",
+                            window=8, num_meta=2, scale=0.5, layout_version=1, plugin_version=PLUGIN_VERSION,
                             plugin_namespace="hymba")
     creators = [dict(c, fields=dict(c["fields"])) for c in h.creators()]
     assert field_mismatches([node], creators) == []
     if side == "node":
-        node = helper.make_node("WindowedAttention", ["q", "k", "v"], ["o"], name="attn", domain="hymba",
-                                window=8, num_meta=2, scale_=0.5, layout_version=1)
+        node = helper.make_node("WindowedAttention", ["q", "k", "v", "kv_lengths"], ["o"], name="attn",
+                                domain="hymba", window=8, num_meta=2, scale_=0.5, layout_version=1)
     else:
         attn = next(c for c in creators if c["name"] == "WindowedAttention" and c["namespace"] == "hymba")
         attn["fields"]["scale_"] = attn["fields"].pop("scale")
@@ -406,22 +408,24 @@ from onnx import helper, TensorProto as TP
 import tensorrt_rtx as trt
 
 lib, dt = sys.argv[1], {"bf16": TP.BFLOAT16, "fp16": TP.FLOAT16, "fp32": TP.FLOAT}[sys.argv[2]]
+version, op_version = sys.argv[3], int(sys.argv[4])             # contract.PLUGIN_VERSION, contract.OP_VERSION
 B, T, D, N, K, Hq, Hkv, Dqk, Dv = "batch", "seq", 64, 8, 4, 4, 2, 16, 32
 vi = helper.make_tensor_value_info
 inputs = [vi("x", dt, [B, T, D]), vi("w", dt, [D, K]), vi("cb", dt, [D]), vi("cs", dt, [B, D, K]),
           vi("dt", dt, [B, T, D]), vi("A", TP.FLOAT, [D, N]), vi("Bm", dt, [B, T, N]), vi("Cm", dt, [B, T, N]),
           vi("Dv", TP.FLOAT, [D]), vi("z", dt, [B, T, D]), vi("dtb", TP.FLOAT, [D]), vi("h0", TP.FLOAT, [B, D, N]),
-          vi("q", dt, [B, T, Hq, Dqk]), vi("k", dt, [B, "kv", Hkv, Dqk]), vi("v", dt, [B, "kv", Hkv, Dv])]
+          vi("q", dt, [B, T, Hq, Dqk]), vi("k", dt, [B, "kv", Hkv, Dqk]), vi("v", dt, [B, "kv", Hkv, Dv]),
+          vi("kv_lengths", TP.INT32, [B])]
 nodes = [helper.make_node("CausalConv1d", ["x", "w", "cb", "cs"], ["xc", "cs_out"], domain="hymba", activation=1,
-                          plugin_version="1"),
+                          plugin_version=version),
          helper.make_node("SelectiveScan", ["xc", "dt", "A", "Bm", "Cm", "Dv", "z", "dtb", "h0"], ["y", "h_out"],
-                          domain="hymba", softplus_threshold=20.0, plugin_version="1"),
-         helper.make_node("WindowedAttention", ["q", "k", "v"], ["o"], domain="hymba", window=8, num_meta=4,
-                          scale=0.25, plugin_version="1")]
+                          domain="hymba", softplus_threshold=20.0, plugin_version=version),
+         helper.make_node("WindowedAttention", ["q", "k", "v", "kv_lengths"], ["o"], domain="hymba", window=8,
+                          num_meta=4, scale=0.25, plugin_version=version)]
 outputs = [vi("y", dt, [B, T, D]), vi("h_out", TP.FLOAT, [B, D, N]), vi("cs_out", dt, [B, D, K]),
            vi("o", dt, [B, T, Hq, Dv])]
 model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs), ir_version=10,
-                          opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("hymba", 1)])
+                          opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("hymba", op_version)])
 logger = trt.Logger(trt.Logger.ERROR)
 assert trt.get_plugin_registry().load_library(lib) is not None, "load_library failed"
 builder = trt.Builder(logger)
@@ -449,7 +453,8 @@ print("engine_bytes", len(bytes(eng)))
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16", "fp32"])
 def test_tensorrt_rtx_builds_an_engine_with_the_plugins(libs, tmp_path, dtype):
-    """The real parser and builder (TensorRT-RTX 1.7, CPU-only, SM80): hymba nodes → PLUGIN_V3 layers → engine."""
+    """The real parser and builder (TensorRT-RTX 1.7, CPU-only, SM80): hymba nodes of this op version
+    (WindowedAttention with its kv_lengths input) → PLUGIN_V3 layers → engine."""
     import importlib.util
     for mod in ("tensorrt_rtx", "onnx"):
         if importlib.util.find_spec(mod) is None:
@@ -463,8 +468,9 @@ def test_tensorrt_rtx_builds_an_engine_with_the_plugins(libs, tmp_path, dtype):
         env["LD_LIBRARY_PATH"] = f"{e.directory}:{env.get('LD_LIBRARY_PATH', '')}"
     script = tmp_path / "rtx_build.py"
     script.write_text(RTX_SCRIPT)
-    proc = subprocess.run([sys.executable, str(script), str(libs[0]), dtype], capture_output=True, text=True,
-                          timeout=600, env=env)
+    from hymba_deploy.contract import OP_VERSION, PLUGIN_VERSION
+    proc = subprocess.run([sys.executable, str(script), str(libs[0]), dtype, PLUGIN_VERSION, str(OP_VERSION)],
+                          capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "layers ['LayerType.PLUGIN_V3', 'LayerType.PLUGIN_V3', 'LayerType.PLUGIN_V3']" in proc.stdout
     assert "engine_bytes" in proc.stdout

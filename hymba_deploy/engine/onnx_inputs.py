@@ -18,7 +18,8 @@ import re
 from pathlib import Path
 
 from ..config import HymbaConfig
-from ..contract import DOMAIN, GRAPHS, METADATA_PREFIX as META, OP_VERSION, PLUGIN_VERSION, REQUIRED_METADATA, graph_file
+from ..contract import (DOMAIN, GRAPHS, METADATA_PREFIX as META, OP_VERSION, PLUGIN_VERSION, REQUIRED_METADATA,
+                        graph_file)
 from ..errors import HymbaDeployError
 from ..fileio import resolve_inside
 
@@ -72,12 +73,13 @@ def op_version(proto) -> tuple[int | None, set[str]]:
 
 
 def check_op_version(path: Path, proto) -> None:
-    """Refuse a graph whose `hymba` nodes are not of this package's op version (`contract.OP_VERSION`): a
-    version-1 export has no per-row inputs (WindowedAttention's kv_lengths, the graphs' lengths/positions)."""
+    """Refuse a graph whose `hymba` opset is not this package's op version (`contract.OP_VERSION`): a
+    version-1 export has no per-row inputs (WindowedAttention's kv_lengths, the graphs' lengths/positions).
+    (A single node with an unknown plugin_version is left to the plugin matching, which names the node.)"""
     version, plugin_versions = op_version(proto)
     if version is None and not plugin_versions:
         return                                               # no hymba nodes: nothing versioned
-    if version != OP_VERSION or plugin_versions - {PLUGIN_VERSION}:
+    if version != OP_VERSION:
         found = f"op version {version}" + (f", plugin_version {', '.join(sorted(plugin_versions))}"
                                           if plugin_versions else "")
         raise HymbaDeployError(f"{path}: exported with hymba {found}; this hymba-deploy reads op version "
