@@ -47,22 +47,54 @@ def info(model, context, dtype, batch_size, as_json):
 
 @main.command()
 @click.argument("model")
-@click.option("--ids", help="Prompt token ids, comma-separated (e.g. 1,2,3).")
-@click.option("--prompt", help="Prompt text; needs tokenizer.json in the checkpoint and the tokenizers package.")
+@click.option("--ids", "ids", multiple=True,
+              help="A prompt's token ids, comma-separated (e.g. 1,2,3); repeat for more prompts (one batch).")
+@click.option("--ids-file", type=click.Path(dir_okay=False), default=None,
+              help="A file of prompts, one comma-separated list of token ids per line (one batch).")
+@click.option("--prompt", "prompts", multiple=True,
+              help="Prompt text (repeatable); needs tokenizer.json in the checkpoint and the tokenizers package.")
+@click.option("--backend", type=click.Choice(["reference", "onnxruntime", "tensorrt", "cuda"]), default="reference",
+              show_default=True, help="reference: the PyTorch model; onnxruntime: the graphs of --onnx; tensorrt: the "
+                                      "engines of --engine; cuda: the serving runtime on our CUDA kernels (GPU).")
+@click.option("--onnx", "onnx_dir", type=click.Path(file_okay=False), default=None,
+              help="Export directory (hymba-deploy export) for --backend onnxruntime.")
+@click.option("--engine", "engine_dir", type=click.Path(file_okay=False), default=None,
+              help="Build directory (hymba-deploy build) for --backend tensorrt.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default=None,
+              help="Where reference and onnxruntime run [default: cpu]; onnxruntime on cuda uses the CUDA provider "
+                   "(onnxruntime-gpu) with TF32 off.")
 @click.option("--max-new-tokens", default=16, show_default=True)
-@click.option("--dtype", default=None, help="float32, float16 or bfloat16 (default: the checkpoint's; fp32 for presets).")
-@click.option("--eviction", type=click.Choice(["upstream", "exact"]), default="upstream", show_default=True,
-              help="Decode-time sliding-window eviction rule (see HybridMambaAttentionDynamicCache).")
-@click.option("--seed", default=0, show_default=True, help="Seed of a preset's random weights.")
+@click.option("--dtype", default=None, help="float32, float16 or bfloat16 (default: the checkpoint's, fp32 for presets; "
+                                            "onnxruntime/tensorrt: the export's).")
+@click.option("--eviction", type=click.Choice(["upstream", "exact"]), default=None,
+              help="Decode-time sliding-window eviction rule (see HybridMambaAttentionDynamicCache) [default: "
+                   "upstream; onnxruntime/tensorrt: the export's].")
+@click.option("--seed", default=0, show_default=True, help="Seed of a preset's random weights (as for export).")
+@click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
+              help="Plugin library for the engines, if its sha256 is the one recorded at build (default: the "
+                   "project's build).")
 @_user_errors
-def generate(model, ids, prompt, max_new_tokens, dtype, eviction, seed):
-    """Greedy generation with the PyTorch reference model."""
-    from hymba_deploy.generation import generate as run, parse_ids
-    result = run(model, ids=parse_ids(ids) if ids is not None else None, prompt=prompt,
-                 max_new_tokens=max_new_tokens, dtype=dtype, eviction=eviction, seed=seed)
-    click.echo(",".join(map(str, result["new_ids"])))
-    if "text" in result:
-        click.echo(result["text"])
+def generate(model, ids, ids_file, prompts, backend, onnx_dir, engine_dir, device, max_new_tokens, dtype, eviction,
+             seed, plugin_library):
+    """Greedy generation for one batch of prompts of any lengths, from the PyTorch reference or what was
+    deployed. Prints one line per prompt, in input order: its new token ids, comma-separated (then a tab and the
+    text as a JSON string where the checkpoint has a tokenizer). A backend that cannot run here prints
+    "not run: <reason>" and exits 1."""
+    from hymba_deploy.errors import HymbaDeployError
+    from hymba_deploy.generation import NotRun, format_rows, generate as run, parse_ids, read_ids_file
+    if sum(map(bool, (ids, ids_file, prompts))) != 1:
+        raise HymbaDeployError("give exactly one of --ids, --ids-file and --prompt")
+    batch = ([parse_ids(text) for text in ids] if ids else read_ids_file(ids_file) if ids_file else None)
+    try:
+        result = run(model, ids=batch, prompts=list(prompts) or None, max_new_tokens=max_new_tokens,
+                     backend=backend, onnx_dir=onnx_dir, engine_dir=engine_dir, device=device, dtype=dtype,
+                     eviction=eviction, seed=seed, plugin_library=plugin_library)
+    except NotRun as e:
+        click.echo(f"not run: {e}")
+        sys.exit(1)
+    for note in result["notes"]:
+        click.echo(f"... {note}", err=True)
+    click.echo(format_rows(result))
 
 
 @main.command()
@@ -158,7 +190,9 @@ def inspect(engine, all_layers, as_json, plugin_library):
 @click.option("--seed", default=0, show_default=True,
               help="Seed of a preset's weights (as for export) and of the prompts.")
 @click.option("--max-prompt-len", default=48, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="Device of the PyTorch reference.")
+@click.option("--device", default="cpu", show_default=True,
+              help="Device of the PyTorch reference and of ONNX Runtime (cuda: the CUDA provider of onnxruntime-gpu, "
+                   "TF32 off; without it onnxruntime is 'not run').")
 @click.option("--json-out", type=click.Path(dir_okay=False), default=None, help="Also write the full report here.")
 @click.option("--plugins", "plugin_library", type=click.Path(dir_okay=False), default=None,
               help="Plugin library for the engines, if its sha256 is the one recorded at build (default: the "
@@ -224,6 +258,8 @@ _CUDA = "cuda runtime: "
               help="Seconds; later sections are skipped (the cuda runtime's report is not cut short).")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random weights (presets), exports and inputs.")
 @click.option("--ort-threads", type=int, default=None, help="ONNX Runtime's intra-op threads (default: one per core).")
+@click.option("--ort-device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="ONNX Runtime's device: cuda = the CUDA provider of onnxruntime-gpu, TF32 off for fp32 parity.")
 @click.option("--ort-prefill-lengths", default=None, help="ONNX Runtime's prompt lengths (default: --prefill-lengths).")
 @click.option("--ort-decode-batches", default=None, help="ONNX Runtime's batches (default: --decode-batches).")
 @click.option("--ort-iters", type=int, default=None, help="ONNX Runtime's timed iterations and decode steps.")

@@ -52,17 +52,17 @@ def test_generate_with_prompt_uses_the_checkpoint_tokenizer(tmp_path):
     tok.save(str(tmp_path / "tokenizer.json"))
     result = run("generate", tmp_path, "--prompt", "w5 w9 w200", "--max-new-tokens", "4")
     assert result.exit_code == 0, result.output
-    ids_line, text_line = result.output.strip().splitlines()
+    ids_line, text_line = result.output.strip().split("\t")              # one line: ids, tab, the text as JSON
     expected = load_model(str(tmp_path)).generate(torch.tensor([[5, 9, 200]]), 4)[0, 3:].tolist()
     assert ids_line == ",".join(map(str, expected))
-    assert text_line == " ".join(f"w{i}" if i else "[UNK]" for i in expected)
+    assert json.loads(text_line) == " ".join(f"w{i}" if i else "[UNK]" for i in expected)
 
 
 @pytest.mark.parametrize("args,message", [
     (("info", "nope"), "neither a preset"),
     (("generate", "tiny", "--ids", "1,x"), "expected comma-separated integers"),
     (("generate", "tiny", "--ids", "1,999"), "outside the vocabulary"),
-    (("generate", "tiny"), "exactly one of --ids and --prompt"),
+    (("generate", "tiny"), "exactly one of --ids, --ids-file and --prompt"),
     (("generate", "tiny", "--prompt", "hi"), "needs a tokenizer"),
     (("generate", "tiny", "--ids", "1", "--dtype", "int8"), "dtype 'int8'"),
 ])

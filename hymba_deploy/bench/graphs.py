@@ -92,6 +92,7 @@ def bench_onnxruntime(spec: str, s: BenchSettings, deadline: Deadline, say) -> d
         raise HymbaDeployError("onnxruntime is not installed (pip install onnxruntime)") from None
     import time
 
+    _ort_provider(s.ort_device)                       # no onnxruntime-gpu for cuda: "not run" before exporting
     src = (s.onnx_dirs or {}).get(spec)
     tmp = None
     t0 = time.monotonic()
@@ -104,8 +105,16 @@ def bench_onnxruntime(spec: str, s: BenchSettings, deadline: Deadline, say) -> d
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-    return {"status": "ran", "device": "cpu", "provider": "CPUExecutionProvider", "dtype": meta.get("dtype"),
+    device, provider = _ort_provider(s.ort_device)
+    return {"status": "ran", "device": device, "provider": provider, "dtype": meta.get("dtype"),
             "onnxruntime": onnxruntime.__version__, "export_seconds": export_s, **result}
+
+
+def _ort_provider(device: str) -> tuple[str, str]:
+    """(device, provider as reported) of ONNX Runtime on `device`; the CUDA provider runs with TF32 off."""
+    from ..runtime.onnxruntime_runner import provider_name, providers_for
+    name = provider_name(providers_for(device)[0])
+    return ("cpu", name) if name == "CPUExecutionProvider" else (device, f"{name} (TF32 off)")
 
 
 def _export(spec: str, folder: str, s: BenchSettings, say) -> None:
@@ -122,6 +131,7 @@ def _run_onnx(src: Path, s: BenchSettings, deadline: Deadline, say) -> tuple[dic
     from ..config import HymbaConfig
     from ..engine.onnx_inputs import load_graph, metadata
     from ..runtime import OnnxRuntimeRunner
+    from ..runtime.onnxruntime_runner import providers_for
     meta = metadata(load_graph(src / graph_file("prefill")))
     cfg = HymbaConfig.from_dict(json.loads(meta["config"]))
     np_dtype = NP_DTYPES.get(meta.get("dtype", "float32"))
@@ -130,7 +140,8 @@ def _run_onnx(src: Path, s: BenchSettings, deadline: Deadline, say) -> tuple[dic
     max_seq = int(meta.get("max_seq_len", cfg.seq_length))
     fit = replace(s, prefill_lengths=tuple(L for L in s.prefill_lengths if L <= max_seq),
                   context=min(s.context, max_seq - 1))
-    result = bench_runner(lambda g: OnnxRuntimeRunner(src / graph_file(g), threads=s.ort_threads), cfg, np_dtype,
+    providers = providers_for(s.ort_device)
+    result = bench_runner(lambda g: OnnxRuntimeRunner(src / graph_file(g), providers, threads=s.ort_threads), cfg, np_dtype,
                           fit, deadline, say, "onnxruntime", meta.get("eviction", "upstream"))
     return meta, result
 

@@ -77,6 +77,7 @@ class BenchSettings:
     time_budget_s: float = 600.0
     seed: int = 0
     ort_threads: int | None = None
+    ort_device: str = "cpu"                     # ONNX Runtime's provider: cpu, or cuda (the CUDA provider, TF32 off)
     ort_prefill_lengths: tuple[int, ...] | None = None
     ort_decode_batches: tuple[int, ...] | None = None
     ort_iters: int | None = None

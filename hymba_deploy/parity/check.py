@@ -32,6 +32,7 @@ from ..contract import GRAPHS, LENGTHS_INPUT, POSITIONS_INPUT, graph_file
 from ..errors import HymbaDeployError
 from ..exporters.manifest import verify_export
 from ..runtime import OnnxRuntimeRunner, ServingRunner, TensorRTRunner, TorchRunner
+from ..runtime.onnxruntime_runner import CUDA_PROVIDER, provider_name, providers_for
 from ..runtime.tensorrt_runner import engine_unavailable
 from .compare import TOLERANCES, compare_outputs
 from .localize import localize
@@ -220,9 +221,13 @@ def _onnxruntime(plan: _Plan, device: str) -> _Candidate:
         import onnxruntime as ort
     except ImportError:
         return _Candidate({"status": "not run", "reason": "onnxruntime is not installed (pip install onnxruntime)"})
-    providers = (["CUDAExecutionProvider"] if device.startswith("cuda")
-                 and "CUDAExecutionProvider" in ort.get_available_providers() else []) + ["CPUExecutionProvider"]
-    return _Candidate({"status": "pending", "detail": f"onnxruntime {ort.__version__} {providers[0]}"},
+    try:                                          # --device cuda: the CUDA provider, TF32 off, or "not run"
+        providers = providers_for(device)
+    except HymbaDeployError as e:
+        return _Candidate({"status": "not run", "reason": str(e)})
+    first = provider_name(providers[0])
+    return _Candidate({"status": "pending", "detail": f"onnxruntime {ort.__version__} {first}"
+                                                      + (" (TF32 off)" if first == CUDA_PROVIDER else "")},
                       {g: (lambda cap, p=plan.graphs[g]: OnnxRuntimeRunner(p, providers, capture_layers=cap))
                        for g in plan.needed})
 

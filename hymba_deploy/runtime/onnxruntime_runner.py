@@ -49,7 +49,39 @@ def with_layer_outputs(path: Path) -> tuple[bytes, dict[str, str]]:
     return proto.SerializeToString(), renames
 
 
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+
+def providers_for(device: str) -> list:
+    """ONNX Runtime execution providers for `device` ("cpu", "cuda" or "cuda:N"). cuda: the CUDA provider with
+    TF32 off (`use_tf32=0`; its default TF32 matmuls move fp32 logits ~1e-3 from the CPU provider's), then the
+    CPU for what it lacks. HymbaDeployError when onnxruntime is missing, or for cuda when this onnxruntime has
+    no CUDA provider (onnxruntime-gpu not installed); a CUDA provider that cannot start (no CUDA device) is
+    refused when the session is made (`OnnxRuntimeRunner.activate`)."""
+    kind, _, index = device.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise HymbaDeployError(f"device {device!r}: ONNX Runtime runs on cpu or cuda (or cuda:N)")
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise HymbaDeployError("ONNX Runtime is not installed: pip install onnxruntime-gpu (for cuda)") from None
+    if CUDA_PROVIDER not in ort.get_available_providers():
+        raise HymbaDeployError(f"ONNX Runtime on cuda needs onnxruntime-gpu: this onnxruntime {ort.__version__} has the "
+                               f"providers {', '.join(ort.get_available_providers())} (pip uninstall onnxruntime; "
+                               f"pip install onnxruntime-gpu)")
+    return [(CUDA_PROVIDER, {"use_tf32": "0", "device_id": index or "0"}), "CPUExecutionProvider"]
+
+
+def provider_name(provider) -> str:
+    return provider if isinstance(provider, str) else provider[0]
+
+
 class OnnxRuntimeRunner(Runner):
+    """`providers`: ONNX Runtime's list (names or (name, options)), e.g. `providers_for(device)`; the first is
+    required to start (ONNX Runtime would fall back to the next silently)."""
+
     def __init__(self, path, providers=("CPUExecutionProvider",), capture_layers: bool = False,
                  threads: int | None = None, name: str | None = None):
         self.path = Path(path)
@@ -74,6 +106,11 @@ class OnnxRuntimeRunner(Runner):
             if len(model) > 2**31 - 2**24:                  # too big for bytes: go through a file
                 raise HymbaDeployError("capture_layers needs a model under 2 GB")
         self.session = ort.InferenceSession(model, opts, providers=self.providers)
+        wanted = provider_name(self.providers[0]) if self.providers else None
+        if wanted and wanted not in self.session.get_providers():    # ONNX Runtime falls back silently
+            self.session = None
+            raise HymbaDeployError(f"{self.path}: ONNX Runtime could not start {wanted} (no CUDA device, or its CUDA "
+                                   f"libraries are missing)")
         self._inputs = [i.name for i in self.session.get_inputs()]
 
     def deactivate_impl(self):
