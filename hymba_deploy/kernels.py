@@ -58,8 +58,8 @@ class ReferenceKernels:
         return False
 
     def attn(self, q, k, v, window, num_meta, scale, out=None, kv_len=None):
-        """Windowed attention into `out` when given; kv_len: None, or (where `device_kv_len`) an int32 (1,)
-        device tensor of valid keys in k/v[:, :kv_len]."""
+        """Windowed attention into `out` when given; kv_len: None, or (where `device_kv_len`) an int32 device
+        tensor of valid keys, shape (1,) (one count for every row) or (B,) (row b's keys k/v[b, :kv_len[b]])."""
         if kv_len is not None:
             raise HymbaDeployError(f"a device-side key count needs the cuda kernels (these are {self.name!r})")
         res = self.windowed_attention(q, k, v, window, num_meta, scale)

@@ -133,9 +133,7 @@ class CudaKernels(ReferenceKernels):
         """kv_lengths: None (every row sees all Tk keys) or (B,) integer counts, row b's valid keys
         k/v[b, :kv_lengths[b]] (the op's contract, hymba_deploy/ops/windowed_attention.py)."""
         if not q.is_cuda:
-            if kv_lengths is None:
-                return super().windowed_attention(q, k, v, window, num_meta, scale)
-            return super().windowed_attention(q, k, v, window, num_meta, scale, kv_lengths=kv_lengths)
+            return super().windowed_attention(q, k, v, window, num_meta, scale, kv_lengths)
         if kv_lengths is not None:
             kv_lengths = kv_lengths.to(device=q.device, dtype=torch.int32).contiguous()
         return self.ext.windowed_attention(q, k, v, window, num_meta, scale, None, kv_lengths)

@@ -32,6 +32,7 @@ from ..contract import GRAPHS, LENGTHS_INPUT, POSITIONS_INPUT, graph_file
 from ..errors import HymbaDeployError
 from ..exporters.manifest import verify_export
 from ..runtime import OnnxRuntimeRunner, ServingRunner, TensorRTRunner, TorchRunner
+from ..runtime.greedy import decode_feed, prefill_feed
 from ..runtime.onnxruntime_runner import CUDA_PROVIDER, provider_name, providers_for
 from ..runtime.tensorrt_runner import engine_unavailable
 from .compare import TOLERANCES, compare_outputs
@@ -76,19 +77,6 @@ def _cache_io(meta: dict, config) -> list[tuple[str, str]]:
         return [tuple(p) for p in json.loads(meta["cache_io"])]
     from ..cache import HybridMambaAttentionDynamicCache as Cache
     return Cache.io_pairs(config)
-
-
-def _prefill_feed(ids: np.ndarray, lengths) -> dict:
-    return {"input_ids": ids, LENGTHS_INPUT: np.asarray(lengths, dtype=np.int64)}
-
-
-def _next_feed(outputs: dict, token: np.ndarray, positions: np.ndarray, cache_io) -> dict:
-    """The decode feed: `token` (B, 1) at `positions` (B,) (each row's positions consumed so far, meta
-    included), the past cache = the previous step's present cache."""
-    feed = {"input_ids": token, POSITIONS_INPUT: np.asarray(positions, dtype=np.int64)}
-    for present, past in cache_io:
-        feed[past] = outputs[present]
-    return feed
 
 
 @dataclass
@@ -299,7 +287,7 @@ def _run_and_compare(plan: _Plan, ref_factory, candidates: dict[str, _Candidate]
         for p, length in enumerate(lengths):
             ids = rng.integers(0, vocab, (batch_size, length)).astype(np.int64)
             say(f"prompt {p + 1}/{len(lengths)}: {batch_size} x {length} tokens, {steps} decode steps")
-            feeds = {name: _prefill_feed(ids, [length] * batch_size) for name in ["ref", *runners]}
+            feeds = {name: prefill_feed(ids, [length] * batch_size) for name in ["ref", *runners]}
             meta = plan.reference_model.config.num_memory_tokens
             for step in range(steps + 1):
                 graph = "prefill" if step == 0 else "decode"
@@ -307,7 +295,7 @@ def _run_and_compare(plan: _Plan, ref_factory, candidates: dict[str, _Candidate]
                 ref_out = reference[graph].infer(feeds["ref"])
                 token = ref_out["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)   # (B, 1)
                 positions = np.full(batch_size, meta + length + step, dtype=np.int64)
-                feeds["ref"] = _next_feed(ref_out, token, positions, plan.cache_io)
+                feeds["ref"] = decode_feed(ref_out, token, positions, plan.cache_io)
                 for name, rs in runners.items():
                     if pending[name].status["status"] == "error":
                         continue
@@ -322,7 +310,7 @@ def _run_and_compare(plan: _Plan, ref_factory, candidates: dict[str, _Candidate]
                     if bad and name not in first_failure:
                         first_failure[name] = {"prompt": p, "step": label, "graph": graph,
                                                "outputs": [r["output"] for r in bad][:8], "feed": dict(feeds[name])}
-                    feeds[name] = _next_feed(out, token, positions, plan.cache_io)
+                    feeds[name] = decode_feed(out, token, positions, plan.cache_io)
         if ragged_rows:
             _run_ragged(plan, reference, runners, pending, ragged_rows, len(lengths), steps, rng, say, rows,
                         first_failure)
@@ -346,12 +334,12 @@ def _run_ragged(plan: _Plan, reference: dict, runners: dict, pending: dict, ragg
         f"each row against its prompt alone")
     alone = []                                                      # per row: the reference's outputs per step
     for b, n in enumerate(ragged_rows):
-        feed, outs = _prefill_feed(ids[b:b + 1, :n], [n]), []
+        feed, outs = prefill_feed(ids[b:b + 1, :n], [n]), []
         for step in range(steps + 1):
             out = reference["prefill" if step == 0 else "decode"].infer(feed)
             token = out["logits"][:, -1].argmax(-1)[:, None].astype(np.int64)
             outs.append((out, token))
-            feed = _next_feed(out, token, [meta + n + step], plan.cache_io)
+            feed = decode_feed(out, token, [meta + n + step], plan.cache_io)
         alone.append(outs)
     for name, rs in runners.items():
         if pending[name].status["status"] == "error":
@@ -361,7 +349,7 @@ def _run_ragged(plan: _Plan, reference: dict, runners: dict, pending: dict, ragg
         if takes:
             pending[name].status["ragged"] = f"not run: its {' and '.join(takes)} graph takes no per-row lengths"
             continue
-        feed = _prefill_feed(ids, ragged_rows)
+        feed = prefill_feed(ids, ragged_rows)
         for step in range(steps + 1):
             graph, label = ("prefill", "prefill") if step == 0 else ("decode", f"decode {step}")
             try:
@@ -382,7 +370,7 @@ def _run_ragged(plan: _Plan, reference: dict, runners: dict, pending: dict, ragg
                                            "outputs": [r["output"] for r in bad][:8]}
             token = np.concatenate([alone[b][step][1] for b in range(B)])          # (B, 1)
             positions = np.array([meta + n + step for n in ragged_rows], dtype=np.int64)
-            feed = _next_feed(out, token, positions, plan.cache_io)
+            feed = decode_feed(out, token, positions, plan.cache_io)
         if pending[name].status["status"] != "error":
             pending[name].status["ragged"] = f"compared: rows of {', '.join(map(str, ragged_rows))} tokens"
 

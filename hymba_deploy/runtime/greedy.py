@@ -32,9 +32,15 @@ def pad_prompts(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     return ids, lengths
 
 
-def decode_feed(outputs: dict, token: np.ndarray, positions: np.ndarray, cache_io) -> dict:
-    """The next decode step's feed: `token` (B, 1), `positions` (B,) and every present.X of `outputs` as X."""
-    feed = {"input_ids": token, POSITIONS: positions}
+def prefill_feed(ids: np.ndarray, lengths) -> dict:
+    """The prefill feed: right-padded `ids` (B, T) and each row's prompt length (B,)."""
+    return {"input_ids": ids, LENGTHS: np.asarray(lengths, dtype=np.int64)}
+
+
+def decode_feed(outputs: dict, token: np.ndarray, positions, cache_io) -> dict:
+    """The next decode step's feed: `token` (B, 1) at `positions` (B,) (each row's positions consumed so far,
+    meta included) and every present.X of `outputs` as X."""
+    feed = {"input_ids": token, POSITIONS: np.asarray(positions, dtype=np.int64)}
     for present, past in cache_io:
         feed[past] = outputs[present]
     return feed
@@ -58,7 +64,7 @@ class GreedyGenerator:
         ids, lengths = pad_prompts(prompts)
         if max_new_tokens == 0:
             return [[] for _ in prompts]
-        out = self.prefill.infer({"input_ids": ids, LENGTHS: lengths})
+        out = self.prefill.infer(prefill_feed(ids, lengths))
         token = self._last_logits(out["logits"], lengths).argmax(-1).astype(np.int64)[:, None]     # (B, 1)
         tokens = [token]
         positions = self.num_meta + lengths
