@@ -45,6 +45,44 @@
 
 namespace hymba
 {
+
+//! Split-KV merge over a thread-block cluster (sm_90+): each of the cluster's nSplit blocks holds its partial
+//! of `rows` query rows in shared memory (blkM[r]: running max in log2 units, -inf where the block saw no key;
+//! blkL[r]: sum of exp2(score - max); blkAcc[r * DV + d]: the weighted values, relative to 2^max). Block `rank`
+//! merges a slice of the rows x DV outputs from every block's partial through distributed shared memory and
+//! calls store(r, d, acc, sum). Every thread of every block of the cluster calls it; traps below sm_90 (the
+//! launchers split only where the kernel was compiled for sm_90+, ptxVersion).
+template <int DV, int kThreads, typename Store>
+__device__ __forceinline__ void clusterMergeSplits(
+    float* blkM, float* blkL, float* blkAcc, int rows, int nSplit, Store const& store)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    cluster.sync(); // every block's partial written and visible cluster-wide
+    int const rank = int(cluster.block_rank());
+    for (int idx = rank * kThreads + threadIdx.x; idx < rows * DV; idx += nSplit * kThreads)
+    {
+        int const r = idx / DV, d = idx % DV;
+        float mMax = -INFINITY;
+        for (int i = 0; i < nSplit; ++i)
+            mMax = fmaxf(mMax, cluster.map_shared_rank(blkM, i)[r]);
+        float sumL = 0.f, sumO = 0.f;
+        for (int i = 0; i < nSplit; ++i)
+        {
+            float const mi = cluster.map_shared_rank(blkM, i)[r];
+            float const f = mi == -INFINITY ? 0.f : fastExp2(mi - mMax);
+            sumL = fmaf(f, cluster.map_shared_rank(blkL, i)[r], sumL);
+            sumO = fmaf(f, cluster.map_shared_rank(blkAcc, i)[r * DV + d], sumO);
+        }
+        store(r, d, sumO, sumL);
+    }
+    cluster.sync(); // keep this block's shared memory alive until the others have read it
+#else
+    __trap();
+#endif
+}
+
 namespace wam
 {
 
@@ -315,35 +353,8 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
     }
 
     // 4. Split-KV: merge the cluster's nSplit block partials (distributed shared memory), a slice per block.
-#if __CUDA_ARCH__ >= 900
     if (nSplit > 1)
-    {
-        namespace cg = cooperative_groups;
-        cg::cluster_group cluster = cg::this_cluster();
-        cluster.sync(); // every block's partial written and visible cluster-wide
-        int const rank = int(cluster.block_rank());
-        for (int idx = rank * kThreads + threadIdx.x; idx < nRows * DV; idx += nSplit * kThreads)
-        {
-            int const r = idx / DV, d = idx % DV;
-            float mMax = -INFINITY;
-            for (int i = 0; i < nSplit; ++i)
-                mMax = fmaxf(mMax, cluster.map_shared_rank(blkM, i)[r]);
-            float sumL = 0.f, sumO = 0.f;
-            for (int i = 0; i < nSplit; ++i)
-            {
-                float const mi = cluster.map_shared_rank(blkM, i)[r];
-                float const f = mi == -INFINITY ? 0.f : fastExp2(mi - mMax);
-                sumL = fmaf(f, cluster.map_shared_rank(blkL, i)[r], sumL);
-                sumO = fmaf(f, cluster.map_shared_rank(blkAcc, i)[r * DV + d], sumO);
-            }
-            store(r, d, sumO, sumL);
-        }
-        cluster.sync(); // keep this block's shared memory alive until the others have read it
-    }
-#else
-    if (nSplit > 1)
-        __trap(); // the launcher splits only where the kernel was compiled for sm_90+ (ptxVersion)
-#endif
+        clusterMergeSplits<DV, kThreads>(blkM, blkL, blkAcc, nRows, nSplit, store);
 #else
     __trap(); // mma.sync / ldmatrix / cp.async need sm_80; the launcher checks ptxVersion first
 #endif

@@ -609,36 +609,8 @@ __global__ void __launch_bounds__(kThreads) decodeKernel(WindowedAttentionParams
     }
 
     // 6. Cluster merge over the nSplit blocks of this tile (distributed shared memory), a slice per block.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (nSplit > 1)
-    {
-        namespace cg = cooperative_groups;
-        cg::cluster_group cluster = cg::this_cluster();
-        cluster.sync(); // every block's blk* written and visible cluster-wide
-        int const rank = int(cluster.block_rank());
-        for (int idx = rank * kThreads + threadIdx.x; idx < nr * DV; idx += nSplit * kThreads)
-        {
-            int const r = idx / DV;
-            int const c = idx % DV;
-            float mx = -INFINITY;
-            for (int i = 0; i < nSplit; ++i)
-                mx = fmaxf(mx, cluster.map_shared_rank(blkM, i)[r]);
-            float sum = 0.f, a = 0.f;
-            for (int i = 0; i < nSplit; ++i)
-            {
-                float const mi = cluster.map_shared_rank(blkM, i)[r];
-                float const w = mi == -INFINITY ? 0.f : fastExp2(mi - mx);
-                sum = fmaf(w, cluster.map_shared_rank(blkL, i)[r], sum);
-                a = fmaf(w, cluster.map_shared_rank(blkAcc, i)[r * DV + c], a);
-            }
-            store(r, c, a, sum);
-        }
-        cluster.sync(); // keep this block's shared memory alive until the others have read it
-    }
-#else
-    if (nSplit > 1)
-        __trap(); // the launcher splits only where the kernel was compiled for sm_90+ (ptxVersion)
-#endif
+        clusterMergeSplits<DV, kThreads>(blkM, blkL, blkAcc, nr, nSplit, store);
 }
 
 //! Splits over keys (a power of two <= 8): at least 16 blocks per SM (~5 waves of 3 resident blocks, so
