@@ -23,6 +23,22 @@ def exported_tiny(tmp_path_factory) -> Path:
     return _CACHE["export"]
 
 
+def tiny_with_tokenizer(path: Path) -> Path:
+    """`tiny` (seed 0) saved as a checkpoint in `path` with a word-level tokenizer.json: "w0".."w256" are ids
+    0..256, unknown words "[UNK]" = 0. Skips the test where the tokenizers package is not installed."""
+    tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers package is not installed")
+    from hymba_deploy import load_model
+    from hymba_deploy.checkpoint import save_pretrained
+
+    save_pretrained(load_model("tiny"), path)
+    vocab = {f"w{i}": i for i in range(257)}
+    vocab["[UNK]"] = 0
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    tok.save(str(path / "tokenizer.json"))
+    return path
+
+
 def plugin_library() -> Path:
     """The project's libhymba_plugins.so: $HYMBA_PLUGIN_LIB, else the checkout's build/plugins/ (.ci/run compiles
     it there with -Werror), compiled there for sm80 when missing (as tests/test_plugins_cpu.py does)."""

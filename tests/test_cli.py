@@ -8,6 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from deploy_helpers import tiny_with_tokenizer
 from hymba_deploy import cli
 from hymba_deploy import load_model
 from hymba_deploy.checkpoint import save_pretrained
@@ -43,13 +44,7 @@ def test_generate_from_ids_matches_the_library():
 
 
 def test_generate_with_prompt_uses_the_checkpoint_tokenizer(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers package is not installed")
-    save_pretrained(load_model("tiny"), tmp_path)
-    vocab = {f"w{i}": i for i in range(257)}
-    vocab["[UNK]"] = 0
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tok.save(str(tmp_path / "tokenizer.json"))
+    tiny_with_tokenizer(tmp_path)
     result = run("generate", tmp_path, "--prompt", "w5 w9 w200", "--max-new-tokens", "4")
     assert result.exit_code == 0, result.output
     ids_line, text_line = result.output.strip().split("\t")              # one line: ids, tab, the text as JSON

@@ -10,7 +10,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deploy_helpers import built_rtx_engines, exported_tiny, rtx_available
+from deploy_helpers import built_rtx_engines, exported_tiny, rtx_available, tiny_with_tokenizer
 from hymba_deploy import load_model
 from hymba_deploy.cli import main
 
@@ -166,14 +166,7 @@ def test_generate_help_shows_the_options():
 
 
 def test_text_stays_on_its_prompts_line(tmp_path):
-    tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers package is not installed")
-    from hymba_deploy.checkpoint import save_pretrained
-    save_pretrained(load_model("tiny"), tmp_path)
-    vocab = {f"w{i}": i for i in range(257)}
-    vocab["[UNK]"] = 0
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    tok.save(str(tmp_path / "tokenizer.json"))
+    tiny_with_tokenizer(tmp_path)
     result = run(tmp_path, "--ids", "5,9,200", "--ids", "7,8,9", "--max-new-tokens", 3)
     assert result.exit_code == 0, result.output
     model = load_model(str(tmp_path))
@@ -227,11 +220,26 @@ def test_greedy_loop_over_last_token_prefill_logits(tiny):
 
 def test_serving_runtime_ragged_batch_on_the_reference_kernels(tiny):
     """The `cuda` backend's code path (ServingRuntime.generate with lengths) on the CPU reference kernels."""
-    import inspect
-
     from hymba_deploy.generation import ServingBackend
-    from hymba_deploy.serving import ServingRuntime
-    if "lengths" not in inspect.signature(ServingRuntime.generate).parameters:
-        pytest.skip("ServingRuntime.generate takes no lengths yet (issue 14 item 5)")
     batch = prompts(RAGGED)
     assert ServingBackend(tiny, "upstream").generate(batch, 30) == [alone(tiny, p, 30) for p in batch]
+
+
+SEED_1_5B = 14
+
+
+@pytest.mark.slow
+def test_hymba_1_5b_ragged_batch_on_the_reference_equals_each_prompt_alone():
+    """hymba-1.5b shapes (random weights, fp32, 6 GB): prompts of 1, 700 (below the 1024 window), 1300 (above
+    window + 128 meta) and 1500 tokens in one batch through the reference give each row the greedy tokens of its
+    prompt alone. Opt-in (`-m slow`): minutes and ~12 GB of RAM on 2 cores. The same batch on the GPU paths (the
+    model on the cuda kernels, the serving runtime): tests/gpu."""
+    from hymba_deploy.generation import ReferenceBackend
+
+    new = 8
+    model = load_model("hymba-1.5b")
+    g = torch.Generator().manual_seed(SEED_1_5B)
+    batch = [torch.randint(3, model.config.vocab_size, (n,), generator=g).tolist() for n in (1, 700, 1300, 1500)]
+    backend = ReferenceBackend(model, "upstream")
+    with torch.no_grad():
+        assert backend.generate(batch, new) == [backend.generate([p], new)[0] for p in batch]
