@@ -224,22 +224,3 @@ def test_serving_runtime_ragged_batch_on_the_reference_kernels(tiny):
     batch = prompts(RAGGED)
     assert ServingBackend(tiny, "upstream").generate(batch, 30) == [alone(tiny, p, 30) for p in batch]
 
-
-SEED_1_5B = 14
-
-
-@pytest.mark.slow
-def test_hymba_1_5b_ragged_batch_on_the_reference_equals_each_prompt_alone():
-    """hymba-1.5b shapes (random weights, fp32, 6 GB): prompts of 1, 700 (below the 1024 window), 1300 (above
-    window + 128 meta) and 1500 tokens in one batch through the reference give each row the greedy tokens of its
-    prompt alone. Opt-in (`-m slow`): minutes and ~12 GB of RAM on 2 cores. The same batch on the GPU paths (the
-    model on the cuda kernels, the serving runtime): tests/gpu."""
-    from hymba_deploy.generation import ReferenceBackend
-
-    new = 8
-    model = load_model("hymba-1.5b")
-    g = torch.Generator().manual_seed(SEED_1_5B)
-    batch = [torch.randint(3, model.config.vocab_size, (n,), generator=g).tolist() for n in (1, 700, 1300, 1500)]
-    backend = ReferenceBackend(model, "upstream")
-    with torch.no_grad():
-        assert backend.generate(batch, new) == [backend.generate([p], new)[0] for p in batch]
