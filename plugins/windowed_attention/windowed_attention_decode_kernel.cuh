@@ -83,6 +83,30 @@ __device__ __forceinline__ void clusterMergeSplits(
 #endif
 }
 
+//! One cudaLaunchKernelEx configuration for `grid` blocks in clusters of `size` consecutive blocks along x
+//! (the split kernels' launch shape). `cfg.attrs` points into the object itself: not copyable.
+struct ClusterLaunch
+{
+    cudaLaunchAttribute attr[1];
+    cudaLaunchConfig_t cfg{};
+
+    ClusterLaunch(dim3 grid, int threads, size_t smem, cudaStream_t stream, int size)
+    {
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = unsigned(size);
+        attr[0].val.clusterDim.y = 1;
+        attr[0].val.clusterDim.z = 1;
+        cfg.gridDim = grid;
+        cfg.blockDim = dim3(unsigned(threads));
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = stream;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+    }
+    ClusterLaunch(ClusterLaunch const&) = delete;
+    ClusterLaunch& operator=(ClusterLaunch const&) = delete;
+};
+
 namespace wam
 {
 
@@ -365,20 +389,10 @@ __global__ void __launch_bounds__(kWarps * 32) decodeMmaKernel(WindowedAttention
 template <typename K>
 bool clusterFits(K kernel, int threads, int smem, int size)
 {
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = unsigned(size);
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(unsigned(size));
-    cfg.blockDim = dim3(unsigned(threads));
-    cfg.dynamicSmemBytes = size_t(smem);
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    ClusterLaunch const launch(dim3(unsigned(size)), threads, size_t(smem), nullptr, size);
     int clusters = 0;
     if (cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1) != cudaSuccess
-        || cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg) != cudaSuccess)
+        || cudaOccupancyMaxActiveClusters(&clusters, kernel, &launch.cfg) != cudaSuccess)
     {
         (void) cudaGetLastError(); // not supported here: the caller uses a smaller cluster
         return false;
@@ -436,19 +450,9 @@ bool launchSplit(WindowedAttentionParams const& p, cudaStream_t stream, cudaErro
         if (status != cudaSuccess)
             return true;
     }
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeClusterDimension;
-    attr[0].val.clusterDim.x = unsigned(nSplit);
-    attr[0].val.clusterDim.y = 1;
-    attr[0].val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = dim3(unsigned(int64_t(p.batch) * p.num_kv_heads * nSplit));
-    cfg.blockDim = dim3(kWarps * 32);
-    cfg.dynamicSmemBytes = size_t(smem);
-    cfg.stream = stream;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    status = cudaLaunchKernelEx(&cfg, kernel, p, nSplit);
+    ClusterLaunch const launch(dim3(unsigned(int64_t(p.batch) * p.num_kv_heads * nSplit)), kWarps * 32, size_t(smem),
+        stream, nSplit);
+    status = cudaLaunchKernelEx(&launch.cfg, kernel, p, nSplit);
     if (status == cudaSuccess)
         status = cudaGetLastError();
     return true;

@@ -650,19 +650,8 @@ cudaError_t launch(WindowedAttentionParams const& p, cudaStream_t stream, int sm
     dim3 grid(unsigned(tiles * nSplit), unsigned(p.num_kv_heads), unsigned(p.batch));
     if (nSplit > 1)
     {
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeClusterDimension;
-        attr[0].val.clusterDim.x = unsigned(nSplit);
-        attr[0].val.clusterDim.y = 1;
-        attr[0].val.clusterDim.z = 1;
-        cudaLaunchConfig_t cfg{};
-        cfg.gridDim = grid;
-        cfg.blockDim = dim3(kThreads);
-        cfg.dynamicSmemBytes = smem;
-        cfg.stream = stream;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        if (cudaLaunchKernelEx(&cfg, kernel, p, nSplit) == cudaSuccess)
+        ClusterLaunch const launch(grid, kThreads, smem, stream, nSplit);
+        if (cudaLaunchKernelEx(&launch.cfg, kernel, p, nSplit) == cudaSuccess)
         {
             HYMBA_LAUNCH_CHECK();
             return cudaSuccess;
