@@ -29,25 +29,6 @@ namespace sscc
 
 constexpr int kMinCpb = 16; // channels per block at least (a warp spans at most 3 chunks; staging registers)
 
-//! softplus(x) (identity above the threshold) with one MUFU op: max(x, 0) + log1p(u), u = exp(-|x|) in (0, 1],
-//! log1p(u) = u·q(u), q a degree-8 fit of log1p(u)/u on [0, 1] (relative error < 3e-7). softplusDt's series
-//! needs a division (a second MUFU op); this kernel computes dt' twice per step (both passes).
-__device__ __forceinline__ float softplusPoly(float x, float threshold)
-{
-    float const u = fastExp2(-fabsf(x) * kLOG2E);
-    float q = 0.0052326550f;
-    q = fmaf(q, u, -0.029505009f);
-    q = fmaf(q, u, 0.078225441f);
-    q = fmaf(q, u, -0.13663188f);
-    q = fmaf(q, u, 0.19105971f);
-    q = fmaf(q, u, -0.24842970f);
-    q = fmaf(q, u, 0.33319095f);
-    q = fmaf(q, u, -0.49999493f);
-    q = fmaf(q, u, 0.99999994f);
-    float const sp = fmaf(u, q, fmaxf(x, 0.f));
-    return x > threshold ? x : sp;
-}
-
 //! Compile-time shape for kN register states (8, 16 or 32; N below kN runs with zero A, B and C rows).
 template <int kN>
 struct Config
@@ -238,10 +219,11 @@ struct Stage
         {
             bool const ok = ln.active && ts + s < p.seqlen;
             float const xv = toFloat(x[s]);
-            float const delta = ok ? softplusPoly(toFloat(dt[s]) + ch.bias, p.softplus_threshold) : 0.f;
+            // Computed unconditionally and then selected: no branch per step.
+            float const sp = softplusPoly(toFloat(dt[s]) + ch.bias, p.softplus_threshold);
             float4 v;
-            v.x = delta;
-            v.y = delta * xv;
+            v.x = ok ? sp : 0.f;
+            v.y = v.x * xv;
             v.z = kFinal ? ch.Dd * xv : 0.f;
             v.w = kFinal && hasZ ? gateSilu(toFloat(z[s])) : 1.f;
             *reinterpret_cast<float4*>(mine + 4 * s) = v;
@@ -322,8 +304,8 @@ __device__ __forceinline__ void scanChunk(SelectiveScanParams const& p, Lane con
             }
             if (kFinal)
             {
-                if (ln.active && ts + s < p.seqlen)
-                    *reinterpret_cast<T*>(yq) = fromFloat<T>(((y[0] + y[1]) + (y[2] + y[3]) + v.z) * v.w);
+                storeIf(reinterpret_cast<T*>(yq), fromFloat<T>(((y[0] + y[1]) + (y[2] + y[3]) + v.z) * v.w),
+                    ln.active && ts + s < p.seqlen);
                 yq += ys;
             }
             else

@@ -4,76 +4,126 @@
  * selective_scan_prefill.cuh, which the per-dtype .cu files instantiate.
  *
  * Sequential: one thread owns one (batch, channel) pair and keeps its d_state values in registers, walking
- * time in chunks of kChunk steps: the block stages the chunk's B_t and C_t (shared by every channel) in shared
- * memory as fp32, each thread loads its chunk of x, dt, z first (kChunk independent loads in flight), then runs
- * the recurrence.
+ * time in tiles of kSteps steps, kThreads channels a block. Per tile the block stages B_t and C_t (shared by
+ * every channel) in shared memory as fp32, double buffered, and each thread writes its per-step values (dt',
+ * dt'·x, D·x, SiLU(z)) to its own shared-memory row; while the threads scan tile j, the global loads of tile
+ * j + 1 (each thread's x, dt, z and its share of B and C) are in flight in registers. One barrier per tile; the
+ * scan loop is an exp2, a multiply and two FMAs per (step, state).
  */
 #pragma once
 
 #include "../common/kernel_common.cuh"
 #include "selective_scan_kernel.h"
+#include "selective_scan_math.cuh"
 
 namespace hymba
 {
 namespace ssk
 {
 
-constexpr int kChunk = 8;
-constexpr int kMaxThreads = 128;
+constexpr int kThreads = 128; // channels per block
 
-//! One chunk of time steps for one channel. kFull: all kChunk steps valid, so the fully unrolled body has
-//! no branches and the compiler can overlap the exp2 of later steps with the h chain of earlier ones.
-template <typename T, int kN, bool kExactN, bool kFull>
-__device__ __forceinline__ void scanChunk(SelectiveScanParams const& p, int t0, int len, float const (&A2)[kN],
-    float (&h)[kN], float Dd, float bias, bool hasZ, T const* xp, T const* dtp, T const* zp, T* yp,
-    float const (&sB)[kChunk][kN], float const (&sC)[kChunk][kN])
+//! Compile-time shape of a staged tile for kN register states.
+template <int kN>
+struct Tile
 {
-    int const N = p.dstate;
-    float xv[kChunk], dv[kChunk], zv[kChunk];
-#pragma unroll
-    for (int tt = 0; tt < kChunk; ++tt)
+    static constexpr int kSteps = kN == 32 ? 4 : 8;                   // steps per tile
+    static constexpr int kElems = kSteps * kN;                        // B (or C) elements per tile
+    static constexpr int kStage = (kElems + kThreads - 1) / kThreads; // of them per thread, at most
+    static constexpr int kRow = 4 * kSteps + 4;                       // floats per thread row (bank shift)
+};
+
+//! One tile's global loads, held in registers from issue (load) to use (commit): the thread's x, dt, z for
+//! kSteps steps and its share of the block's kSteps x kN elements of B and C.
+template <typename T, int kN, bool kExactN>
+struct Stage
+{
+    using Tl = Tile<kN>;
+    T x[Tl::kSteps], dt[Tl::kSteps], z[Tl::kSteps];
+    T B[Tl::kStage], C[Tl::kStage];
+    // The thread's next step of x, dt, z (bytes; advanced one step per load; z's is x's when there is no z) and
+    // the steps' byte strides.
+    char const* xq;
+    char const* dtq;
+    char const* zq;
+    int64_t xs, dts, zs;
+
+    __device__ __forceinline__ Stage(SelectiveScanParams const& p, int b, int d, bool hasZ)
     {
-        if (kFull || tt < len)
+        xq = reinterpret_cast<char const*>(static_cast<T const*>(p.x) + b * p.x_strides.batch + d * p.x_strides.chan);
+        dtq = reinterpret_cast<char const*>(
+            static_cast<T const*>(p.dt) + b * p.dt_strides.batch + d * p.dt_strides.chan);
+        zq = hasZ ? reinterpret_cast<char const*>(
+                 static_cast<T const*>(p.z) + b * p.z_strides.batch + d * p.z_strides.chan)
+                  : xq;
+        xs = p.x_strides.time * int64_t(sizeof(T));
+        dts = p.dt_strides.time * int64_t(sizeof(T));
+        zs = hasZ ? p.z_strides.time * int64_t(sizeof(T)) : xs;
+    }
+
+    //! The loads of the tile starting at step t0 (tiles in order: the x, dt, z pointers are at t0); `left`:
+    //! the thread's steps of the tile inside T (0 for a thread without a channel).
+    __device__ __forceinline__ void load(SelectiveScanParams const& p, T const* Bp, T const* Cp, int t0, int left,
+        bool hasZ)
+    {
+        T const zero = fromFloat<T>(0.f);
+#pragma unroll
+        for (int s = 0; s < Tl::kSteps; ++s)
         {
-            int64_t const t = t0 + tt;
-            xv[tt] = toFloat(xp[t * p.x_strides.time]);
-            dv[tt] = toFloat(dtp[t * p.dt_strides.time]);
-            zv[tt] = hasZ ? toFloat(zp[t * p.z_strides.time]) : 0.f;
+            bool const ok = s < left;
+            x[s] = ok ? *reinterpret_cast<T const*>(xq) : zero;
+            dt[s] = ok ? *reinterpret_cast<T const*>(dtq) : zero;
+            z[s] = ok && hasZ ? *reinterpret_cast<T const*>(zq) : zero;
+            xq += xs;
+            dtq += dts;
+            zq += zs;
+        }
+        int const N = kExactN ? kN : p.dstate;
+#pragma unroll
+        for (int j = 0; j < Tl::kStage; ++j)
+        {
+            int const e = int(threadIdx.x) + j * kThreads;
+            int const n = e % kN;
+            int const t = t0 + e / kN;
+            bool const ok = e < Tl::kElems && (kExactN || n < N) && t < p.seqlen;
+            B[j] = ok ? Bp[int64_t(t) * p.B_strides.time + n * p.B_strides.chan] : zero;
+            C[j] = ok ? Cp[int64_t(t) * p.C_strides.time + n * p.C_strides.chan] : zero;
         }
     }
-    // Per-step scalars first (independent of the state): dt' = softplus(dt + bias), dt'·x, the gate.
-#pragma unroll
-    for (int tt = 0; tt < kChunk; ++tt)
+
+    //! The loaded tile (starting at step t0) into shared memory as fp32: B and C into the block's tile buffers
+    //! ([step][state]; states n >= N get 0), the thread's per-step values into its row: (dt', dt'·x, D·x,
+    //! SiLU(z)) per step, dt' = 0 past T or without a channel (h unchanged; nothing is written there).
+    __device__ __forceinline__ void commit(SelectiveScanParams const& p, bool active, int t0, float bias, float Dd,
+        bool hasZ, float* sB, float* sC, float* row) const
     {
-        if (kFull || tt < len)
-        {
-            float const delta = dv[tt] + bias;
-            dv[tt] = delta > p.softplus_threshold ? delta : log1pf(expf(delta));
-            zv[tt] = hasZ ? zv[tt] / (1.0f + __expf(-zv[tt])) : 1.f;
-        }
-    }
 #pragma unroll
-    for (int tt = 0; tt < kChunk; ++tt)
-    {
-        if (kFull || tt < len)
+        for (int j = 0; j < Tl::kStage; ++j)
         {
-            float const delta = dv[tt];
-            float const dx = delta * xv[tt];
-            float y[4] = {0.f, 0.f, 0.f, 0.f}; // four partial sums: a shorter dependency chain
-#pragma unroll
-            for (int n = 0; n < kN; ++n)
+            int const e = int(threadIdx.x) + j * kThreads;
+            if (e < Tl::kElems)
             {
-                if (kExactN || n < N)
-                {
-                    h[n] = fastExp2(delta * A2[n]) * h[n] + dx * sB[tt][n];
-                    y[n % 4] += sC[tt][n] * h[n];
-                }
+                sB[e] = toFloat(B[j]);
+                sC[e] = toFloat(C[j]);
             }
-            float const out = ((y[0] + y[1]) + (y[2] + y[3]) + Dd * xv[tt]) * zv[tt];
-            yp[(t0 + tt) * p.y_strides.time] = fromFloat<T>(out);
+        }
+#pragma unroll
+        for (int s = 0; s < Tl::kSteps; ++s)
+        {
+            bool const ok = active && t0 + s < p.seqlen;
+            float const xv = toFloat(x[s]);
+            // Both computed unconditionally and then selected: no branch per step.
+            float const sp = softplusPoly(toFloat(dt[s]) + bias, p.softplus_threshold);
+            float const gate = gateSilu(toFloat(z[s]));
+            float4 v;
+            v.x = ok ? sp : 0.f;
+            v.y = v.x * xv;
+            v.z = Dd * xv;
+            v.w = hasZ ? gate : 1.f;
+            *reinterpret_cast<float4*>(row + 4 * s) = v;
         }
     }
-}
+};
 
 //! h[n] = state[n · stride] as fp32 for the n < N this thread owns. One dtype per call, so the kN loads
 //! sit in one basic block and are all in flight together (a per-element dtype switch serialised them:
@@ -88,14 +138,17 @@ __device__ __forceinline__ void loadState(void const* state, int64_t offset, int
             h[n] = toFloat(sp[n * stride]);
 }
 
-template <typename T, int kN, bool kExactN>
-__global__ void __launch_bounds__(kMaxThreads) selectiveScanKernel(SelectiveScanParams const p)
+//! kMinBlocks: blocks per SM that the registers are capped for (4: 128 registers, no spills at kN 16).
+template <typename T, int kN, bool kExactN, int kMinBlocks = 4>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) selectiveScanKernel(SelectiveScanParams const p)
 {
-    __shared__ float sB[kChunk][kN];
-    __shared__ float sC[kChunk][kN];
+    using Tl = Tile<kN>;
+    __shared__ __align__(16) float sB[2][Tl::kElems];
+    __shared__ __align__(16) float sC[2][Tl::kElems];
+    __shared__ __align__(16) float sRows[kThreads * Tl::kRow];
 
     int const b = blockIdx.y;
-    int const d = blockIdx.x * blockDim.x + threadIdx.x;
+    int const d = blockIdx.x * kThreads + threadIdx.x;
     bool const active = d < p.dim;
     int const N = kExactN ? kN : p.dstate;
     int const L = p.seqlen;
@@ -127,33 +180,56 @@ __global__ void __launch_bounds__(kMaxThreads) selectiveScanKernel(SelectiveScan
     float const Dd = (active && p.D != nullptr) ? p.D[d] : 0.f;
     float const bias = (active && p.dt_bias != nullptr) ? p.dt_bias[d] : 0.f;
     bool const hasZ = p.z != nullptr;
+    int const dc = active ? d : 0; // a valid channel for the pointers below
 
-    T const* xp = static_cast<T const*>(p.x) + b * p.x_strides.batch + d * p.x_strides.chan;
-    T const* dtp = static_cast<T const*>(p.dt) + b * p.dt_strides.batch + d * p.dt_strides.chan;
-    T const* zp = hasZ ? static_cast<T const*>(p.z) + b * p.z_strides.batch + d * p.z_strides.chan : nullptr;
-    T* yp = static_cast<T*>(p.y) + b * p.y_strides.batch + d * p.y_strides.chan;
     T const* Bp = static_cast<T const*>(p.B) + b * p.B_strides.batch;
     T const* Cp = static_cast<T const*>(p.C) + b * p.C_strides.batch;
+    // The thread's y at the current step (bytes), advanced one step at a time.
+    char* yq = reinterpret_cast<char*>(static_cast<T*>(p.y) + b * p.y_strides.batch + dc * p.y_strides.chan);
+    int64_t const ys = p.y_strides.time * int64_t(sizeof(T));
+    float* const row = sRows + threadIdx.x * Tl::kRow; // thread-private: no barrier between write and read
 
-    for (int t0 = 0; t0 < L; t0 += kChunk)
+    Stage<T, kN, kExactN> stage(p, b, dc, hasZ);
+    stage.load(p, Bp, Cp, 0, active ? L : 0, hasZ);
+    int buf = 0;
+#pragma unroll 1
+    for (int t0 = 0; t0 < L; t0 += Tl::kSteps, buf ^= 1)
     {
-        int const len = min(kChunk, L - t0);
-        __syncthreads(); // the previous chunk's readers are done with sB/sC
-        for (int i = threadIdx.x; i < kChunk * kN; i += blockDim.x)
-        {
-            int const tt = i / kN;
-            int const n = i % kN;
-            bool const ok = tt < len && n < N;
-            sB[tt][n] = ok ? toFloat(Bp[(t0 + tt) * p.B_strides.time + n * p.B_strides.chan]) : 0.f;
-            sC[tt][n] = ok ? toFloat(Cp[(t0 + tt) * p.C_strides.time + n * p.C_strides.chan]) : 0.f;
-        }
+        // Tile - 2's readers of this buffer passed the previous barrier.
+        stage.commit(p, active, t0, bias, Dd, hasZ, sB[buf], sC[buf], row);
         __syncthreads();
-        if (!active)
-            continue;
-        if (len == kChunk)
-            scanChunk<T, kN, kExactN, true>(p, t0, len, A2, h, Dd, bias, hasZ, xp, dtp, zp, yp, sB, sC);
-        else
-            scanChunk<T, kN, kExactN, false>(p, t0, len, A2, h, Dd, bias, hasZ, xp, dtp, zp, yp, sB, sC);
+        int const next = t0 + Tl::kSteps;
+        if (next < L)
+            stage.load(p, Bp, Cp, next, active ? L - next : 0, hasZ); // in flight during this tile's scan
+        float const* bRow = sB[buf];
+        float const* cRow = sC[buf];
+#pragma unroll
+        for (int s = 0; s < Tl::kSteps; ++s)
+        {
+            float4 const v = *reinterpret_cast<float4 const*>(row + 4 * s);
+            float y[4] = {0.f, 0.f, 0.f, 0.f}; // four partial sums: a shorter dependency chain
+#pragma unroll
+            for (int q = 0; q < kN / 4; ++q)
+            {
+                float4 const b4 = *reinterpret_cast<float4 const*>(bRow + s * kN + 4 * q);
+                float4 const c4 = *reinterpret_cast<float4 const*>(cRow + s * kN + 4 * q);
+                float const bq[4] = {b4.x, b4.y, b4.z, b4.w};
+                float const cq[4] = {c4.x, c4.y, c4.z, c4.w};
+#pragma unroll
+                for (int i = 0; i < 4; ++i)
+                {
+                    int const n = 4 * q + i;
+                    if (kExactN || n < N)
+                    {
+                        h[n] = fmaf(fastExp2(v.x * A2[n]), h[n], v.y * bq[i]);
+                        y[i] = fmaf(cq[i], h[n], y[i]);
+                    }
+                }
+            }
+            storeIf(reinterpret_cast<T*>(yq), fromFloat<T>(((y[0] + y[1]) + (y[2] + y[3]) + v.z) * v.w),
+                active && t0 + s < L);
+            yq += ys;
+        }
     }
 
     if (active && p.last_state != nullptr)
@@ -161,7 +237,7 @@ __global__ void __launch_bounds__(kMaxThreads) selectiveScanKernel(SelectiveScan
         float* sp = p.last_state + b * p.last_state_strides.batch + d * p.last_state_strides.time;
 #pragma unroll
         for (int n = 0; n < kN; ++n)
-            if (n < N)
+            if (kExactN || n < N)
                 sp[n * p.last_state_strides.chan] = h[n];
     }
 }
@@ -169,15 +245,8 @@ __global__ void __launch_bounds__(kMaxThreads) selectiveScanKernel(SelectiveScan
 template <typename T, int kN, bool kExactN>
 cudaError_t launchWithState(SelectiveScanParams const& p, cudaStream_t stream)
 {
-    // Enough blocks to fill the chip: small batches get narrower blocks (B = 1 → 32 channels a block).
-    int numSms = 0;
-    if (cudaError_t const err = currentSmCount(numSms); err != cudaSuccess)
-        return err;
-    int threads = kMaxThreads;
-    while (threads > 32 && int64_t(p.batch) * ((p.dim + threads - 1) / threads) < 2 * int64_t(numSms))
-        threads /= 2;
-    dim3 const grid((p.dim + threads - 1) / threads, p.batch);
-    selectiveScanKernel<T, kN, kExactN><<<grid, threads, 0, stream>>>(p);
+    dim3 const grid((p.dim + kThreads - 1) / kThreads, p.batch);
+    selectiveScanKernel<T, kN, kExactN><<<grid, kThreads, 0, stream>>>(p);
     HYMBA_LAUNCH_CHECK();
     return cudaSuccess;
 }

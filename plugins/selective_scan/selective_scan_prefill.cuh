@@ -37,10 +37,12 @@ enum class ScanPrefill
 //! kernel) leaves the GPU idle at small batch · dim: from kChunkedMinSeqlen steps (enough chunks to fill it) the
 //! chunked kernel below kChunkedChannelsPerSm channels per SM; shorter sequences the state-parallel kernel below
 //! kStateChannelsPerSm; else the sequential one. H200, bf16, D 3200, N 16 (bench/results/
-//! plugins_scan_chunked_h200_2026-12-01 and ..._crossover_h200_2026-12-01): chunked faster than sequential up
-//! to batch 10 (242 channels per SM), even at 12 (291), slower at 16 (388); state-parallel faster than
-//! sequential at batch 1 and 4 (24 and 97 channels per SM, plugins_gpu_check_h200_prefill_2026-11-30).
-constexpr int64_t kChunkedChannelsPerSm = 256;
+//! plugins_scan_sequential_h200_2026-12-01): chunked faster than sequential at batch 4, T 2048 (97 channels per
+//! SM, 0.395 vs 0.414 ms), slower at batch 8 (194, 0.761 vs 0.570): the sequential kernel's time is flat while
+//! its 128-channel blocks leave SMs idle, the chunked kernel's grows with the channels, so they cross near 100;
+//! state-parallel faster than the sequential kernel of then at batch 1 and 4 (24 and 97 channels per SM,
+//! plugins_gpu_check_h200_prefill_2026-11-30).
+constexpr int64_t kChunkedChannelsPerSm = 100;
 constexpr int64_t kStateChannelsPerSm = 128;
 constexpr int kChunkedMinSeqlen = 128;
 

@@ -53,7 +53,8 @@ def softplus_dt(x, threshold):
 
 
 def gate_silu(z):
-    return (z / (f32(1) + np.exp(-z))).astype(f32)
+    """gateSilu in fp32: z / (1 + 2^(-z·log2 e))."""
+    return (z / (f32(1) + np.exp2((-z * LOG2E).astype(f32)))).astype(f32)
 
 
 def reduce_scatter16(v, tid):
