@@ -6,7 +6,8 @@ Builds the plugin library for --archs into build/plugins-gpu-<arch> (incremental
 one), then times with CUDA events (warm-up, median of >= 10):
 - SelectiveScan: each prefill kernel (kernel choice `scan_prefill`) against the sequential one and the MUFU.EX2 limit of
   the B·T·D·N state exps; decode; the PyTorch references eager and under torch.compile (bf16).
-- CausalConv1d: prefill and decode against the references and F.conv1d.
+- CausalConv1d: prefill and decode in the plugin's layout and in the serving runtime's calls (CUDA graphs over
+  rotating input sets), against the references, F.conv1d and (--conv-anchor-lib) an earlier library's kernel.
 - WindowedAttention: the launcher's choice, each forced kernel (decode) or the previous general kernel
   (`kernel[flash]`, prefill), the reference, SDPA with the explicit mask, and for prefill the anchors a user
   would pick (SDPA flash, causal; compiled FlexAttention with a block mask of the Hymba mask); TFLOP/s over the
@@ -140,28 +141,100 @@ def time_scan(rec: Recorder, K, dtypes):
 
 # ---------------------------------------------------------------------------------------------- CausalConv1d
 
-def conv(rec: Recorder, K, dn, Bt, T):
-    D, Kw, dt = 3200, 4, KN.DTYPES[dn]
+CONV_D, CONV_K = 3200, 4                 # hymba-1.5b: d_inner, conv width
+IN_PROJ_W, IN_PROJ_X = 8960, 2560        # its in_proj output row (q 1600 | k 320 | v 640 | x 3200 | z 3200), x's column
+
+
+def conv_anchor(path: str, ours: H.KernelShim) -> KN.Kernels:
+    """The `hymba_causal_conv1d` of another library (an earlier commit's plugin library, or its conv sources alone
+    built with that entry point) behind the same Python call as ours: the kernel ours replaces, timed in this run."""
+    import ctypes
+    lib = ctypes.CDLL(path)
+    lib.hymba_causal_conv1d.argtypes = ours.lib.hymba_causal_conv1d.argtypes
+    lib.hymba_causal_conv1d.restype = ctypes.c_int
+    lib.hymba_kernel_error.restype = ctypes.c_char_p
+    return KN.Kernels(SimpleNamespace(lib=lib, strides=H.KernelShim.strides,
+                                      error=lambda: lib.hymba_kernel_error().decode()))
+
+
+def conv_graph_ms(K, sets, call):
+    """Median ms per call of a CUDA graph that calls `call(K, inputs)` once per input set in turn (enough sets
+    that they do not stay in L2), >= 20 calls per graph: kernel time without the host's per-call work."""
+    it, n = iter(sets * 64), len(sets) * max(1, -(-20 // len(sets)))
+    return KN.graph_ms(lambda: call(K, next(it)), launches=n)
+
+
+def conv_rows(rec: Recorder, K, A, case, dn, make, call, nbytes, note):
+    """Our kernel and the anchor's (A, if given) on the same input sets; `make()` builds one set."""
+    first = make()
+    sets = [first] + [make() for _ in range(min(63, int(256e6 // nbytes)))]
+    ours = None
+    for impl, kern in (("kernel", K), ("kernel[anchor]", A)):
+        if kern is None:
+            continue
+        ms = conv_graph_ms(kern, sets, call)
+        extra = dict(input_sets=len(sets), timing="CUDA graph, median per call", note=note,
+                     floor_us=nbytes / (rec.copy_gbps * 1e9) * 1e6)
+        if ours is not None:
+            extra["anchor_over_kernel"] = ms / ours
+        row = rec.add("CausalConv1d", case, dn, impl, dict(median_ms=ms), nbytes, **extra)
+        ours = row["median_ms"] if ours is None else ours
+    del sets
+    torch.cuda.empty_cache()
+
+
+def conv_serving(rec: Recorder, K, A, dn, Bt, T):
+    """The serving runtime's calls (hymba_deploy/serving/runtime.py): prefill (T > 1) reads x as a column slice of
+    the in_proj output, starts from zeros and writes the new state into the cache's channel-fastest buffer; decode
+    (T = 1) updates that buffer in place. Floor bytes: x, weight, bias read, y written; the state's K-1 taps read
+    (decode) and its K taps written."""
+    dt, D, Kw = KN.DTYPES[dn], CONV_D, CONV_K
+    es = torch.finfo(dt).bits // 8
+
+    def make():
+        g = dict(device="cuda")
+        x = (torch.randn(Bt, T, IN_PROJ_W, **g).to(dt)[:, :, IN_PROJ_X:IN_PROJ_X + D] if T > 1
+             else torch.randn(Bt, T, D, **g).to(dt))
+        return dict(x=x, weight=(torch.randn(D, Kw, **g) * 0.5).to(dt), bias=torch.randn(D, **g).to(dt),
+                    state=torch.randn(Bt, Kw, D, **g).to(dt).transpose(1, 2), y=torch.empty(Bt, T, D, dtype=dt, **g))
+
+    def call(kern, s):
+        kern.causal_conv1d(s["x"], s["weight"], s["bias"], None if T > 1 else s["state"], y=s["y"],
+                           new_state=s["state"])
+
+    nbytes = es * (2 * Bt * T * D + D * Kw + D + Bt * D * Kw + (Bt * D * (Kw - 1) if T == 1 else 0))
+    case = f"serving_{'decode' if T == 1 else 'prefill'}_B{Bt}" + ("" if T == 1 else f"_T{T}")
+    conv_rows(rec, K, A, case, dn, make, call, nbytes,
+              "x a column slice of in_proj's output, no state, new state channel-fastest" if T > 1
+              else "channel-fastest state updated in place")
+
+
+def conv(rec: Recorder, K, A, dn, Bt, T):
+    """The plugin's layout ((batch, dim, K) states, contiguous x): ours and the anchor as graphs, then the
+    references a user could pick instead, each call timed with events."""
+    D, Kw, dt = CONV_D, CONV_K, KN.DTYPES[dn]
     inp = KN.conv_inputs(Bt, T, D, Kw, dt)
     y, ns = torch.empty_like(inp["x"]), torch.empty(Bt, D, Kw, device="cuda", dtype=dt)
     case, b = ("decode_B128" if T == 1 else f"prefill_B{Bt}_T{T}"), KN.nbytes(*inp.values(), y, ns)
-    rec.add("CausalConv1d", case, dn, "kernel", KN.bench(lambda: K.causal_conv1d(**inp, y=y, new_state=ns)), b)
+
+    def make():
+        s = KN.conv_inputs(Bt, T, D, Kw, dt)
+        return dict(s, y=torch.empty_like(s["x"]), new_state=torch.empty(Bt, D, Kw, device="cuda", dtype=dt))
+    conv_rows(rec, K, A, case, dn, make, lambda kern, s: kern.causal_conv1d(**s), b,
+              "contiguous x, (batch, dim, K) states")
     rec.add("CausalConv1d", case, dn, "ref_eager", KN.bench(lambda: causal_conv1d_ref(**inp)), b)
     rec.add("CausalConv1d", case, dn, "conv1d_eager", KN.bench(lambda: causal_conv1d(**inp)), b)
     if rec.compile_refs and dn == "bfloat16":
         f = rec.compiled(f"conv{T}{dn}", causal_conv1d_ref)
         rec.add("CausalConv1d", case, dn, "ref_compile", KN.bench(lambda: f(**inp)), b)
-    if T == 1:   # the serving cache's layout: channel-fastest state, updated in place
-        st = KN.channel_fastest(inp["conv_state"])
-        b = KN.nbytes(inp["x"], inp["weight"], inp["bias"], y) + 2 * KN.nbytes(st)
-        rec.add("CausalConv1d", "decode_B128_serving_layout", dn, "kernel",
-                KN.bench(lambda: K.causal_conv1d(inp["x"], inp["weight"], inp["bias"], st, y=y, new_state=st)), b)
 
 
-def time_conv(rec: Recorder, K, dtypes):
+def time_conv(rec: Recorder, K, dtypes, anchor=None):
     for dn in dtypes:
-        rec.attempt("CausalConv1d prefill", lambda: conv(rec, K, dn, 16, 8320))
-        rec.attempt("CausalConv1d decode", lambda: conv(rec, K, dn, 128, 1))
+        for Bt, T in ((1, 8320), (1, 1), (128, 1)):
+            rec.attempt(f"CausalConv1d serving B{Bt} T{T}", lambda: conv_serving(rec, K, anchor, dn, Bt, T))
+        rec.attempt("CausalConv1d prefill", lambda: conv(rec, K, anchor, dn, 16, 8320))
+        rec.attempt("CausalConv1d decode", lambda: conv(rec, K, anchor, dn, 128, 1))
 
 
 # ---------------------------------------------------------------------------------------------- WindowedAttention
@@ -267,6 +340,8 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="bfloat16,float16,float32")
     ap.add_argument("--only", default="scan,conv,attn")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile timings")
+    ap.add_argument("--conv-anchor-lib", help="a library with the hymba_causal_conv1d entry point (e.g. an earlier "
+                    "commit's plugin library): its conv kernel is timed beside ours")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("bench/kernels.py: no CUDA GPU, nothing timed")
@@ -284,7 +359,11 @@ def main(argv=None):
     dtypes, only = args.dtypes.split(","), set(args.only.split(","))
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for name, fn, kernels in (("attn", time_attention, P), ("scan", time_scan, P.K), ("conv", time_conv, P.K)):
+    anchor = conv_anchor(args.conv_anchor_lib, shim) if args.conv_anchor_lib else None
+    if anchor is not None:
+        info["conv_anchor_lib"] = args.conv_anchor_lib
+    conv_fn = lambda rec, K, dtypes: time_conv(rec, K, dtypes, anchor)  # noqa: E731
+    for name, fn, kernels in (("attn", time_attention, P), ("scan", time_scan, P.K), ("conv", conv_fn, P.K)):
         if name in only:
             fn(rec, kernels, dtypes)
             out.write_text(json.dumps(dict(info, copy_bandwidth_GBps=rec.copy_gbps, timing=rec.rows), indent=1))

@@ -25,7 +25,7 @@ char const* causalConv1dCheck(CausalConv1dParams const& p)
         return "CausalConv1d: x, weight and y must not be null";
     if (p.batch > 65535)
         return "CausalConv1d: batch must be <= 65535";
-    if (p.new_conv_state != nullptr && p.new_conv_state == p.conv_state && p.seqlen > kCausalConv1dChunk)
+    if (p.new_conv_state != nullptr && p.new_conv_state == p.conv_state && p.seqlen > kCausalConv1dInPlaceMaxT)
         return "CausalConv1d: new_conv_state may alias conv_state only when T <= 64";
     return nullptr;
 }

@@ -31,7 +31,7 @@ struct CausalConv1dParams
     void const* bias;       // (dim,) contiguous, or nullptr
     void const* conv_state; // (batch, dim, K) or nullptr (zeros)
     void* y;                // (batch, T, dim)
-    void* new_conv_state;   // (batch, dim, K) or nullptr; may alias conv_state only when T <= kCausalConv1dChunk
+    void* new_conv_state;   // (batch, dim, K) or nullptr; may alias conv_state only when T <= kCausalConv1dInPlaceMaxT
 
     // Strides in elements.
     int64_t x_batch_stride, x_time_stride, x_dim_stride;
@@ -42,7 +42,7 @@ struct CausalConv1dParams
 };
 
 constexpr int32_t kCausalConv1dMaxWidth = 4;
-constexpr int32_t kCausalConv1dChunk = 64; // time steps per thread
+constexpr int32_t kCausalConv1dInPlaceMaxT = 64; // the longest T whose new state may overwrite the state
 
 char const* causalConv1dCheck(CausalConv1dParams const& p);
 cudaError_t causalConv1dLaunch(CausalConv1dParams const& p, cudaStream_t stream);
