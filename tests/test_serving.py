@@ -4,6 +4,7 @@ are checked by the GPU tests (`pytest -m gpu tests/gpu`)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 
 import pytest
 import torch
@@ -731,8 +732,16 @@ def _torch_linear_splitk(x, w, cfg, out=None):
     """CPU stand-in for gemm.linear_splitk with its contract: (splits, M, N) fp32 partial sums over the
     same K ranges (the kernel's own numerics are checked on the GPU by tests/gpu/test_serving_gpu.py)."""
     kps = cfg.k_per_split(x.shape[1])
-    return torch.stack([x[:, s * kps:(s + 1) * kps].float() @ w[:, s * kps:(s + 1) * kps].float().t()
-                        for s in range(cfg.splits)])
+    out = torch.stack([x[:, s * kps:(s + 1) * kps].float() @ w[:, s * kps:(s + 1) * kps].float().t()
+                       for s in range(cfg.splits)])
+    return out if cfg.splits > 1 else out.to(x.dtype)
+
+
+def _torch_linear_glu(x, w, cfg, out=None):
+    """CPU stand-in for gemm.linear_glu: F.linear, then the runtime's silu_mul."""
+    from hymba_deploy.serving.runtime import silu_mul
+
+    return silu_mul(*torch.nn.functional.linear(x, w).chunk(2, dim=-1))
 
 
 def _torch_ssm_inputs(partials, w_dt, w_B, w_C, dt_proj, eps, cfg):
@@ -744,25 +753,31 @@ def _torch_ssm_inputs(partials, w_dt, w_B, w_C, dt_proj, eps, cfg):
     return dt @ dt_proj.t(), Bm, Cm
 
 
-def test_triton_gemm_branch_of_the_decode_step_matches_cublas_branch(tiny, monkeypatch):
+@pytest.mark.parametrize("gemv_max_rows", (0, 8), ids=["gemm_tilings", "gemv_tilings"])
+def test_triton_gemm_branch_of_the_decode_step_matches_cublas_branch(tiny, monkeypatch, gemv_max_rows):
     """The runtime's Triton-kernel branch (split-K partials summed in add_partials_rms_norm and in
-    ssm_inputs) wired with CPU stand-ins of the kernels gives the cuBLAS branch's logits, past the window,
-    with splits that do not divide K evenly."""
+    ssm_inputs; at small batches also in_proj's one-range product and gate_up's silu · up) wired with CPU
+    stand-ins of the kernels gives the cuBLAS branch's logits, past the window, with splits that do not divide
+    K evenly."""
     from hymba_deploy.serving import runtime as runtime_mod
     from hymba_deploy.serving.gemm import GemmConfig
 
     monkeypatch.setattr(runtime_mod.gemm, "linear_splitk", _torch_linear_splitk)
+    monkeypatch.setattr(runtime_mod.gemm, "linear_glu", _torch_linear_glu)
     monkeypatch.setattr(runtime_mod.gemm, "ssm_inputs", _torch_ssm_inputs)
     ids = torch.randint(3, 257, (2, 18))
     n_ctx = 18 + tiny.config.sliding_window + 8
     plain = _runtime(tiny, max_context=n_ctx, buckets=(2,))
-    tri = _runtime(tiny, max_context=n_ctx, buckets=(2,),
-                             gemm_configs={"x_proj": GemmConfig(block_k=16, splits=7),
-                                           "out_proj": GemmConfig(block_k=16, splits=3),
-                                           "down_proj": GemmConfig(block_k=16, splits=5)})
+    odd = {"x_proj": GemmConfig(block_k=16, splits=7), "out_proj": GemmConfig(block_k=16, splits=3),
+           "down_proj": GemmConfig(block_k=16, splits=5)}
+    tri = _runtime(tiny, max_context=n_ctx, buckets=(2,), gemm_configs=odd, gemv_max_rows=gemv_max_rows,
+                   gemv_configs={k: replace(c, kernel="gemv") for k, c in odd.items()})
     tri.decode_gemms = "triton"                     # what gemm.resolve_decode_gemms picks on a GPU with triton
     assert set(tri.gemm_configs) == {"x_proj", "ssm_inputs", "out_proj", "down_proj"}
+    assert set(tri.triton_tilings(2)) == ({"in_proj", "x_proj", "ssm_inputs", "out_proj", "gate_up", "down_proj"}
+                                          if gemv_max_rows else set(tri.gemm_configs))
     assert "down_proj" not in _runtime(tiny, max_context=8, gemm_configs={"down_proj": None}).gemm_configs
+    assert "gate_up" not in _runtime(tiny, max_context=8, gemv_configs={"gate_up": None}).gemv_configs
     caches = [plain.cache(2), tri.cache(2)]
     logits = [e.prefill(ids, c) for e, c in zip((plain, tri), caches)]
     for _ in range(tiny.config.sliding_window + 4):
@@ -775,12 +790,19 @@ def test_decode_gemm_choice_is_validated_and_cpu_runs_cublas(tiny, monkeypatch):
     """'auto' resolves once, at construction, to what can run; 'triton' where it cannot says why (triton
     missing, a CPU model, an fp32 model)."""
     from hymba_deploy.serving import gemm
+    from hymba_deploy.serving.gemm import GemmConfig
 
     assert _runtime(tiny, max_context=8).decode_gemms == "cublas"
     with pytest.raises(HymbaDeployError, match="decode_gemms 'cutlass'"):
         _runtime(tiny, max_context=8, decode_gemms="cutlass")
     with pytest.raises(HymbaDeployError, match="gemm_configs: no GEMM named qkv"):
         _runtime(tiny, max_context=8, gemm_configs={"qkv": None})
+    with pytest.raises(HymbaDeployError, match="gemv_configs: no GEMM named lm_head"):
+        _runtime(tiny, max_context=8, gemv_configs={"lm_head": None})
+    with pytest.raises(HymbaDeployError, match="gemv_configs: in_proj takes a gemv tiling of one K range"):
+        _runtime(tiny, max_context=8, gemv_configs={"in_proj": GemmConfig(splits=2, kernel="gemv")})
+    with pytest.raises(HymbaDeployError, match="GEMM kernel 'cutlass'"):
+        GemmConfig(kernel="cutlass")
     cuda = torch.device("cuda")
     monkeypatch.setattr(gemm, "triton", None)
     with pytest.raises(HymbaDeployError, match="decode_gemms='triton': triton is not installed"):

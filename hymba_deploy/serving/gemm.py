@@ -2,7 +2,7 @@
 
 At batch 128 the big decode GEMMs are weight-bandwidth-bound (128 rows: ~128 flop per weight byte, under the
 ~300 an H100/H200 needs to be compute-bound), and the SSM branch is a chain of small dependent launches that
-runs beside attention. Two kernels:
+runs beside attention. Two kernels for that:
 
 - `linear_splitk`: y = x @ w.T with K split as well as N, so that an output-narrow GEMM (out_proj, down_proj:
   N = hidden = 1600, 13 tiles of 128 for 132 SMs; x_proj: N = 136) still spreads over every SM. Each split
@@ -12,9 +12,17 @@ runs beside attention. Two kernels:
   three RMSNorms of dt, B and C (§2.3 step 3b), and dt_proj (step 3c). cuBLAS + inductor took six
   launches here (x_proj's split-K reduce, four norm kernels, dt_proj).
 
-References beside them (`linear_reference`, `ssm_inputs_reference`); the numerics differ from cuBLAS and the
-eager ops only in summation order. Which GEMMs a runtime uses is its `ServingConfig.decode_gemms`, resolved
-once by `resolve_decode_gemms`; triton is an optional dependency, imported here only.
+At batch 1-8 the decode GEMMs are GEMVs: each weight byte is used by a handful of rows, so a GEMM is its
+weight read. The `gemv` kernel (`GemmConfig.kernel`, also behind `linear_splitk`) turns the tile around:
+BLOCK_N weight rows are the MMA's row operand and x^T (M ≤ 16 rows, padded to 16) its column operand, so that
+narrow weight tiles (16-64 rows) give enough programs to fill every SM on any of the decode GEMMs, with K split
+where N is small. Its GLU form (`linear_glu`) reads the packed gate|up weight (2F, K) and writes
+silu(gate) · up: the MLP's activation without its own launch.
+
+References beside them (`linear_reference`, `glu_reference`, `ssm_inputs_reference`); the numerics differ from
+cuBLAS and the eager ops only in summation order. Which GEMMs a runtime uses is its
+`ServingConfig.decode_gemms`, resolved once by `resolve_decode_gemms`; triton is an optional dependency,
+imported here only.
 """
 
 from __future__ import annotations
@@ -74,6 +82,14 @@ def linear_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return x.double() @ w.double().t()
 
 
+def glu_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """silu(x @ gate.T) · (x @ up.T) in float64 for the packed w = gate | up (2F, K), the products rounded to
+    x's dtype first (the MLP's F.linear output)."""
+    F_ = w.shape[0] // 2
+    g, u = (linear_reference(x, w[:F_]).to(x.dtype).double(), linear_reference(x, w[F_:]).to(x.dtype).double())
+    return g * torch.sigmoid(g) * u
+
+
 def _rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """HymbaRMSNorm in float64 (x already rounded to the activation dtype)."""
     x = x.double()
@@ -91,15 +107,24 @@ def ssm_inputs_reference(xp: torch.Tensor, w_dt: torch.Tensor, w_B: torch.Tensor
             _rms_norm_reference(Cm, w_C, eps))
 
 
+GEMM_KERNELS = ("splitk", "gemv")
+
+
 @dataclass(frozen=True)
 class GemmConfig:
     """One tiling. block_m is the most rows one program covers (smaller batches take a smaller power of two).
-    splits: K ranges (linear_splitk only)."""
+    splits: K ranges. kernel: "splitk" (rows of x as the MMA's row operand; batches of 16 rows and more) or
+    "gemv" (BLOCK_N weight rows as the row operand, x^T as the column operand; batches of up to 16 rows)."""
     block_n: int = 64
     block_k: int = 64
     splits: int = 1
     num_warps: int = 8
     num_stages: int = 4
+    kernel: str = "splitk"
+
+    def __post_init__(self):
+        if self.kernel not in GEMM_KERNELS:
+            raise HymbaDeployError(f"GEMM kernel {self.kernel!r}: choose one of {', '.join(GEMM_KERNELS)}")
 
     def block_m(self, M: int) -> int:
         return rows_block(M)
@@ -154,6 +179,53 @@ if triton is not None:
             w_ptrs += BLOCK_K
         out = out_ptr + pid_s * stride_os + rm[:, None] * stride_om + rn[None, :]
         tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+    @triton.jit
+    def _gemv_kernel(x_ptr, w_ptr, out_ptr, M, N, K, k_per_split, up_rows, stride_xm, stride_wn, stride_os,
+                     stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     EVEN_K: tl.constexpr, GLU: tl.constexpr):
+        """Program (weight rows tile, K range, x rows block): acc (BLOCK_N, BLOCK_M) = w tile @ x^T, stored
+        transposed into out[pid_s] (M, N). GLU (one K range): a second tile of rows up_rows + n, and out =
+        silu(gate) · up with each product rounded to out's dtype first, as F.linear then silu_mul round."""
+        pid_n = tl.program_id(0)
+        pid_s = tl.program_id(1)
+        pid_m = tl.program_id(2)
+        rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        rk = tl.arange(0, BLOCK_K)
+        k0 = pid_s * k_per_split
+        k1 = tl.minimum(k0 + k_per_split, K)
+        w_ptrs = w_ptr + rn[:, None] * stride_wn + (k0 + rk)[None, :]       # (BLOCK_N, BLOCK_K)
+        x_ptrs = x_ptr + rm[None, :] * stride_xm + (k0 + rk)[:, None]       # x^T: (BLOCK_K, BLOCK_M)
+        n_ok = rn[:, None] < N
+        m_ok = rm[None, :] < M
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        acc_up = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        for k in range(k0, k1, BLOCK_K):
+            if EVEN_K:                                          # K and k_per_split multiples of BLOCK_K
+                w = tl.load(w_ptrs, mask=n_ok, other=0.0)
+                xt = tl.load(x_ptrs, mask=m_ok, other=0.0)
+            else:
+                k_ok = (k + rk) < k1
+                w = tl.load(w_ptrs, mask=n_ok & k_ok[None, :], other=0.0)
+                xt = tl.load(x_ptrs, mask=m_ok & k_ok[:, None], other=0.0)
+            acc = tl.dot(w, xt, acc)
+            if GLU:
+                if EVEN_K:
+                    wu = tl.load(w_ptrs + up_rows * stride_wn, mask=n_ok, other=0.0)
+                else:
+                    wu = tl.load(w_ptrs + up_rows * stride_wn, mask=n_ok & k_ok[None, :], other=0.0)
+                acc_up = tl.dot(wu, xt, acc_up)
+            w_ptrs += BLOCK_K
+            x_ptrs += BLOCK_K
+        dtype = out_ptr.dtype.element_ty
+        out = out_ptr + pid_s * stride_os + rm[None, :] * stride_om + rn[:, None]
+        if GLU:
+            g = acc.to(dtype).to(tl.float32)
+            act = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32) * acc_up.to(dtype).to(tl.float32)
+            tl.store(out, act.to(dtype), mask=m_ok & n_ok)
+        else:
+            tl.store(out, acc.to(dtype), mask=m_ok & n_ok)
 
     @triton.jit
     def _rms_norm_rows(x, w_ptr, cols, n: tl.constexpr, eps, dtype: tl.constexpr):
@@ -215,17 +287,41 @@ def _check(x: torch.Tensor, w: torch.Tensor, what: str) -> tuple[int, int, int]:
 
 
 def linear_splitk(x: torch.Tensor, w: torch.Tensor, cfg: GemmConfig, out: torch.Tensor | None = None) -> torch.Tensor:
-    """x (M, K), w (N, K) -> partial sums (cfg.splits, M, N) of x @ w.T: fp32 when cfg.splits > 1, else
-    x's dtype (then out[0] is the finished product)."""
+    """x (M, K), w (N, K) -> partial sums (cfg.splits, M, N) of x @ w.T with cfg.kernel: fp32 when
+    cfg.splits > 1, else x's dtype (then out[0] is the finished product)."""
     M, N, K = _check(x, w, "linear_splitk")
     if out is None:
         out = torch.empty(cfg.splits, M, N, device=x.device, dtype=torch.float32 if cfg.splits > 1 else x.dtype)
     bm, kps = cfg.block_m(M), cfg.k_per_split(K)
     grid = (triton.cdiv(N, cfg.block_n), cfg.splits, triton.cdiv(M, bm))
+    even_k = K % cfg.block_k == 0 and kps % cfg.block_k == 0
+    if cfg.kernel == "gemv":
+        _gemv_kernel[grid](x, w, out, M, N, K, kps, 0, x.stride(0), w.stride(0), out.stride(0), out.stride(1),
+                           BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=even_k, GLU=False,
+                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return out
     _splitk_kernel[grid](x, w, out, M, N, K, kps, x.stride(0), w.stride(0), out.stride(0), out.stride(1),
-                         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                         EVEN_K=K % cfg.block_k == 0 and kps % cfg.block_k == 0,
+                         BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=even_k,
                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out
+
+
+def linear_glu(x: torch.Tensor, w: torch.Tensor, cfg: GemmConfig, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, K), packed w = gate | up (2F, K) -> silu(x @ gate.T) · (x @ up.T) (M, F) in x's dtype, each
+    product rounded to that dtype first (the MLP's F.linear + silu_mul), in one `gemv` launch (cfg.kernel
+    "gemv", cfg.splits 1)."""
+    M, N2, K = _check(x, w, "linear_glu")
+    if cfg.kernel != "gemv" or cfg.splits != 1 or N2 % 2:
+        raise ValueError(f"linear_glu: a gemv tiling of one K range over an even number of rows, not {cfg} / "
+                         f"{N2} rows")
+    F_ = N2 // 2
+    if out is None:
+        out = torch.empty(M, F_, device=x.device, dtype=x.dtype)
+    bm = cfg.block_m(M)
+    grid = (triton.cdiv(F_, cfg.block_n), 1, triton.cdiv(M, bm))
+    _gemv_kernel[grid](x, w, out, M, F_, K, K, F_, x.stride(0), w.stride(0), 0, out.stride(0),
+                       BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=K % cfg.block_k == 0, GLU=True,
+                       num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out
 
 

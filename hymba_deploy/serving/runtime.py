@@ -32,8 +32,10 @@ captured graphs of large batches the SSM branch's stream has the higher priority
 Decode GEMMs (`ServingConfig.decode_gemms`, resolved once by `gemm.resolve_decode_gemms`): with 'triton'
 the SSM branch between the conv and the scan is two Triton launches (x_proj split over K, then
 `gemm.ssm_inputs`: its sum, the dt/B/C RMSNorms and dt_proj) where cuBLAS + inductor took seven, and
-out_proj / down_proj are split over K with their partial sums added inside the next RMSNorm kernel; with
-'cublas' F.linear and the compiled glue. Timings: bench/results/.
+out_proj / down_proj are split over K with their partial sums added inside the next RMSNorm kernel; in
+buckets of up to `gemv_max_rows` rows (`TRITON_GEMVS`) in_proj and gate_up run on Triton too, all through the
+weight-streaming `gemv` kernel, gate_up with silu · up in its epilogue; with 'cublas' F.linear and the
+compiled glue. Timings: bench/results/.
 
 Batch buckets: a batch of b sequences runs in the smallest bucket ≥ b (rows beyond b are padding whose
 results are dropped; every kernel is row-independent).
@@ -113,19 +115,40 @@ def add_partials_rms_norm(h, partials, weight, eps: float):
     return add_rms_norm(h, partials.sum(0).to(h.dtype).reshape(h.shape), weight, eps)
 
 
+def add_partials_rms_norm_gemv(h, partials, weight, eps: float):
+    """add_partials_rms_norm of the small-batch (`gemv`) tilings' partials, compiled on its own with static shapes
+    (`_STATIC_SHAPES`): one compiled function for both tilings' split counts went dynamic in the split dimension,
+    and inductor then summed the partials in a kernel of their own at every batch (64 more launches a step)."""
+    return add_partials_rms_norm(h, partials, weight, eps)
+
+
 _ELEMENTWISE = {"rms_norm": rms_norm, "add_rms_norm": add_rms_norm, "rope": rope, "rope_store": rope_store,
                 "dbc_norms": dbc_norms, "fuse_branches": fuse_branches, "silu_mul": silu_mul,
-                "add_partials_rms_norm": add_partials_rms_norm}
+                "add_partials_rms_norm": add_partials_rms_norm,
+                "add_partials_rms_norm_gemv": add_partials_rms_norm_gemv}
+_STATIC_SHAPES = ("add_partials_rms_norm_gemv",)    # compiled per bucket (≤ gemv_max_rows: a few), never dynamic
 
 # Triton kernels of the decode step (`gemm.py`), by the GEMM they replace: x_proj split over K, then its sum,
 # the dt/B/C norms and dt_proj in one kernel ("ssm_inputs": that kernel's launch); out_proj and down_proj
 # split over K with their partials summed in add_partials_rms_norm. Tilings chosen on an H200 at batch 128 by
-# whole decode steps (the fastest tilings of the kernels alone lost inside the step; bench/results/); used at
-# every batch. A name mapped to None in `ServingConfig.gemm_configs` keeps that GEMM on cuBLAS.
+# whole decode steps (the fastest tilings of the kernels alone lost inside the step; bench/results/); used in
+# buckets of more than `ServingConfig.gemv_max_rows` rows. A name mapped to None in
+# `ServingConfig.gemm_configs` keeps that GEMM on cuBLAS.
 TRITON_GEMMS = {"x_proj": GemmConfig(block_n=32, block_k=64, splits=5, num_warps=4, num_stages=3),
                 "ssm_inputs": SsmInputsConfig(block_m=16, block_i=64, programs_i=20),
                 "out_proj": GemmConfig(block_n=64, block_k=64, splits=4, num_warps=8, num_stages=5),
                 "down_proj": GemmConfig(block_n=64, block_k=128, splits=4, num_warps=8, num_stages=4)}
+# Buckets of up to `gemv_max_rows` rows: the `gemv` kernel (weight-streaming tiles) for every decode GEMM but
+# lm_head, in_proj in one K range (its product feeds the glue directly), gate_up as `gemm.linear_glu` (silu · up
+# in its epilogue: no silu_mul launch). Tilings chosen on an H200 at batch 1 and 8 (tools/gemm_bench.py
+# --gemv; bench/results/). `ServingConfig.gemv_configs` overrides them by name (None: cuBLAS).
+TRITON_GEMVS = {"in_proj": GemmConfig(block_n=64, block_k=128, splits=1, num_warps=4, num_stages=4, kernel="gemv"),
+                "x_proj": GemmConfig(block_n=16, block_k=128, splits=8, num_warps=4, num_stages=3, kernel="gemv"),
+                "ssm_inputs": SsmInputsConfig(block_m=16, block_i=32, programs_i=100),
+                "out_proj": GemmConfig(block_n=64, block_k=128, splits=6, num_warps=4, num_stages=4, kernel="gemv"),
+                "gate_up": GemmConfig(block_n=64, block_k=128, splits=1, num_warps=4, num_stages=4, kernel="gemv"),
+                "down_proj": GemmConfig(block_n=64, block_k=128, splits=6, num_warps=4, num_stages=4, kernel="gemv")}
+ONE_K_RANGE = ("in_proj", "gate_up")    # their products feed the glue (no partial sums): splits must be 1
 
 
 def select_bucket(batch: int, buckets: Iterable[int] = DEFAULT_BUCKETS) -> int:
@@ -216,6 +239,8 @@ class ServingConfig:
     prioritize_ssm       SSM branch at high stream priority in captured steps; None: `ServingRuntime.ssm_priority`
     decode_gemms         "auto" | "cublas" | "triton" (`gemm.resolve_decode_gemms`)
     gemm_configs         tilings overriding `TRITON_GEMMS` by name (None for a name: that GEMM on cuBLAS)
+    gemv_max_rows        buckets of up to this many rows take `TRITON_GEMVS` instead (0: TRITON_GEMMS at all)
+    gemv_configs         tilings overriding `TRITON_GEMVS` by name (None for a name: that GEMM on cuBLAS)
     prefill_impl         "runtime" (`_prefill_body`) | "model" (the model's own forward; the A/B baseline)
     """
 
@@ -230,11 +255,14 @@ class ServingConfig:
     prioritize_ssm: bool | None = None
     decode_gemms: str = "auto"
     gemm_configs: Mapping[str, GemmConfig | SsmInputsConfig | None] | None = field(default_factory=dict)
+    gemv_max_rows: int = 8
+    gemv_configs: Mapping[str, GemmConfig | SsmInputsConfig | None] | None = field(default_factory=dict)
     prefill_impl: str = "runtime"
 
     def __post_init__(self):
         object.__setattr__(self, "buckets", tuple(sorted(self.buckets)))
         object.__setattr__(self, "gemm_configs", dict(self.gemm_configs or {}))    # None: no overrides
+        object.__setattr__(self, "gemv_configs", dict(self.gemv_configs or {}))
         if self.max_context < 1:
             raise HymbaDeployError(f"max_context must be ≥ 1, got {self.max_context}")
         if not self.buckets or self.buckets[0] < 1:
@@ -245,10 +273,17 @@ class ServingConfig:
                                      ("eviction", self.eviction, EVICTION_RULES)):
             if value not in allowed:
                 raise HymbaDeployError(f"{name} {value!r}: choose one of {', '.join(allowed)}")
-        unknown = sorted(set(self.gemm_configs) - set(TRITON_GEMMS))
-        if unknown:
-            raise HymbaDeployError(f"gemm_configs: no GEMM named {', '.join(unknown)} "
-                                   f"(known: {', '.join(TRITON_GEMMS)})")
+        for name, given, known in (("gemm_configs", self.gemm_configs, TRITON_GEMMS),
+                                   ("gemv_configs", self.gemv_configs, TRITON_GEMVS)):
+            unknown = sorted(set(given) - set(known))
+            if unknown:
+                raise HymbaDeployError(f"{name}: no GEMM named {', '.join(unknown)} (known: {', '.join(known)})")
+        for name in ONE_K_RANGE:
+            c = self.gemv_configs.get(name)
+            if c is not None and (c.splits != 1 or c.kernel != "gemv"):
+                raise HymbaDeployError(f"gemv_configs: {name} takes a gemv tiling of one K range (splits 1), not {c}")
+        if self.gemv_max_rows < 0:
+            raise HymbaDeployError(f"gemv_max_rows must be ≥ 0, got {self.gemv_max_rows}")
 
     def with_(self, **changes) -> "ServingConfig":
         """A copy with some fields changed (validated again)."""
@@ -321,10 +356,11 @@ class ServingRuntime:
         self.use_graphs = config.use_graphs and self.device.type == "cuda"
         compile_elementwise = (self.device.type == "cuda" if config.compile_elementwise is None
                                else config.compile_elementwise)
-        self.fn = {name: torch.compile(f, fullgraph=True) if compile_elementwise else f
-                   for name, f in _ELEMENTWISE.items()}
+        self.fn = {name: torch.compile(f, fullgraph=True, dynamic=False if name in _STATIC_SHAPES else None)
+                   if compile_elementwise else f for name, f in _ELEMENTWISE.items()}
         self.decode_gemms = gemm.resolve_decode_gemms(config.decode_gemms, self.device, self.dtype)
         self.gemm_configs = {k: c for k, c in {**TRITON_GEMMS, **config.gemm_configs}.items() if c is not None}
+        self.gemv_configs = {k: c for k, c in {**TRITON_GEMVS, **config.gemv_configs}.items() if c is not None}
         self.packed = packed or PackedWeights(model)
         # Side stream for attention (`_attention`); None: everything on the current stream.
         self._side_stream = (torch.cuda.Stream(device=self.device)
@@ -533,12 +569,26 @@ class ServingRuntime:
             out[idx] = self.kernels.attn(q[idx], k[idx, :L], v[idx, :L], *args)
         return out
 
+    def triton_tilings(self, batch: int) -> dict:
+        """The Triton tilings by GEMM name that a decode step of `batch` rows runs ({}: cuBLAS everywhere)."""
+        if self.decode_gemms != "triton":
+            return {}
+        return self.gemv_configs if batch <= self.config.gemv_max_rows else self.gemm_configs
+
+    @staticmethod
+    def _linear(tri: dict, name: str, x, w):
+        """x (..., K) @ w.T: through the Triton tiling `tri[name]` (one K range) when there is one, else F.linear."""
+        if name not in tri:
+            return F.linear(x, w)
+        return gemm.linear_splitk(x.reshape(-1, x.shape[-1]), w, tri[name])[0].view(*x.shape[:-1], w.shape[0])
+
     def _gemm_add_norm(self, tri: dict, name: str, x, w, h, norm_w, eps: float):
         """Residual step: (h + x @ w.T, RMSNorm of that); through split-K partials summed inside the norm's
         kernel when `tri` has a tiling for GEMM `name`, else F.linear."""
         if name in tri:
             part = gemm.linear_splitk(x.reshape(-1, x.shape[-1]), w, tri[name])
-            return self.fn["add_partials_rms_norm"](h, part, norm_w, eps)
+            add_norm = "add_partials_rms_norm_gemv" if tri[name].kernel == "gemv" else "add_partials_rms_norm"
+            return self.fn[add_norm](h, part, norm_w, eps)
         return self.fn["add_rms_norm"](h, F.linear(x, w), norm_w, eps)
 
     def _decode_body(self, cache: HymbaServingCache, tokens: torch.Tensor):
@@ -566,12 +616,13 @@ class ServingRuntime:
         counts = ({g: cache.decode_counts(i, pos) for g, i in kinds.items() if i is not None}
                   if kern.device_kv_len(pos.device) else None)
         swa_in_body = counts is not None or cache.rings_full(1)
-        tri = self.gemm_configs if self.decode_gemms == "triton" else {}   # Triton GEMMs (gemm.py) by name
+        tri = self.triton_tilings(B)                                        # Triton GEMMs (gemm.py) by name
         u = fn["rms_norm"](h, layers[0].input_layernorm.weight, eps)        # (B, 1, H)
         for i, layer in enumerate(layers):
             blk = layer.mamba
             # 1. Fused input projection, split in checkpoint row order.
-            q, k, v, x, z = blk.in_proj(u).split([blk.q_dim, *blk.kv_dims, I, I], dim=-1)
+            q, k, v, x, z = self._linear(tri, "in_proj", u, blk.in_proj.weight).split(
+                [blk.q_dim, *blk.kv_dims, I, I], dim=-1)
             # 2. Attention heads: RoPE, K/V written into this token's slot, attention over held keys.
             if blk.producer == i:                                           # RoPE'd q (B, 1, Hq, d_qk)
                 q = fn["rope_store"](q.view(B, 1, Hq, d_qk), k.view(B, 1, Hkv, d_qk), v.view(B, 1, Hkv, d_v),
@@ -611,8 +662,11 @@ class ServingRuntime:
             next_w = layers[i + 1].input_layernorm.weight if i + 1 < len(layers) else m.final_layernorm.weight
             h, v_ = self._gemm_add_norm(tri, "out_proj", fused, blk.out_proj.weight, h,
                                         layer.pre_moe_layernorm.weight, eps)
-            gate, up = F.linear(v_, pw.gate_up[i]).chunk(2, dim=-1)      # packed gate/up rows
-            act = fn["silu_mul"](gate, up)
+            if "gate_up" in tri:                                            # silu(gate) · up in the epilogue
+                act = gemm.linear_glu(v_.reshape(B, -1), pw.gate_up[i], tri["gate_up"]).view(B, 1, -1)
+            else:
+                gate, up = F.linear(v_, pw.gate_up[i]).chunk(2, dim=-1)  # packed gate/up rows
+                act = fn["silu_mul"](gate, up)
             # u: the next layer's input norm (or the final norm) of the new residual stream.
             h, u = self._gemm_add_norm(tri, "down_proj", act, mlp.down_proj.weight, h, next_w, eps)
         logits = self._logits(u[:, -1])                                     # (B, V)

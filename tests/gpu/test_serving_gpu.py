@@ -148,7 +148,57 @@ def test_triton_linear_splitk(cuda, record, dtype, M, case):
           {"out": gemm.linear_reference(x, w)}, {"out": x @ w.t()})
 
 
-SSM = [("hymba_1.5b", (3200, 100, 16, 8, 10)), ("tiny_widths", (128, 4, 8, 8, 3)), ("no_pad_1_split", (320, 20, 16, 1, 1))]
+def _gemv_cases():
+    from hymba_deploy.serving.gemm import GemmConfig
+    from hymba_deploy.serving.runtime import TRITON_GEMVS
+    return [("in_proj", (8960, 1600), TRITON_GEMVS.get("in_proj")), ("x_proj", (136, 3200), TRITON_GEMVS.get("x_proj")),
+            ("out_proj", (1600, 3200), TRITON_GEMVS.get("out_proj")),
+            ("down_proj", (1600, 5504), TRITON_GEMVS.get("down_proj")),
+            ("odd_N_K", (200, 1000), GemmConfig(32, 64, 3, 4, 3, "gemv")),
+            ("small_one_range", (40, 96), GemmConfig(16, 64, 1, 4, 3, "gemv"))]
+
+
+@pytest.mark.parametrize("dtype", ("bfloat16", "float16"))
+@pytest.mark.parametrize("M", (1, 3, 8, 16, 37))
+@pytest.mark.parametrize("case", range(6),
+                         ids=["in_proj", "x_proj", "out_proj", "down_proj", "odd_N_K", "small_one_range"])
+def test_triton_gemv(cuda, record, dtype, M, case):
+    """The `gemv` kernel (weight rows as the MMA's row operand) with the runtime's small-batch tilings on the
+    hymba-1.5b shapes, on N and K no multiple of the tiles, rows 1 to past 16; output poisoned with NaN first
+    (every element written); PyTorch's own error: x @ w.T in the dtype."""
+    gemm = _gemm()
+    name, (N, K), cfg = _gemv_cases()[case]
+    if cfg is None:
+        pytest.skip(f"the runtime has no gemv tiling for {name}")
+    g, dt = generator("gemv", name, M, dtype), getattr(torch, dtype)
+    x, w = _rnd(g, M, K, dtype=dt), _rnd(g, N, K, dtype=dt, scale=K ** -0.5)
+    out = torch.full((cfg.splits, M, N), float("nan"), device="cuda", dtype=torch.float32 if cfg.splits > 1 else dt)
+    got = gemm.linear_splitk(x, w, cfg, out).float().sum(0)
+    check(record, dict(_meta("linear_gemv", f"{name}_M{M}", dtype), config=cfg.as_dict()), {"out": got},
+          {"out": gemm.linear_reference(x, w)}, {"out": x @ w.t()})
+
+
+@pytest.mark.parametrize("dtype", ("bfloat16", "float16"))
+@pytest.mark.parametrize("M", (1, 5, 8, 16))
+@pytest.mark.parametrize("name,F_,K", [("gate_up", 5504, 1600), ("odd_F_K", 120, 1000)], ids=["gate_up", "odd_F_K"])
+def test_triton_linear_glu(cuda, record, dtype, M, name, F_, K):
+    """`linear_glu` (silu(gate) · up in the gemv epilogue) with the runtime's tiling on hymba-1.5b's MLP and on F, K
+    no multiple of the tiles; poisoned output; PyTorch's own error: F.linear then silu · up in the dtype."""
+    gemm = _gemm()
+    from hymba_deploy.serving.runtime import TRITON_GEMVS, silu_mul
+    cfg = TRITON_GEMVS.get("gate_up") if name == "gate_up" else gemm.GemmConfig(32, 64, 1, 4, 3, "gemv")
+    if cfg is None:
+        pytest.skip("the runtime has no gemv tiling for gate_up")
+    g, dt = generator("glu", name, M, dtype), getattr(torch, dtype)
+    x, w = _rnd(g, M, K, dtype=dt), _rnd(g, 2 * F_, K, dtype=dt, scale=2 * K ** -0.5)
+    out = torch.full((M, F_), float("nan"), device="cuda", dtype=dt)
+    got = gemm.linear_glu(x, w, cfg, out)
+    check(record, dict(_meta("linear_glu", f"{name}_M{M}", dtype), config=cfg.as_dict()), {"out": got},
+          {"out": gemm.glu_reference(x, w)}, {"out": silu_mul(*(x @ w.t()).chunk(2, dim=-1))})
+
+
+SSM = [("hymba_1.5b", (3200, 100, 16, 8, 10)), ("tiny_widths", (128, 4, 8, 8, 3)),
+       ("no_pad_1_split", (320, 20, 16, 1, 1)), ("hymba_1.5b_gemv", (3200, 100, 16, 8, 8))]
 
 
 @pytest.mark.parametrize("dtype", ("bfloat16", "float16"))
@@ -159,10 +209,10 @@ def test_triton_ssm_inputs(cuda, record, dtype, M, name, dims):
     (R = 100, N = 16, padded rows and columns) and tiny ones; PyTorch's own error: the float64 result rounded
     to the dtype (the least any result in that dtype has)."""
     gemm = _gemm()
-    from hymba_deploy.serving.runtime import TRITON_GEMMS
+    from hymba_deploy.serving.runtime import TRITON_GEMMS, TRITON_GEMVS
     I, R, N, pad, S = dims
     cfg = {"hymba_1.5b": TRITON_GEMMS.get("ssm_inputs"), "tiny_widths": gemm.SsmInputsConfig(32, 64, 3),
-           "no_pad_1_split": gemm.SsmInputsConfig(16, 128, 1)}[name]
+           "no_pad_1_split": gemm.SsmInputsConfig(16, 128, 1), "hymba_1.5b_gemv": TRITON_GEMVS.get("ssm_inputs")}[name]
     g, dt = generator("ssm_inputs", name, M, dtype), getattr(torch, dtype)
     wd, wb, wc = (_rnd(g, n, dtype=dt, scale=0.3) + 1 for n in (R, N, N))
     dtw = torch.zeros(I, -(-R // pad) * pad, device="cuda", dtype=dt)
