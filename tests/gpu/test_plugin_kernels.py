@@ -37,7 +37,8 @@ DTYPES = ("float32", "float16", "bfloat16")
 # inplace: y written over x and last_state over an fp32 initial state (a runtime's call).
 Scan = namedtuple("Scan", "name B T D N state_in_dtype noncontig optionals inplace", defaults=(False, False, "all", False))
 # Conv variant: noncontig (strided x, no state) | inplace (new state over the state) | chanfast (channel-fastest
-# state and weight, the serving cache's layout).
+# state and weight, the serving cache's layout) | serving (the serving prefill: x a column slice of a wider
+# buffer, no state, the new state into a channel-fastest buffer).
 Conv = namedtuple("Conv", "name B T D K activation variant", defaults=("silu", ""))
 # Attn noncontig: q, k, v as views of one fused projection output.
 Attn = namedtuple("Attn", "name B Tq Tk Hq Hkv Dqk Dv window meta noncontig", defaults=(False,))
@@ -77,6 +78,12 @@ CONV_CASES = [
     Conv("decode_inplace_state", 4, 1, 3200, 4, variant="inplace"),
     # the serving cache's layout: channel-fastest state and weight, in place at T = 1, a new state at T = 3 < K
     *(Conv(f"chanfast_state_weight_T{T}", 8, T, 3200, 4, variant="chanfast") for T in (1, 3)),
+    # time spans of 8 steps per thread: T one past a span, in place over several spans (one thread per row),
+    # in place at the longest T allowed, the serving prefill
+    Conv("span_edge_T9", 2, 9, 64, 4),
+    Conv("inplace_T37_D200", 3, 37, 200, 4, variant="inplace"),
+    Conv("inplace_T64_K3", 2, 64, 128, 3, variant="inplace"),
+    Conv("serving_prefill_T1000", 2, 1000, 3200, 4, variant="serving"),
 ]
 
 ATTN_CASES = [
@@ -234,7 +241,7 @@ def test_selective_scan(case, dtype, path, arch, plugins, record):
 def conv_case(c: Conv, dtype: str) -> Prepared:
     inp = KN.conv_inputs(c.B, c.T, c.D, c.K, KN.DTYPES[dtype], generator(c.name, dtype))
     kin = dict(inp)
-    if c.variant == "noncontig":
+    if c.variant in ("noncontig", "serving"):
         inp["conv_state"] = kin["conv_state"] = None        # the zero-history path
         kin["x"] = KN.slice_noncontig(inp["x"])
     elif c.variant == "chanfast":
@@ -258,8 +265,8 @@ def test_causal_conv1d(case, dtype, path, arch, plugins, record):
             kin["conv_state"] = kin["conv_state"].clone()
         if case.variant == "inplace" or (case.variant == "chanfast" and case.T == 1):
             ns = kin["conv_state"]                          # in place, as a runtime updates its cache
-        elif case.variant == "chanfast":
-            ns = KN.channel_fastest(KN.nan_like(inp["conv_state"]))
+        elif case.variant in ("chanfast", "serving"):
+            ns = KN.channel_fastest(torch.full((case.B, case.D, case.K), float("nan"), device="cuda", dtype=dt))
         else:
             ns = torch.full((case.B, case.D, case.K), float("nan"), device="cuda", dtype=dt)
         y = KN.nan_like(inp["x"])
