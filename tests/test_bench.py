@@ -331,7 +331,8 @@ def test_cuda_report_keeps_the_committed_layout(committed, prefill_only, monkeyp
 
     def profile(*a, **k):
         raise RuntimeError("CUPTI unavailable (simulated)")
-    fake = SimpleNamespace(decode_gemms="triton", gemm_configs={}, packed=None)
+    fake = SimpleNamespace(decode_gemms="triton", gemm_configs={}, gemv_configs={}, packed=None,
+                           config=SimpleNamespace(gemv_max_rows=8))
     for name, value in {"cuda_unavailable": lambda: None, "copy_bandwidth": lambda: 4e12,
                         "_runtime": lambda *a, **k: fake}.items():
         monkeypatch.setattr(serving_run, name, value)
@@ -360,6 +361,10 @@ def test_cuda_report_keeps_the_committed_layout(committed, prefill_only, monkeyp
         assert res["cuda"]["decode"][-1] == {"requested_batch": 128, "oom_batches": [128], "batch": 64,
                                              "ms_per_step": 1.0}
         assert res["cuda"]["profile_graphs"][0]["error"] == "RuntimeError: CUPTI unavailable (simulated)"
+        # the split-K ablation only where the gemv kernel runs (batches <= gemv_max_rows); its settings reported
+        assert [r["batch"] for r in res["cuda"]["decode_graphs_splitk_gemms"]] == [1, 8]
+        assert [r["batch"] for r in res["cuda"]["decode_graphs_cublas_gemms"]] == [1, 8, 32, 64]
+        assert res["decode_gemms"]["gemv_max_rows"] == 8 and res["decode_gemms"]["gemv_configs"] == {}
 
 
 def test_cuda_measurements_drive_a_real_runtime_on_the_cpu(monkeypatch, tiny_model):

@@ -173,6 +173,12 @@ def _ms_row(r: dict, key: str = "ms_per_step") -> str:
     return _f(r.get(key)) if key in r else r.get("error", "OOM" if r.get("oom_batches") else "-")
 
 
+def _gemms(g: dict) -> str:
+    """The decode GEMMs line: the mode, and the batches the gemv kernel serves (reports from before it: mode only)."""
+    rows = g.get("gemv_max_rows")
+    return f"{g.get('mode')}" + (f" (gemv kernel up to {rows} rows)" if g.get("mode") == "triton" and rows else "")
+
+
 def serving_markdown(res: dict) -> str:
     """The cuda runtime's JSON report as tables: decode against its storage floor, prefill, kernel time by
     category, ablations and the reference baselines."""
@@ -185,7 +191,8 @@ def serving_markdown(res: dict) -> str:
              f"- copy bandwidth {_f(res.get('copy_bandwidth_GBps'), '.0f')} GB/s (read + write); weights "
              f"{_f(res.get('weight_bytes', 0) / 1e9)} GB; storage floor = (weight bytes + cache bytes read per step) / "
              f"copy bandwidth; per-layer floor = (weight bytes + each layer's K/V, a consumer re-reading its "
-             f"producer's, + SSM state read and written in fp32 + conv state) / copy bandwidth", f"- decode GEMMs: {res.get('decode_gemms', {}).get('mode')}; timing: {res['timing']}",
+             f"producer's, + SSM state read and written in fp32 + conv state) / copy bandwidth",
+             f"- decode GEMMs: {_gemms(res.get('decode_gemms', {}))}; timing: {res['timing']}",
              f"- complete: {bool(res.get('complete'))}", "", "## Decode (CUDA graphs)", ""]
     lines += _table(["batch", "ms/step", "tokens/s", "eager ms/step", "floor ms", "% of floor", "per-layer floor ms",
                      "% of per-layer floor", "peak GiB", "OOM at"],

@@ -39,14 +39,19 @@ DESCRIPTION = {
     "cuda_engine": "serving cache + one CUDA graph per step and batch bucket (global-layer attention reads "
                    "its key count on the device; attention on a side stream beside the SSM branch) + "
                    "torch.compile'd elementwise glue; plugin kernels for scan/conv/attention; Triton kernels "
-                   "(serving/gemm.py) for x_proj + dt/B/C norms + dt_proj and split-K out_proj/down_proj",
+                   "(serving/gemm.py) for x_proj + dt/B/C norms + dt_proj and split-K out_proj/down_proj; in buckets of up to "
+                   "gemv_max_rows rows the weight-streaming gemv kernel for every decode GEMM but lm_head (gate_up "
+                   "with silu·up in its epilogue)",
     "cuda_prefill": "prefill: the engine's prefill body (packed weights, torch.compile'd glue, plugin kernels over "
                     "the whole prompt, attention on a side stream beside the SSM branch); prefill_model_forward: "
                     "the model's own forward (eager glue) on the same kernels",
     "timing": "CUDA events; decode: mean over steps after warm-up; prefill: median",
 }
-# Same-run ablations: (report key, runtime options, the CudaSections field holding their batches).
+# Same-run ablations: (report key, runtime options, the CudaSections field holding their batches). The split-K
+# ablation (the batch-128 tilings at every batch, as before the gemv kernel) runs only at the batches the gemv
+# kernel serves (`_ablation_batches`).
 ABLATIONS = (("decode_graphs_cublas_gemms", {"decode_gemms": "cublas"}, "gemm_ablation_batches"),
+             ("decode_graphs_splitk_gemms", {"gemv_max_rows": 0}, "gemm_ablation_batches"),
              ("decode_graphs_uncompiled_elementwise", {"compile_elementwise": False}, "uncompiled_batches"),
              ("decode_graphs_no_attention_overlap", {"overlap_attention": False}, "no_overlap_batches"),
              ("decode_graphs_time_major_kv", {"kv_layout": "time_major"}, "no_overlap_batches"),
@@ -136,7 +141,9 @@ def run_cuda(spec: str, s: BenchSettings, out: Path | None = None, say=lambda ms
     gemm_configs = load_configs(c.gemm_configs) if c.gemm_configs else None
     runtime = _runtime(model, max_context, s.decode_batches or (1,), gemm_configs=gemm_configs)
     rep.data["decode_gemms"] = {"mode": runtime.decode_gemms,
-                                "configs": {k: v.as_dict() for k, v in runtime.gemm_configs.items()}}
+                                "configs": {k: v.as_dict() for k, v in runtime.gemm_configs.items()},
+                                "gemv_max_rows": runtime.config.gemv_max_rows,
+                                "gemv_configs": {k: v.as_dict() for k, v in runtime.gemv_configs.items()}}
     cuda = rep.data["cuda"] = {"decode": [], "prefill": [], "prefill_model_forward": []}
     _prefill_section(rep, model, runtime, max_context, s, c)
     for b in s.decode_batches:
@@ -194,7 +201,7 @@ def _ablations(rep: _Report, model, max_context: int, s: BenchSettings, c: CudaS
     """Graph decode with one runtime option changed, at that ablation's batches."""
     for key, options, field in ABLATIONS:
         rep.data["cuda"][key] = []
-        batches = getattr(c, field)
+        batches = _ablation_batches(options, getattr(c, field))
         if not batches:
             continue
         ablated = _runtime(model, max_context, s.decode_batches or (1,), **{"gemm_configs": gemm_configs, **options})
@@ -202,6 +209,15 @@ def _ablations(rep: _Report, model, max_context: int, s: BenchSettings, c: CudaS
             rep.add(rep.data["cuda"][key], f"cuda {key}",
                     _halved(b, lambda bb: serving.decode(ablated, bb, s.context, s.decode_steps, 0, bw, wbytes)))
         del ablated
+
+
+def _ablation_batches(options: dict, batches: tuple[int, ...]) -> tuple[int, ...]:
+    """The batches an ablation changes anything at: all of them, but gemv_max_rows = 0 only those the default
+    runtime runs through the gemv kernel."""
+    from ..serving import ServingConfig
+    if options.get("gemv_max_rows") == 0:
+        return tuple(b for b in batches if b <= ServingConfig.gemv_max_rows)
+    return batches
 
 
 def _reference_section(rep: _Report, model, max_context: int, s: BenchSettings, c: CudaSections, bw, wbytes):

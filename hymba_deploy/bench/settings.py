@@ -46,7 +46,7 @@ class CudaSections:
     ref_steps: int = 3
     ref_graph_batches: tuple[int, ...] = (1, 8)
     compile_reference_batches: tuple[int, ...] = ()
-    profile_batches: tuple[int, ...] = (1, 128)
+    profile_batches: tuple[int, ...] = (1, 8, 32, 128)        # every default decode batch
     prefill_profile: tuple[int, ...] | None = None      # None: the longest prefill length
     uncompiled_batches: tuple[int, ...] = (1, 128)
     no_overlap_batches: tuple[int, ...] = (1, 128)
