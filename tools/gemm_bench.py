@@ -134,6 +134,19 @@ def bench_shape(name, N, K, M, args, sms, dtype, log):
     return t.summary(N=N, K=K, M=M, weight_bytes=bytes_w)
 
 
+def ssm_layers(cfg, dtype, copies: int):
+    """`copies` random SSM-branch weight sets ((x_proj padded to 8 rows, dt_proj padded to 8 columns, the dt/B/C
+    norm weights), rotated through so that the weights come from DRAM) and one set's weight bytes."""
+    I, R, N = cfg.d_inner, cfg.mamba_dt_rank, cfg.mamba_d_state
+    layers = []
+    for _ in range(copies):
+        xw = torch.randn(R + 2 * N, I, device="cuda", dtype=dtype) / math.sqrt(I)
+        dw = torch.randn(I, R, device="cuda", dtype=dtype) / math.sqrt(R)
+        norms = [torch.rand(n, device="cuda", dtype=dtype) + 0.5 for n in (R, N, N)]
+        layers.append((padded(xw, rows=8), padded(dw, cols=8), norms))
+    return layers, sum(t.numel() * t.element_size() for t in layers[0][:2])
+
+
 def bench_ssm_chain(cfg, M, args, dtype, log):
     """The SSM branch from the conv output to the scan's inputs, per layer: x_proj, the dt/B/C norms and
     dt_proj as the engine runs them on cuBLAS + inductor, against split-K x_proj + `ssm_inputs` over a sweep
@@ -142,13 +155,7 @@ def bench_ssm_chain(cfg, M, args, dtype, log):
 
     I, R, N, eps = cfg.d_inner, cfg.mamba_dt_rank, cfg.mamba_d_state, cfg.rms_norm_eps
     copies = 32
-    layers = []
-    for _ in range(copies):
-        xw = torch.randn(R + 2 * N, I, device="cuda", dtype=dtype) / math.sqrt(I)
-        dw = torch.randn(I, R, device="cuda", dtype=dtype) / math.sqrt(R)
-        norms = [torch.rand(n, device="cuda", dtype=dtype) + 0.5 for n in (R, N, N)]
-        layers.append((padded(xw, rows=8), padded(dw, cols=8), norms))
-    bytes_w = sum(t.numel() * t.element_size() for t in layers[0][:2])
+    layers, bytes_w = ssm_layers(cfg, dtype, copies)
     x = torch.randn(M, I, device="cuda", dtype=dtype)
     dbc = torch.compile(dbc_norms, fullgraph=True)
 
@@ -237,13 +244,7 @@ def bench_ssm_chain_gemv(cfg, M, args, dtype, log):
 
     I, R, N, eps = cfg.d_inner, cfg.mamba_dt_rank, cfg.mamba_d_state, cfg.rms_norm_eps
     copies = 32
-    layers = []
-    for _ in range(copies):
-        xw = torch.randn(R + 2 * N, I, device="cuda", dtype=dtype) / math.sqrt(I)
-        dw = torch.randn(I, R, device="cuda", dtype=dtype) / math.sqrt(R)
-        norms = [torch.rand(n, device="cuda", dtype=dtype) + 0.5 for n in (R, N, N)]
-        layers.append((padded(xw, rows=8), padded(dw, cols=8), norms))
-    bytes_w = sum(t.numel() * t.element_size() for t in layers[0][:2])
+    layers, bytes_w = ssm_layers(cfg, dtype, copies)
     x = torch.randn(M, I, device="cuda", dtype=dtype)
 
     def chain(layer, xc, sc):
