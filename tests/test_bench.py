@@ -363,6 +363,7 @@ def test_cuda_report_keeps_the_committed_layout(committed, prefill_only, monkeyp
         assert res["cuda"]["profile_graphs"][0]["error"] == "RuntimeError: CUPTI unavailable (simulated)"
         # the split-K ablation only where the gemv kernel runs (batches <= gemv_max_rows); its settings reported
         assert [r["batch"] for r in res["cuda"]["decode_graphs_splitk_gemms"]] == [1, 8]
+        assert [r["batch"] for r in res["cuda"]["decode_graphs_conv_kernel"]] == [1, 8]
         assert [r["batch"] for r in res["cuda"]["decode_graphs_cublas_gemms"]] == [1, 8, 32, 64]
         assert res["decode_gemms"]["gemv_max_rows"] == 8 and res["decode_gemms"]["gemv_configs"] == {}
 

@@ -744,34 +744,51 @@ def _torch_linear_glu(x, w, cfg, out=None):
     return silu_mul(*torch.nn.functional.linear(x, w).chunk(2, dim=-1))
 
 
-def _torch_ssm_inputs(partials, w_dt, w_B, w_C, dt_proj, eps, cfg):
-    """CPU stand-in for gemm.ssm_inputs: the runtime's own eager ops on the summed partials."""
+def _torch_ssm_inputs(partials, w_dt, w_B, w_C, dt_proj, eps, cfg, conv=None):
+    """CPU stand-in for gemm.ssm_inputs: the runtime's own eager ops on the summed partials; conv = (x, state):
+    the state shifted by one step, x entering last."""
     from hymba_deploy.serving.runtime import dbc_norms
 
     R, N = w_dt.shape[0], w_B.shape[0]
     dt, Bm, Cm = dbc_norms(partials.sum(0).to(w_dt.dtype), w_dt, w_B, w_C, R, N, eps, dt_proj.shape[1])
+    if conv is not None:
+        x, state = conv
+        state.copy_(torch.cat([state[..., 1:], x[..., None]], dim=-1))
     return dt @ dt_proj.t(), Bm, Cm
 
 
-@pytest.mark.parametrize("gemv_max_rows", (0, 8), ids=["gemm_tilings", "gemv_tilings"])
-def test_triton_gemm_branch_of_the_decode_step_matches_cublas_branch(tiny, monkeypatch, gemv_max_rows):
+def _torch_linear_conv(x, conv_w, conv_b, state, w, cfg, out=None, xc=None):
+    """CPU stand-in for gemm.linear_conv: the conv op's decode step (the state read, not written), then the
+    split-K stand-in on its output."""
+    from hymba_deploy.ops.causal_conv1d import causal_conv1d_ref
+
+    xc = causal_conv1d_ref(x[:, None], conv_w, conv_b, state)[0][:, 0]
+    return _torch_linear_splitk(xc, w, cfg), xc
+
+
+@pytest.mark.parametrize("gemv_max_rows,conv_in_gemv", [(0, True), (8, True), (8, False)],
+                         ids=["gemm_tilings", "gemv_tilings", "gemv_tilings_conv_kernel"])
+def test_triton_gemm_branch_of_the_decode_step_matches_cublas_branch(tiny, monkeypatch, gemv_max_rows, conv_in_gemv):
     """The runtime's Triton-kernel branch (split-K partials summed in add_partials_rms_norm and in
-    ssm_inputs; at small batches also in_proj's one-range product and gate_up's silu · up) wired with CPU
-    stand-ins of the kernels gives the cuBLAS branch's logits, past the window, with splits that do not divide
-    K evenly."""
+    ssm_inputs; at small batches also in_proj's one-range product, gate_up's silu · up and the conv inside
+    x_proj's launch with the state shifted in ssm_inputs) wired with CPU stand-ins of the kernels gives the
+    cuBLAS branch's logits, past the window, with splits that do not divide K evenly."""
     from hymba_deploy.serving import runtime as runtime_mod
     from hymba_deploy.serving.gemm import GemmConfig
 
     monkeypatch.setattr(runtime_mod.gemm, "linear_splitk", _torch_linear_splitk)
     monkeypatch.setattr(runtime_mod.gemm, "linear_glu", _torch_linear_glu)
     monkeypatch.setattr(runtime_mod.gemm, "ssm_inputs", _torch_ssm_inputs)
+    conv_calls = []
+    monkeypatch.setattr(runtime_mod.gemm, "linear_conv",
+                        lambda *a, **k: (conv_calls.append(1), _torch_linear_conv(*a, **k))[1])
     ids = torch.randint(3, 257, (2, 18))
     n_ctx = 18 + tiny.config.sliding_window + 8
     plain = _runtime(tiny, max_context=n_ctx, buckets=(2,))
     odd = {"x_proj": GemmConfig(block_k=16, splits=7), "out_proj": GemmConfig(block_k=16, splits=3),
            "down_proj": GemmConfig(block_k=16, splits=5)}
     tri = _runtime(tiny, max_context=n_ctx, buckets=(2,), gemm_configs=odd, gemv_max_rows=gemv_max_rows,
-                   gemv_configs={k: replace(c, kernel="gemv") for k, c in odd.items()})
+                   gemv_configs={k: replace(c, kernel="gemv") for k, c in odd.items()}, conv_in_gemv=conv_in_gemv)
     tri.decode_gemms = "triton"                     # what gemm.resolve_decode_gemms picks on a GPU with triton
     assert set(tri.gemm_configs) == {"x_proj", "ssm_inputs", "out_proj", "down_proj"}
     assert set(tri.triton_tilings(2)) == ({"in_proj", "x_proj", "ssm_inputs", "out_proj", "gate_up", "down_proj"}
@@ -784,6 +801,7 @@ def test_triton_gemm_branch_of_the_decode_step_matches_cublas_branch(tiny, monke
         step = logits[0].argmax(-1, keepdim=True)
         logits = [e.decode(c, step) for e, c in zip((plain, tri), caches)]
         assert rel_err(logits[1], logits[0]) < 1e-5
+    assert bool(conv_calls) == (gemv_max_rows > 0 and conv_in_gemv)    # the branch under test ran
 
 
 def test_decode_gemm_choice_is_validated_and_cpu_runs_cublas(tiny, monkeypatch):

@@ -9,7 +9,8 @@ with each candidate set of tilings, interleaved over `--rounds`, and writes the 
     PYTHONPATH=. python3 tools/gemm_step_ab.py --candidates best.json --out ab.json --best-out chosen.json
 
 Candidates: cuBLAS, the engine's defaults, defaults with out_proj/down_proj back on cuBLAS, the batch-128
-tilings at every batch (`gemv_max_rows` 0: the small-batch kernels before `TRITON_GEMVS`), each `--candidates`
+tilings at every batch (`gemv_max_rows` 0: the small-batch kernels before `TRITON_GEMVS`), the decode conv as
+its own kernel (`conv_in_gemv` off), each `--candidates`
 file (gemm_bench --best-out) and each `--gemv-candidates` file (gemm_bench --gemv --best-out). Each is merged
 over the defaults. The winner is the fastest at `--select-batch` (default: the largest batch).
 """
@@ -30,6 +31,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--candidates", nargs="*", default=[], help="tiling files (gemm_bench --best-out)")
     ap.add_argument("--gemv-candidates", nargs="*", default=[], help="small-batch tiling files (gemm_bench --gemv)")
+    ap.add_argument("--conv-kernel-too", action="store_true",
+                    help="also each --gemv-candidates file with the decode conv as its own kernel (conv_in_gemv off)")
     ap.add_argument("--batches", type=int, nargs="+", default=[128, 8])
     ap.add_argument("--only", nargs="*", default=None, help="run only these candidates (and cublas)")
     ap.add_argument("--select-batch", type=int, default=None, help="choose the winner here (default: the largest)")
@@ -52,11 +55,14 @@ def main(argv=None) -> int:
     bw, wbytes = copy_bandwidth(), weight_bytes(model)
     candidates = {"cublas": dict(decode_gemms="cublas"), "defaults": {},
                   "defaults_mlp_cublas": dict(gemm_configs={"out_proj": None, "down_proj": None}),
-                  "batch128_tilings_everywhere": dict(gemv_max_rows=0)}
+                  "batch128_tilings_everywhere": dict(gemv_max_rows=0), "conv_kernel": dict(conv_in_gemv=False)}
     for path in args.candidates:
         candidates[path.rsplit("/", 1)[-1]] = dict(gemm_configs=load_configs(path))
     for path in args.gemv_candidates:
         candidates["gemv:" + path.rsplit("/", 1)[-1]] = dict(gemv_configs=load_configs(path))
+        if args.conv_kernel_too:
+            candidates["conv_kernel+gemv:" + path.rsplit("/", 1)[-1]] = dict(gemv_configs=load_configs(path),
+                                                                             conv_in_gemv=False)
     if args.only:
         candidates = {n: kw for n, kw in candidates.items() if n in args.only or n == "cublas"}
     ms: dict = {name: {b: [] for b in args.batches} for name in candidates}

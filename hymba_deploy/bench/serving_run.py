@@ -52,6 +52,7 @@ DESCRIPTION = {
 # kernel serves (`_ablation_batches`).
 ABLATIONS = (("decode_graphs_cublas_gemms", {"decode_gemms": "cublas"}, "gemm_ablation_batches"),
              ("decode_graphs_splitk_gemms", {"gemv_max_rows": 0}, "gemm_ablation_batches"),
+             ("decode_graphs_conv_kernel", {"conv_in_gemv": False}, "gemm_ablation_batches"),
              ("decode_graphs_uncompiled_elementwise", {"compile_elementwise": False}, "uncompiled_batches"),
              ("decode_graphs_no_attention_overlap", {"overlap_attention": False}, "no_overlap_batches"),
              ("decode_graphs_time_major_kv", {"kv_layout": "time_major"}, "no_overlap_batches"),
@@ -215,7 +216,7 @@ def _ablation_batches(options: dict, batches: tuple[int, ...]) -> tuple[int, ...
     """The batches an ablation changes anything at: all of them, but gemv_max_rows = 0 only those the default
     runtime runs through the gemv kernel."""
     from ..serving import ServingConfig
-    if options.get("gemv_max_rows") == 0:
+    if options.get("gemv_max_rows") == 0 or options.get("conv_in_gemv") is False:
         return tuple(b for b in batches if b <= ServingConfig.gemv_max_rows)
     return batches
 

@@ -182,11 +182,14 @@ if triton is not None:
 
     @triton.jit
     def _gemv_kernel(x_ptr, w_ptr, out_ptr, M, N, K, k_per_split, up_rows, stride_xm, stride_wn, stride_os,
-                     stride_om, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                     EVEN_K: tl.constexpr, GLU: tl.constexpr):
+                     stride_om, state_ptr, conv_w_ptr, conv_b_ptr, xc_ptr, stride_sb, stride_sc, stride_st,
+                     stride_xcm, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                     EVEN_K: tl.constexpr, GLU: tl.constexpr, CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr):
         """Program (weight rows tile, K range, x rows block): acc (BLOCK_N, BLOCK_M) = w tile @ x^T, stored
         transposed into out[pid_s] (M, N). GLU (one K range): a second tile of rows up_rows + n, and out =
-        silu(gate) · up with each product rounded to out's dtype first, as F.linear then silu_mul round."""
+        silu(gate) · up with each product rounded to out's dtype first, as F.linear then silu_mul round.
+        CONV_K > 0: x is the pre-conv input and the operand is the decode conv of it (`_conv_silu_t`), which
+        the programs of the first weight rows tile also store into xc (M, K); the state is left as it was."""
         pid_n = tl.program_id(0)
         pid_s = tl.program_id(1)
         pid_m = tl.program_id(2)
@@ -209,6 +212,12 @@ if triton is not None:
                 k_ok = (k + rk) < k1
                 w = tl.load(w_ptrs, mask=n_ok & k_ok[None, :], other=0.0)
                 xt = tl.load(x_ptrs, mask=m_ok & k_ok[:, None], other=0.0)
+            if CONV_K > 0:
+                xt = _conv_silu_t(xt, k + rk, (k + rk) < k1, rm, m_ok, state_ptr, conv_w_ptr, conv_b_ptr,
+                                  stride_sb, stride_sc, stride_st, CONV_K, CONV_BIAS)
+                if pid_n == 0:
+                    tl.store(xc_ptr + rm[None, :] * stride_xcm + (k + rk)[:, None], xt,
+                             mask=m_ok & ((k + rk) < k1)[:, None])
             acc = tl.dot(w, xt, acc)
             if GLU:
                 if EVEN_K:
@@ -228,6 +237,28 @@ if triton is not None:
             tl.store(out, acc.to(dtype), mask=m_ok & n_ok)
 
     @triton.jit
+    def _conv_silu_t(xt, kk, k_ok, rm, m_ok, state_ptr, conv_w_ptr, conv_b_ptr, stride_sb, stride_sc, stride_st,
+                     CONV_K: tl.constexpr, CONV_BIAS: tl.constexpr):
+        """The decode step of CausalConv1d (SiLU) on a tile x^T (channels kk, rows rm) of pre-conv inputs:
+        silu(bias + Σ_j w[c, j] · state[m, c, j + 1] + w[c, K-1] · x) in fp32, taps in the CUDA kernel's
+        order, rounded to x's dtype; 0 where channels (k_ok) or rows (m_ok) are past the ends, so they add
+        nothing to the dot. conv_w (channels, CONV_K) contiguous."""
+        dtype = xt.dtype
+        ok = m_ok & k_ok[:, None]
+        acc = tl.zeros(xt.shape, dtype=tl.float32)
+        if CONV_BIAS:
+            acc += tl.load(conv_b_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)[:, None]
+        s_ptrs = state_ptr + rm[None, :] * stride_sb + kk[:, None] * stride_sc
+        for j in tl.static_range(CONV_K - 1):
+            s = tl.load(s_ptrs + (j + 1) * stride_st, mask=ok, other=0.0).to(tl.float32)
+            w = tl.load(conv_w_ptr + kk * CONV_K + j, mask=k_ok, other=0.0).to(tl.float32)
+            acc += w[:, None] * s
+        w = tl.load(conv_w_ptr + kk * CONV_K + (CONV_K - 1), mask=k_ok, other=0.0).to(tl.float32)
+        acc += w[:, None] * xt.to(tl.float32)
+        y = acc / (1.0 + tl.exp(-acc))
+        return tl.where(ok, y, 0.0).to(dtype)
+
+    @triton.jit
     def _rms_norm_rows(x, w_ptr, cols, n: tl.constexpr, eps, dtype: tl.constexpr):
         """HymbaRMSNorm of the rows of x (fp32, zero past column n), as the model rounds it."""
         x = x.to(dtype).to(tl.float32)                          # the x_proj output, in the activation dtype
@@ -237,12 +268,15 @@ if triton is not None:
 
     @triton.jit
     def _ssm_inputs_kernel(part_ptr, S, M, stride_ps, stride_pm, wdt_ptr, wB_ptr, wC_ptr, dtw_ptr, stride_dtw,
-                           dt_ptr, B_ptr, C_ptr, I, i_per_prog, eps, R: tl.constexpr, N: tl.constexpr,
-                           BLOCK_M: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_R: tl.constexpr,
-                           BLOCK_N: tl.constexpr):
+                           dt_ptr, B_ptr, C_ptr, I, i_per_prog, eps, xr_ptr, stride_xrm, st_ptr, stride_sb,
+                           stride_sc, stride_st, R: tl.constexpr, N: tl.constexpr, BLOCK_M: tl.constexpr,
+                           BLOCK_I: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_N: tl.constexpr,
+                           CONV_W: tl.constexpr):
         """Program (row block, channel range): sums x_proj's partials for its rows, normalises dt, B, C, then
         runs dt_proj over channels [pid_i · i_per_prog, +i_per_prog) in tiles of BLOCK_I. Each program
-        re-reads its rows' partials (from L2), so few channel ranges keep that cheap."""
+        re-reads its rows' partials (from L2), so few channel ranges keep that cheap. CONV_W > 0: also shifts
+        the conv state (M, I, CONV_W) of those channels by one step, x (pre-conv) entering last, the state
+        update of the conv that `linear_conv` ran without writing it."""
         pid_m = tl.program_id(0)
         pid_i = tl.program_id(1)
         rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -273,6 +307,15 @@ if triton is not None:
                         mask=(ri[:, None] < i1) & (rr[None, :] < R), other=0.0)
             out = tl.dot(dt, tl.trans(w))                       # (BLOCK_M, BLOCK_I) fp32
             tl.store(dt_ptr + rm[:, None] * I + ri[None, :], out.to(dtype), mask=row & (ri[None, :] < i1))
+            if CONV_W > 0:
+                ok = row & (ri[None, :] < i1)
+                s_ptrs = st_ptr + rm[:, None] * stride_sb + ri[None, :] * stride_sc
+                for j in tl.static_range(CONV_W - 1):           # tap j <- tap j + 1, every load before its store
+                    tap = tl.load(s_ptrs + (j + 1) * stride_st, mask=ok)
+                    tl.debug_barrier()
+                    tl.store(s_ptrs + j * stride_st, tap, mask=ok)
+                tl.store(s_ptrs + (CONV_W - 1) * stride_st,
+                         tl.load(xr_ptr + rm[:, None] * stride_xrm + ri[None, :], mask=ok), mask=ok)
 
 
 def _check(x: torch.Tensor, w: torch.Tensor, what: str) -> tuple[int, int, int]:
@@ -292,14 +335,12 @@ def linear_splitk(x: torch.Tensor, w: torch.Tensor, cfg: GemmConfig, out: torch.
     M, N, K = _check(x, w, "linear_splitk")
     if out is None:
         out = torch.empty(cfg.splits, M, N, device=x.device, dtype=torch.float32 if cfg.splits > 1 else x.dtype)
+    if cfg.kernel == "gemv":
+        _launch_gemv(x, w, out, cfg, M, N, K, cfg.k_per_split(K), cfg.splits)
+        return out
     bm, kps = cfg.block_m(M), cfg.k_per_split(K)
     grid = (triton.cdiv(N, cfg.block_n), cfg.splits, triton.cdiv(M, bm))
     even_k = K % cfg.block_k == 0 and kps % cfg.block_k == 0
-    if cfg.kernel == "gemv":
-        _gemv_kernel[grid](x, w, out, M, N, K, kps, 0, x.stride(0), w.stride(0), out.stride(0), out.stride(1),
-                           BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=even_k, GLU=False,
-                           num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        return out
     _splitk_kernel[grid](x, w, out, M, N, K, kps, x.stride(0), w.stride(0), out.stride(0), out.stride(1),
                          BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=even_k,
                          num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -317,19 +358,52 @@ def linear_glu(x: torch.Tensor, w: torch.Tensor, cfg: GemmConfig, out: torch.Ten
     F_ = N2 // 2
     if out is None:
         out = torch.empty(M, F_, device=x.device, dtype=x.dtype)
-    bm = cfg.block_m(M)
-    grid = (triton.cdiv(F_, cfg.block_n), 1, triton.cdiv(M, bm))
-    _gemv_kernel[grid](x, w, out, M, F_, K, K, F_, x.stride(0), w.stride(0), 0, out.stride(0),
-                       BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, EVEN_K=K % cfg.block_k == 0, GLU=True,
-                       num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    _launch_gemv(x, w, out, cfg, M, F_, K, K, 1, up_rows=F_)
     return out
 
 
+def linear_conv(x: torch.Tensor, conv_w: torch.Tensor, conv_b: torch.Tensor | None, state: torch.Tensor,
+                w: torch.Tensor, cfg: GemmConfig, out: torch.Tensor | None = None, xc: torch.Tensor | None = None):
+    """The decode step of CausalConv1d (SiLU) then a GEMM, in one `gemv` launch: pre-conv x (M, K) (row stride
+    free), conv_w (K, W) contiguous, conv_b (K,) or None, state (M, K, W) (the last W pre-conv inputs, any
+    strides) -> (partial sums (cfg.splits, M, N) of xc @ w.T as `linear_splitk` gives them, xc (M, K) = the
+    conv output in x's dtype). The state is only read: `ssm_inputs(..., conv=(x, state))` shifts it after."""
+    M, N, K = _check(x, w, "linear_conv")
+    W = conv_w.shape[1]
+    if (cfg.kernel != "gemv" or conv_w.shape[0] != K or conv_w.stride() != (W, 1) or state.shape != (M, K, W)
+            or (conv_b is not None and conv_b.shape != (K,)) or any(t.dtype != x.dtype for t in (conv_w, state))):
+        raise ValueError(f"linear_conv: a gemv tiling, conv_w ({K}, W) contiguous, state ({M}, {K}, W) in x's dtype; "
+                         f"got {cfg.kernel}, conv_w {tuple(conv_w.shape)} {conv_w.dtype}, state {tuple(state.shape)} "
+                         f"{state.dtype}")
+    if out is None:
+        out = torch.empty(cfg.splits, M, N, device=x.device, dtype=torch.float32 if cfg.splits > 1 else x.dtype)
+    if xc is None:
+        xc = torch.empty(M, K, device=x.device, dtype=x.dtype)
+    _launch_gemv(x, w, out, cfg, M, N, K, cfg.k_per_split(K), cfg.splits, conv=(conv_w, conv_b, state, xc))
+    return out, xc
+
+
+def _launch_gemv(x, w, out, cfg: GemmConfig, M: int, N: int, K: int, kps: int, splits: int, up_rows: int = 0,
+                 conv=None) -> None:
+    """One `_gemv_kernel` launch: plain (split-K partials), GLU (up_rows > 0: out (M, N)) or with the conv
+    prologue (conv = (conv_w, conv_b, state, xc))."""
+    bm = cfg.block_m(M)
+    grid = (triton.cdiv(N, cfg.block_n), splits, triton.cdiv(M, bm))
+    conv_w, conv_b, state, xc = conv if conv is not None else (x, None, x.new_empty(0, 0, 0), x)
+    _gemv_kernel[grid](x, w, out, M, N, K, kps, up_rows, x.stride(0), w.stride(0), 0 if up_rows else out.stride(0),
+                       out.stride(-2), state, conv_w, conv_b if conv_b is not None else conv_w,
+                       xc, *state.stride(), xc.stride(0), BLOCK_M=bm, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
+                       EVEN_K=K % cfg.block_k == 0 and kps % cfg.block_k == 0, GLU=up_rows > 0,
+                       CONV_K=conv_w.shape[1] if conv is not None else 0, CONV_BIAS=conv_b is not None,
+                       num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
 def ssm_inputs(partials: torch.Tensor, w_dt: torch.Tensor, w_B: torch.Tensor, w_C: torch.Tensor,
-               dt_proj: torch.Tensor, eps: float, cfg: SsmInputsConfig):
+               dt_proj: torch.Tensor, eps: float, cfg: SsmInputsConfig, conv=None):
     """x_proj's partial sums (S, M, ≥ R + 2N) (`linear_splitk`; S = 1 in the activation dtype allowed) ->
     dt (M, I) = dt_proj(RMSNorm(dt)), B (M, N), C (M, N) = RMSNorm(B), RMSNorm(C), in w_dt's dtype.
-    dt_proj (I, ≥ R): zero columns past R (`PackedWeights.dt_proj`) are never read."""
+    dt_proj (I, ≥ R): zero columns past R (`PackedWeights.dt_proj`) are never read. conv = (x, state): the
+    pre-conv x (M, I) and its conv state (M, I, W), shifted in place by one step (after `linear_conv`)."""
     if triton is None:
         raise HymbaDeployError("ssm_inputs needs triton (a CUDA build of torch)")
     S, M, W = partials.shape
@@ -345,10 +419,16 @@ def ssm_inputs(partials: torch.Tensor, w_dt: torch.Tensor, w_B: torch.Tensor, w_
     i_per_prog = -(-I // cfg.programs_i)
     i_per_prog = -(-i_per_prog // cfg.block_i) * cfg.block_i
     grid = (triton.cdiv(M, bm), triton.cdiv(I, i_per_prog))
+    xr, state = conv if conv is not None else (dt, dt.new_empty(0, 0, 0))
+    if conv is not None and (xr.shape != (M, I) or xr.stride(1) != 1 or state.shape[:2] != (M, I)
+                             or state.dtype != xr.dtype):
+        raise ValueError(f"ssm_inputs: conv x {tuple(xr.shape)} / state {tuple(state.shape)} {state.dtype} do not "
+                         f"fit {M} rows of {I} channels (x unit stride, state in x's dtype)")
     _ssm_inputs_kernel[grid](partials, S, M, partials.stride(0), partials.stride(1), w_dt, w_B, w_C, dt_proj,
-                             dt_proj.stride(0), dt, Bm, Cm, I, i_per_prog, eps, R=R, N=N, BLOCK_M=bm,
-                             BLOCK_I=cfg.block_i, BLOCK_R=max(16, triton.next_power_of_2(R)),
-                             BLOCK_N=max(16, triton.next_power_of_2(N)), num_warps=cfg.num_warps,
+                             dt_proj.stride(0), dt, Bm, Cm, I, i_per_prog, eps, xr, xr.stride(0), state,
+                             *state.stride(), R=R, N=N, BLOCK_M=bm, BLOCK_I=cfg.block_i,
+                             BLOCK_R=max(16, triton.next_power_of_2(R)), BLOCK_N=max(16, triton.next_power_of_2(N)),
+                             CONV_W=state.shape[2] if conv is not None else 0, num_warps=cfg.num_warps,
                              num_stages=cfg.num_stages)
     return dt, Bm, Cm
 

@@ -140,10 +140,11 @@ TRITON_GEMMS = {"x_proj": GemmConfig(block_n=32, block_k=64, splits=5, num_warps
                 "down_proj": GemmConfig(block_n=64, block_k=128, splits=4, num_warps=8, num_stages=4)}
 # Buckets of up to `gemv_max_rows` rows: the `gemv` kernel (weight-streaming tiles) for every decode GEMM but
 # lm_head, in_proj in one K range (its product feeds the glue directly), gate_up as `gemm.linear_glu` (silu · up
-# in its epilogue: no silu_mul launch). Tilings chosen on an H200 at batch 1 and 8 (tools/gemm_bench.py
-# --gemv; bench/results/). `ServingConfig.gemv_configs` overrides them by name (None: cuBLAS).
+# in its epilogue: no silu_mul launch), x_proj with the decode conv in its prologue (`conv_in_gemv`). Tilings
+# chosen on an H200 at batch 1 and 8 (tools/gemm_bench.py --gemv; x_proj with the conv by whole decode steps,
+# tools/gemm_step_ab.py; bench/results/). `ServingConfig.gemv_configs` overrides them by name (None: cuBLAS).
 TRITON_GEMVS = {"in_proj": GemmConfig(block_n=64, block_k=128, splits=1, num_warps=4, num_stages=4, kernel="gemv"),
-                "x_proj": GemmConfig(block_n=16, block_k=128, splits=8, num_warps=4, num_stages=3, kernel="gemv"),
+                "x_proj": GemmConfig(block_n=16, block_k=128, splits=13, num_warps=4, num_stages=3, kernel="gemv"),
                 "ssm_inputs": SsmInputsConfig(block_m=16, block_i=32, programs_i=100),
                 "out_proj": GemmConfig(block_n=64, block_k=128, splits=6, num_warps=4, num_stages=4, kernel="gemv"),
                 "gate_up": GemmConfig(block_n=64, block_k=128, splits=1, num_warps=4, num_stages=4, kernel="gemv"),
@@ -241,6 +242,8 @@ class ServingConfig:
     gemm_configs         tilings overriding `TRITON_GEMMS` by name (None for a name: that GEMM on cuBLAS)
     gemv_max_rows        buckets of up to this many rows take `TRITON_GEMVS` instead (0: TRITON_GEMMS at all)
     gemv_configs         tilings overriding `TRITON_GEMVS` by name (None for a name: that GEMM on cuBLAS)
+    conv_in_gemv         where x_proj runs on the gemv kernel, the decode conv runs in its prologue and the conv
+                         state's shift in `ssm_inputs` (`gemm.linear_conv`): no conv launch; False: the conv kernel
     prefill_impl         "runtime" (`_prefill_body`) | "model" (the model's own forward; the A/B baseline)
     """
 
@@ -257,6 +260,7 @@ class ServingConfig:
     gemm_configs: Mapping[str, GemmConfig | SsmInputsConfig | None] | None = field(default_factory=dict)
     gemv_max_rows: int = 8
     gemv_configs: Mapping[str, GemmConfig | SsmInputsConfig | None] | None = field(default_factory=dict)
+    conv_in_gemv: bool = True
     prefill_impl: str = "runtime"
 
     def __post_init__(self):
@@ -642,12 +646,20 @@ class ServingRuntime:
                 L = cache.slots(p)
                 attn, side = self._attention(q, cache.key_cache[p][:, :L], cache.value_cache[p][:, :L], blk.window)
             # 3. SSM heads: conv and scan at T = 1, states updated in place.
-            xc = kern.conv_(x, pw.conv_w[i], blk.conv1d.bias, cache.conv_states[i])            # (B, 1, I)
             norms = (blk.dt_layernorm.weight, blk.B_layernorm.weight, blk.C_layernorm.weight)
+            conv_in_gemv = self.config.conv_in_gemv and "x_proj" in tri and tri["x_proj"].kernel == "gemv"
+            if conv_in_gemv:                                                # the conv inside x_proj's launch
+                part, xc = gemm.linear_conv(x.reshape(B, I), pw.conv_w[i], blk.conv1d.bias, cache.conv_states[i],
+                                            pw.x_proj[i], tri["x_proj"])
+                xc = xc.view(B, 1, I)
+            else:
+                xc = kern.conv_(x, pw.conv_w[i], blk.conv1d.bias, cache.conv_states[i])        # (B, 1, I)
             if "x_proj" in tri:                                             # 2 launches: x_proj, then the rest
-                part = gemm.linear_splitk(xc.reshape(B, I), pw.x_proj[i], tri["x_proj"])
+                if not conv_in_gemv:
+                    part = gemm.linear_splitk(xc.reshape(B, I), pw.x_proj[i], tri["x_proj"])
                 dt, Bm, Cm = (t.unsqueeze(1) for t in gemm.ssm_inputs(
-                    part, *norms, pw.dt_proj[i], eps, tri.get("ssm_inputs", TRITON_GEMMS["ssm_inputs"])))
+                    part, *norms, pw.dt_proj[i], eps, tri.get("ssm_inputs", TRITON_GEMMS["ssm_inputs"]),
+                    conv=(x.reshape(B, I), cache.conv_states[i]) if conv_in_gemv else None))
             else:
                 dt, Bm, Cm = fn["dbc_norms"](F.linear(xc, pw.x_proj[i]), *norms, R, N, eps,
                                              pw.dt_proj[i].shape[1])     # x_proj, dt_proj: padded copies

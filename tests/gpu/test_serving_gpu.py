@@ -197,6 +197,67 @@ def test_triton_linear_glu(cuda, record, dtype, M, name, F_, K):
           {"out": gemm.glu_reference(x, w)}, {"out": silu_mul(*(x @ w.t()).chunk(2, dim=-1))})
 
 
+def _conv_inputs(g, M, K, W, dt):
+    """Pre-conv x (M, K) as a strided view (the in_proj output's x columns), conv weight / bias, and a state
+    (M, K, W) laid out channel-fastest like HymbaServingCache.conv_states."""
+    wide = _rnd(g, M, K + 24, dtype=dt)
+    x = wide[:, 8:8 + K]
+    cw, cb = _rnd(g, K, W, dtype=dt, scale=0.5), _rnd(g, K, dtype=dt, scale=0.2)
+    state = _rnd(g, M, W, K, dtype=dt).transpose(1, 2)
+    return x, cw, cb, state
+
+
+@pytest.mark.parametrize("dtype", ("bfloat16", "float16"))
+@pytest.mark.parametrize("M", (1, 3, 8, 16))
+@pytest.mark.parametrize("case", ["x_proj", "odd_N_K"])
+def test_triton_linear_conv(cuda, record, dtype, M, case):
+    """`linear_conv` (the decode conv + SiLU in the gemv prologue, then x_proj) on hymba-1.5b's x_proj with the
+    runtime's tiling and on N, K no multiple of the tiles; outputs poisoned; xc against the float64 conv, the
+    product against float64 x_proj of the conv output in the dtype (PyTorch's own errors: the conv op and
+    F.linear in the dtype); the state is left exactly as it was."""
+    gemm = _gemm()
+    from hymba_deploy.ops.causal_conv1d import causal_conv1d_ref
+    from hymba_deploy.serving.runtime import TRITON_GEMVS
+    (N, K), cfg = {"x_proj": ((136, 3200), TRITON_GEMVS.get("x_proj")),
+                   "odd_N_K": ((40, 1000), gemm.GemmConfig(16, 64, 3, 4, 3, "gemv"))}[case]
+    if cfg is None:
+        pytest.skip("the runtime has no gemv tiling for x_proj")
+    g, dt = generator("linear_conv", case, M, dtype), getattr(torch, dtype)
+    x, cw, cb, state = _conv_inputs(g, M, K, 4, dt)
+    w = _rnd(g, N, K, dtype=dt, scale=K ** -0.5)
+    before = state.clone()
+    out = torch.full((cfg.splits, M, N), float("nan"), device="cuda", dtype=torch.float32 if cfg.splits > 1 else dt)
+    xc = torch.full((M, K), float("nan"), device="cuda", dtype=dt)
+    part, xc = gemm.linear_conv(x, cw, cb, state, w, cfg, out, xc)
+    xc64 = causal_conv1d_ref(x[:, None].double(), cw.double(), cb.double(), state.double())[0][:, 0]
+    xc_torch = causal_conv1d_ref(x[:, None], cw, cb, state)[0][:, 0]
+    check(record, dict(_meta("linear_conv", f"{case}_M{M}", dtype), config=cfg.as_dict()),
+          {"xc": xc, "out": part.float().sum(0)},
+          {"xc": xc64, "out": gemm.linear_reference(xc_torch, w)}, {"xc": xc_torch, "out": xc_torch @ w.t()})
+    assert torch.equal(state, before), "linear_conv wrote the conv state"
+
+
+@pytest.mark.parametrize("M", (1, 5, 16, 37))
+def test_triton_ssm_inputs_shifts_the_conv_state(cuda, record, M):
+    """`ssm_inputs(..., conv=(x, state))` leaves dt, B, C as without it and shifts the state exactly: tap j
+    takes tap j + 1, x enters last (channel ranges of several programs, rows past one row block)."""
+    gemm = _gemm()
+    from hymba_deploy.serving.runtime import TRITON_GEMVS
+    I, R, N, dt = 3200, 100, 16, torch.bfloat16
+    cfg = TRITON_GEMVS.get("ssm_inputs") or gemm.SsmInputsConfig(16, 32, 100)
+    g = generator("ssm_inputs_conv", M)
+    wd, wb, wc = (_rnd(g, n, dtype=dt, scale=0.3) + 1 for n in (R, N, N))
+    dtw = _rnd(g, I, 104, dtype=dt, scale=R ** -0.5)
+    parts = _rnd(g, 8, M, 136)
+    x, _, _, state = _conv_inputs(g, M, I, 4, dt)
+    want = torch.cat([state[..., 1:], x[..., None]], dim=-1)
+    plain = gemm.ssm_inputs(parts, wd, wb, wc, dtw, 1e-6, cfg)
+    got = gemm.ssm_inputs(parts, wd, wb, wc, dtw, 1e-6, cfg, conv=(x, state))
+    same = all(torch.equal(a, b) for a, b in zip(got, plain)) and torch.equal(state, want)
+    record(dict(op="ssm_inputs_conv_shift", case=f"M{M}", dtype="bfloat16", passed=same))
+    assert same, "ssm_inputs with conv changed dt/B/C or shifted the conv state wrongly"
+
+
 SSM = [("hymba_1.5b", (3200, 100, 16, 8, 10)), ("tiny_widths", (128, 4, 8, 8, 3)),
        ("no_pad_1_split", (320, 20, 16, 1, 1)), ("hymba_1.5b_gemv", (3200, 100, 16, 8, 8))]
 
